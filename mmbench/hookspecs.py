@@ -1,0 +1,125 @@
+"""Every mmbench hook, in one place.
+
+Two kinds of hook, on two kinds of plugin manager:
+
+* **Registration hooks** run once on the host manager (``mmbench.plugins``). Each receives a
+  ``register`` callback, as in ``llm``: the host keeps the registry, rejects duplicate
+  names and remembers which plugin provided what.
+* **Event hooks** run on a per-run manager that holds only that run's arch backend, policy
+  and monitors. Selection hooks are ``firstresult``: the policy is registered after the
+  arch backend, so its implementation is tried first and the arch's is the fallback.
+  Observer hooks (monitors, the invariant checker) see every event.
+
+All hooks are called with keyword arguments only (pluggy's rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from mmbench.model.kvm import Kvm
+    from mmbench.model.memslots import Memslot
+    from mmbench.model.vcpu import Vcpu
+
+PROJECT = "mmbench"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- registration hooks (host manager) ------------------------------------------------
+
+
+@hookspec
+def mmbench_register_policies(register: Callable[[Any], None]) -> None:
+    """Register invalidation policies: ``register(PolicyClass)``.
+
+    A policy class has ``name`` (CLI name), ``archs`` (arch backend names it applies to),
+    ``options`` (a dict of option name to default, settable as ``--policy NAME:opt=val``)
+    and event-hook implementations. The host instantiates it once per run.
+    """
+
+
+@hookspec
+def mmbench_register_archs(register: Callable[[Any], None]) -> None:
+    """Register arch backends: ``register(ArchClass)``.
+
+    An arch backend builds the MMU model and the guest's page tables for a VM, handles
+    vCPU memory accesses (faults, prefetch) and carries the cost table. It may implement
+    the selection hooks below as the default behaviour when a policy does not.
+    """
+
+
+@hookspec
+def mmbench_register_workloads(register: Callable[[Any], None]) -> None:
+    """Register workloads: ``register(WorkloadClass)`` (``name``, ``params``, ``run``)."""
+
+
+@hookspec
+def mmbench_register_monitors(register: Callable[[Any], None]) -> None:
+    """Register monitors: ``register(MonitorClass)``; observers of a run's event hooks."""
+
+
+# --- selection hooks (per-run manager, firstresult) -------------------------------------
+
+
+@hookspec(firstresult=True)
+def mmbench_flush_shadow_memslot(kvm: Kvm, slot: Memslot) -> bool | None:
+    """``kvm_arch_flush_shadow_memslot``: drop what maps ``slot`` before it is deleted or
+    moved.
+
+    Called with the slot already marked invalid (vCPUs can no longer fault it in) and
+    mmu_lock *not* held. Return True once handled. After it returns, no spte may map a
+    gfn of the slot and no sp may shadow a gfn in it: its rmaps are about to be freed.
+    """
+
+
+@hookspec(firstresult=True)
+def mmbench_flush_shadow_all(kvm: Kvm) -> bool | None:
+    """``kvm_arch_flush_shadow_all``: the VM is being destroyed; free every mapping.
+
+    Called with no vCPU running and mmu_lock not held. Return True once handled.
+    """
+
+
+# --- observer hooks (per-run manager) ---------------------------------------------------
+
+
+@hookspec
+def mmbench_vm_created(kvm: Kvm) -> None:
+    """The VM, its memslots, vCPUs and MMU exist; nothing is mapped yet."""
+
+
+@hookspec
+def mmbench_vm_destroyed(kvm: Kvm) -> None:
+    """The VM has been torn down (after ``mmbench_flush_shadow_all``)."""
+
+
+@hookspec
+def mmbench_memslot_created(kvm: Kvm, slot: Memslot) -> None:
+    """A memslot was added (``KVM_MR_CREATE``)."""
+
+
+@hookspec
+def mmbench_memslot_deleted(kvm: Kvm, slot: Memslot, change: str) -> None:
+    """A memslot was deleted (``change="delete"``) or moved away (``change="move"``).
+
+    Called after the flush completed and the slot left the memslot array: this is where
+    invariants about stale mappings are checked.
+    """
+
+
+@hookspec
+def mmbench_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, npages: int, faults: int) -> None:
+    """A vCPU took ``faults`` shadow page faults over ``[gfn, gfn + npages)``.
+
+    Called once per fault batch, not per fault; only if some plugin implements it.
+    """
+
+
+@hookspec
+def mmbench_workload_event(kvm: Kvm, name: str, data: dict[str, Any]) -> None:
+    """A workload-level event (e.g. ``rom-read``), for tracing and time series."""

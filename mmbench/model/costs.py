@@ -1,0 +1,78 @@
+"""Cost tables: what each model primitive charges to the virtual clock, and why.
+
+Every constant carries its provenance: a measurement on a named host, a published
+figure, or an explicit estimate. ``mmbench calibrate`` writes tables in the same format
+(YAML) and ``--costs FILE`` loads one over an arch backend's defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mmbench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Cost:
+    ns: float
+    provenance: str
+    doc: str = ""
+
+
+class CostTable:
+    """Named costs in nanoseconds; attribute access gives the number."""
+
+    def __init__(self, name: str, costs: Mapping[str, Cost]) -> None:
+        self.name = name
+        self.costs = dict(costs)
+
+    def __getattr__(self, key: str) -> float:
+        try:
+            return self.__dict__["costs"][key].ns
+        except KeyError:
+            raise AttributeError(f"cost table {self.name!r} has no cost {key!r}") from None
+
+    def __getitem__(self, key: str) -> Cost:
+        return self.costs[key]
+
+    def with_overrides(self, path: str | Path) -> CostTable:
+        """This table with the costs in a YAML file (from ``mmbench calibrate``) applied."""
+        p = Path(path)
+        try:
+            doc = yaml.safe_load(p.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError("--costs", f"cannot read cost table {p}: {exc}") from None
+        entries = (doc or {}).get("costs") if isinstance(doc, dict) else None
+        if not isinstance(entries, dict):
+            raise ConfigError("--costs", f"{p}: expected a mapping 'costs: {{name: ...}}'")
+        merged = dict(self.costs)
+        for key, val in entries.items():
+            if key not in merged:
+                raise ConfigError(
+                    f"--costs {p}: costs.{key}",
+                    f"unknown cost (known: {', '.join(sorted(merged))})",
+                )
+            if isinstance(val, dict):
+                ns, prov = val.get("ns"), str(val.get("provenance", f"file {p}"))
+            else:
+                ns, prov = val, f"file {p}"
+            if not isinstance(ns, int | float) or isinstance(ns, bool) or ns < 0:
+                raise ConfigError(f"--costs {p}: costs.{key}", "must be a number >= 0 (ns)")
+            merged[key] = Cost(float(ns), prov, merged[key].doc)
+        name = str(doc.get("name", f"{self.name}+{p.name}"))
+        return CostTable(name, merged)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(
+            {
+                "name": self.name,
+                "costs": {
+                    k: {"ns": c.ns, "provenance": c.provenance} for k, c in self.costs.items()
+                },
+            },
+            sort_keys=True,
+        )

@@ -1,0 +1,146 @@
+"""One virtual timeline shared by vCPU threads and host threads.
+
+Each actor (a vCPU, the VMM thread running rom.sh's ioctls, a kernel worker) is a greenlet
+with its own code written as plain sequential calls; ``sleep`` and lock waits switch back
+to the engine, which resumes actors in (time, sequence) order as simpy does, so ties
+break deterministically and contention emerges from who holds mmu_lock when.
+
+Time is an integer number of nanoseconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import greenlet
+
+from mmbench.errors import ModelError
+
+
+class Actor:
+    """A thread of control on the timeline."""
+
+    def __init__(self, engine: Engine, name: str, fn: Callable[..., Any], args: tuple) -> None:
+        self.engine = engine
+        self.name = name
+        self.done = False
+        self.result: Any = None
+        self.joiners: list[Actor] = []
+        self._token = 0  # invalidates stale heap entries when a sleep is cut short
+        self._wake_at: int | None = None
+        self.interrupt_hook: Callable[[int], int] | None = None
+
+        def body() -> None:
+            try:
+                self.result = fn(*args)
+            finally:
+                self.done = True
+                for joiner in self.joiners:
+                    engine.wake(joiner)
+
+        self.glet = greenlet.greenlet(body, parent=engine.loop_glet)
+
+    def __repr__(self) -> str:
+        return f"<Actor {self.name}>"
+
+
+class Engine:
+    """The scheduler: a heap of (time, seq, token, actor)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self._heap: list[tuple[int, int, int, Actor]] = []
+        self._seq = itertools.count()
+        self.loop_glet = greenlet.getcurrent()
+        self.current: Actor | None = None
+        self.actors: list[Actor] = []
+
+    # -- actors --------------------------------------------------------------------------
+    def spawn(self, name: str, fn: Callable[..., Any], *args: Any) -> Actor:
+        actor = Actor(self, name, fn, args)
+        self.actors.append(actor)
+        self._push(self.now, actor)
+        return actor
+
+    def _push(self, t: int, actor: Actor) -> None:
+        actor._token += 1
+        actor._wake_at = t
+        heapq.heappush(self._heap, (t, next(self._seq), actor._token, actor))
+
+    def _switch_out(self) -> None:
+        actor = self.current
+        assert actor is not None, "sleep/block outside an actor"
+        self.loop_glet.switch()
+
+    def sleep(self, dt: float) -> None:
+        """Spend ``dt`` ns on the current actor."""
+        if dt <= 0:
+            return
+        self._push(self.now + int(dt), self.current)  # type: ignore[arg-type]
+        self._switch_out()
+
+    def sleep_interruptible(self, dt: float, on_interrupt: Callable[[int], int]) -> int:
+        """Spend up to ``dt`` ns; ``interrupt(actor)`` may cut it short.
+
+        ``on_interrupt(now)`` returns the time at which the actor should stop instead
+        (for example the end of the item being worked on). Returns the time slept.
+        """
+        start = self.now
+        actor = self.current
+        assert actor is not None
+        actor.interrupt_hook = on_interrupt
+        self._push(self.now + int(dt), actor)
+        self._switch_out()
+        actor.interrupt_hook = None
+        return self.now - start
+
+    def interrupt(self, actor: Actor) -> None:
+        """Ask a sleeping interruptible actor to stop at its next convenient boundary."""
+        hook = actor.interrupt_hook
+        if hook is None or actor._wake_at is None:
+            return
+        stop_at = max(self.now, min(hook(self.now), actor._wake_at))
+        if stop_at < actor._wake_at:
+            self._push(stop_at, actor)
+        actor.interrupt_hook = None
+
+    def block(self) -> None:
+        """Suspend the current actor until someone calls ``wake`` on it."""
+        assert self.current is not None
+        self.current._wake_at = None
+        self.current._token += 1
+        self._switch_out()
+
+    def wake(self, actor: Actor, at: int | None = None) -> None:
+        self._push(self.now if at is None else at, actor)
+
+    def join(self, actors: list[Actor]) -> None:
+        """Block the current actor until every one of ``actors`` has finished."""
+        me = self.current
+        assert me is not None
+        for actor in actors:
+            while not actor.done:
+                actor.joiners.append(me)
+                self.block()
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, until: int | None = None) -> None:
+        """Run until no actor is runnable (or virtual time ``until``)."""
+        while self._heap:
+            t, _, token, actor = self._heap[0]
+            if until is not None and t > until:
+                break
+            heapq.heappop(self._heap)
+            if token != actor._token or actor.done:
+                continue
+            self.now = t
+            actor._wake_at = None
+            self.current = actor
+            actor.glet.switch()
+            self.current = None
+        stuck = [a.name for a in self.actors if not a.done]
+        if stuck and until is None:
+            raise ModelError(f"deadlock: actors blocked forever: {', '.join(stuck)}")

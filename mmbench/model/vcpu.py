@@ -1,0 +1,42 @@
+"""A vCPU: pending requests (``KVM_REQ_MMU_RELOAD``, TLB flush) and guest accesses."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mmbench.model.engine import Actor
+
+if TYPE_CHECKING:
+    from mmbench.model.kvm import Kvm
+
+
+class Vcpu:
+    def __init__(self, kvm: Kvm, vcpu_id: int) -> None:
+        self.kvm = kvm
+        self.id = vcpu_id
+        self.request_reload = False
+        self.pending_flushes = 0
+        self.actor: Actor | None = None
+        self.in_guest = False  # a kick (IPI) cuts a guest-mode run short
+
+    @property
+    def stats(self):
+        return self.kvm.stats.vcpu[self.id]
+
+    def check_requests(self) -> None:
+        """What ``vcpu_enter_guest`` does with pending requests before entering."""
+        kvm = self.kvm
+        if self.pending_flushes:
+            self.stats["exits"] += 1
+            kvm.charge(kvm.costs.vcpu_flush_exit)
+            self.pending_flushes = 0
+        if self.request_reload:
+            self.request_reload = False
+            self.stats["root_reloads"] += 1
+            with kvm.mmu_lock:
+                freed = kvm.mmu.kvm_mmu_unload(self.id)
+                kvm.charge(kvm.costs.root_reload + freed * kvm.costs.zap_sp)
+
+    def access(self, gfn0: int, gfn1: int, write: bool = True) -> None:
+        """Touch one qword in every 4 KiB page of ``[gfn0, gfn1)``, faulting as needed."""
+        self.kvm.arch.touch(self.kvm, self, gfn0, gfn1, write)

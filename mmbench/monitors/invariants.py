@@ -1,0 +1,78 @@
+"""Monitor ``invariants``: the correctness oracle, checked after every invalidation.
+
+After a memslot delete or move completes, the slot's rmaps are gone, so:
+* no spte (reachable or not) may map a gfn that no live memslot backs;
+* no sp may shadow a guest table in such a gfn;
+* every vCPU runs on a root of the current generation, or has a reload pending;
+* no zapped spte may still sit in a TLB: the remote flush must have happened;
+* rmaps and per-sp spte counts agree with the sptes themselves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmbench.errors import InvariantViolation
+from mmbench.hookspecs import hookimpl
+
+
+def check_shadow_mmu(kvm, when: str) -> None:
+    mmu = kvm.mmu
+    n = mmu.n
+    alive = mmu.sp_alive[:n]
+    leaves = np.flatnonzero(alive & (mmu.sp_level[:n] == 1))
+    rows, cols = np.nonzero(mmu.sp_sptes[leaves])
+    gfns = mmu.sp_map_base[leaves][rows] + cols
+
+    def fail(msg: str) -> None:
+        raise InvariantViolation(f"after {when}: {msg}")
+
+    counted = np.bincount(gfns, minlength=mmu.max_gfn)
+    bad = np.flatnonzero(counted != mmu.rmap_count)
+    if len(bad):
+        g = int(bad[0])
+        fail(f"rmap of gfn 0x{g:x} counts {mmu.rmap_count[g]} sptes, {counted[g]} exist")
+    per_sp = mmu.sp_sptes[leaves].sum(axis=1)
+    wrong = leaves[per_sp != mmu.sp_nr[leaves]]
+    if len(wrong):
+        fail(f"sp {wrong[0]} counts {mmu.sp_nr[wrong[0]]} sptes, has {per_sp[leaves == wrong[0]]}")
+    live = kvm.memslots.live_mask()
+    stale = gfns[~live[gfns]]
+    if len(stale):
+        sp = leaves[rows[~live[gfns]][0]]
+        fail(f"sp {sp} still maps gfn 0x{int(stale[0]):x}, which no live memslot backs")
+    shadowed = mmu.sp_gfn[:n][alive]
+    if len(shadowed) and not live[shadowed].all():
+        fail(f"an sp shadows gfn 0x{int(shadowed[~live[shadowed]][0]):x} outside every memslot")
+    for vcpu in kvm.vcpus:
+        root = int(mmu.vcpu_root[vcpu.id])
+        if root >= 0 and not mmu.root_usable(vcpu.id) and not vcpu.request_reload:
+            fail(f"vcpu {vcpu.id} runs on obsolete or invalid root sp {root} with no reload")
+    if mmu.tlbs_dirty:
+        fail("sptes were zapped but remote TLBs were not flushed")
+
+
+class Invariants:
+    """Raises ``InvariantViolation`` the moment a policy leaves a stale mapping behind."""
+
+    name = "invariants"
+    description = "correctness oracle: no stale spte, sp or root after an invalidation"
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    @hookimpl
+    def mmbench_memslot_deleted(self, kvm, slot, change):
+        check_shadow_mmu(kvm, f"memslot {change} of {slot}")
+        self.checks += 1
+
+    @hookimpl
+    def mmbench_vm_destroyed(self, kvm):
+        if kvm.mmu.nr_live_sps():
+            raise InvariantViolation(f"after teardown: {kvm.mmu.nr_live_sps()} sps still live")
+        self.checks += 1
+
+
+@hookimpl
+def mmbench_register_monitors(register):
+    register(Invariants)

@@ -1,0 +1,183 @@
+"""Workload ``rom-access``: ``./mmtest -c 8 -m 2000 -e ./rom.sh`` (seeds 000 and 001).
+
+``-c`` guest threads, each in its own process on its own vCPU, write one qword per 4 KiB
+page of ``-m`` MB in passes (mmtest's time per pass). Meanwhile rom.sh, on a vCPU of its
+own, reads a PCI option ROM every ``--rom-interval-ms``: QEMU maps the ROM BAR (memslot
+add), the guest kernel reads it, QEMU unmaps it (memslot delete) -- and the delete is where
+the invalidation policy runs.
+
+Guest layout (QEMU pc-like): RAM below the 3 GiB PCI hole in slot 0 and above 4 GiB in
+slot 1; the ROM slot in the hole at ``--rom-gpa``; guest page tables at the start of RAM.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mmbench.errors import ConfigError
+from mmbench.hookspecs import hookimpl
+from mmbench.model.memslots import PAGE_SHIFT, Memslot, Memslots
+from mmbench.model.simvm import SimVm, SlotSpec, VmSpec
+from mmbench.workloads.base import Metric, Param, WorkloadSpec, parse_int_auto
+
+MiB = 1 << 20
+GiB = 1 << 30
+LOW_RAM_END = 3 * GiB  # pc machine: RAM above this moves above 4 GiB
+HIGH_RAM_START = 4 * GiB
+REGION_PAGES = 512
+ROM_SLOT = 2
+KERNEL_RESERVE = 16 * MiB  # guest kernel image and data besides its page tables
+
+
+def _align_up(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
+
+class RomAccess:
+    name = "rom-access"
+    description = "mmtest -c N -m MB -e ./rom.sh: memory passes while rom.sh remaps a PCI ROM"
+    params = (
+        Param(
+            "threads",
+            int,
+            8,
+            "guest threads, one vCPU each (mmtest -c)",
+            ("-c", "--threads"),
+            min=1,
+            max=256,
+        ),
+        Param("mb", int, 2000, "MB each thread writes per pass (mmtest -m)", ("-m", "--mb"), min=1),
+        Param("passes", int, 30, "passes per thread; the first populates", min=2, max=100000),
+        Param("rom_interval_ms", float, 500.0, "rom.sh: pause between ROM reads (ms)", above=0),
+        Param("rom_kib", int, 128, "size of the option ROM (KiB, multiple of 4)", min=4, max=16384),
+        Param(
+            "rom_gpa",
+            int,
+            0xFEBC0000,
+            "guest-physical address of the ROM BAR",
+            parse=parse_int_auto,
+            min=0,
+        ),
+    )
+    metrics = {
+        "pass_time_ms": Metric("ms", "mean time of a warm pass (mmtest's figure)"),
+        "populate_ms": Metric("ms", "mean time of the first pass, which faults everything in"),
+        "memslot_delete_ms": Metric("ms", "ROM memslot delete latency (the policy's flush)"),
+        "memslot_add_ms": Metric("ms", "ROM memslot add latency"),
+        "rom_access_ms": Metric("ms", "one rom.sh iteration: add, guest read, delete"),
+        "rom_reads": Metric("", "ROM reads during the run", kind="count"),
+        "sptes_zapped": Metric("", "leaf sptes zapped", kind="count"),
+        "sps_zapped": Metric("", "shadow pages zapped (mmu_shadow_zapped)", kind="count"),
+        "sp_allocs": Metric("", "shadow pages allocated (mmu_cache_miss)", kind="count"),
+        "refaults": Metric("", "page faults in warm passes", kind="count"),
+        "remote_tlb_flushes": Metric("", "remote TLB flushes", kind="count"),
+        "lock_breaks": Metric("", "mmu_lock breaks taken by zaps", kind="count"),
+        "mmu_lock_max_hold_ms": Metric("ms", "longest mmu_lock hold"),
+        "vcpu_stall_ms": Metric("ms", "mmu_lock wait of the guest threads' vCPUs, summed"),
+        "vcpu_stall_max_ms": Metric("ms", "longest single mmu_lock wait of a vCPU"),
+    }
+
+    # -- layout --------------------------------------------------------------------------
+    def layout(self, p: WorkloadSpec, arch: Any) -> VmSpec:
+        thread_pages = p.mb * MiB >> PAGE_SHIFT
+        rom_bytes = p.rom_kib * 1024
+        if rom_bytes % 4096:
+            raise ConfigError("--rom-kib", f"must be a multiple of 4 (got {p.rom_kib})")
+        if p.rom_gpa % 4096:
+            raise ConfigError("--rom-gpa", f"must be 4 KiB aligned (got 0x{p.rom_gpa:x})")
+        total = p.threads * p.mb * MiB
+        if total > arch.max_guest_bytes:
+            raise ConfigError(
+                "-m",
+                f"{p.threads} x {p.mb} MB = {total / GiB:.0f} GiB exceeds what arch"
+                f" {arch.name} models ({arch.max_guest_bytes / GiB:.0f} GiB)",
+            )
+        rom0 = p.rom_gpa >> PAGE_SHIFT
+        rom_area = (rom0, rom0 + (rom_bytes >> PAGE_SHIFT))
+        # thread areas, after a reserve for the kernel and its page tables
+        areas: list[tuple[int, int]] = []
+        probe = [[(i * thread_pages, (i + 1) * thread_pages)] for i in range(p.threads)]
+        pt_pages = arch.page_table_pages([*probe, [rom_area]])
+        gfn = _align_up((KERNEL_RESERVE >> PAGE_SHIFT) + pt_pages, REGION_PAGES)
+        low_end, high_start = LOW_RAM_END >> PAGE_SHIFT, HIGH_RAM_START >> PAGE_SHIFT
+        for _ in range(p.threads):
+            if gfn < high_start and gfn + thread_pages > low_end:
+                gfn = high_start
+            areas.append((gfn, gfn + thread_pages))
+            gfn = _align_up(gfn + thread_pages, REGION_PAGES)
+        top = max(a[1] for a in areas)
+        slots = [SlotSpec(0, 0, min(top, low_end) << PAGE_SHIFT, "pc.ram")]
+        if top > high_start:
+            slots.append(
+                SlotSpec(1, HIGH_RAM_START, (top - high_start) << PAGE_SHIFT, "pc.ram above 4g")
+            )
+        max_gfn = max(top, high_start, rom_area[1])
+        check = Memslots(max_gfn)
+        for s in slots:
+            check.add(Memslot(s.id, s.gpa >> PAGE_SHIFT, s.size >> PAGE_SHIFT))
+        check.check_new(ROM_SLOT, rom_area[0], rom_area[1] - rom_area[0], field="--rom-gpa")
+        return VmSpec(
+            slots=tuple(slots),
+            areas_per_vcpu=(*((a,) for a in areas), (rom_area,)),
+            pt_gfn=KERNEL_RESERVE >> PAGE_SHIFT,
+            max_gfn=max_gfn,
+        )
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self, vm: SimVm, p: WorkloadSpec) -> dict[str, float]:
+        spec = self.layout(p, vm.arch)
+        kvm = vm.create(spec)
+        rom_vcpu = p.threads
+        rom0, rom1 = spec.areas_per_vcpu[rom_vcpu][0]
+        for v in range(p.threads):
+            ((g0, g1),) = spec.areas_per_vcpu[v]
+            vm.start_passes(v, g0, g1, p.passes)
+        accesses: list[tuple[int, int, int]] = []
+
+        def rom_sh() -> None:
+            while True:
+                vm.sleep_ns(p.rom_interval_ms * 1e6)
+                if vm.guests_done():
+                    return
+                t_add = vm.add_memslot(ROM_SLOT, p.rom_gpa, p.rom_kib * 1024, "pc.rom")
+                t_read = vm.guest_access(rom_vcpu, rom0, rom1)
+                t_del = vm.delete_memslot(ROM_SLOT)
+                accesses.append((t_add, t_read, t_del))
+                vm.event("rom-access", add_ns=t_add, read_ns=t_read, delete_ns=t_del)
+
+        vm.run_host(rom_sh, name="vmm-rom.sh")
+        return self._metrics(vm, kvm, accesses, p)
+
+    def _metrics(self, vm: SimVm, kvm, accesses, p: WorkloadSpec) -> dict[str, float]:
+        warm = [r for r in vm.passes if r.index > 0]
+        first = [r for r in vm.passes if r.index == 0]
+        acc = np.array(accesses, dtype=np.float64).reshape(-1, 3) / 1e6
+        guests = [f"vcpu{v}" for v in range(p.threads)]
+        waits = [kvm.mmu_lock.wait_ns.get(name, 0) for name in guests]
+        vm_stats = kvm.stats.vm
+        for r in vm.passes:
+            kvm.stats.series["pass_time_ms"].append((r.end_ns, r.vcpu, r.index, r.ms))
+        return {
+            "pass_time_ms": float(np.mean([r.ms for r in warm])),
+            "populate_ms": float(np.mean([r.ms for r in first])),
+            "memslot_delete_ms": float(acc[:, 2].mean()) if len(acc) else 0.0,
+            "memslot_add_ms": float(acc[:, 0].mean()) if len(acc) else 0.0,
+            "rom_access_ms": float(acc.sum(axis=1).mean()) if len(acc) else 0.0,
+            "rom_reads": len(acc),
+            "sptes_zapped": vm_stats["sptes_zapped"],
+            "sps_zapped": vm_stats["mmu_shadow_zapped"],
+            "sp_allocs": vm_stats["mmu_cache_miss"],
+            "refaults": sum(r.faults for r in warm),
+            "remote_tlb_flushes": vm_stats["remote_tlb_flush"],
+            "lock_breaks": kvm.mmu_lock.lock_breaks,
+            "mmu_lock_max_hold_ms": kvm.mmu_lock.max_hold_ns() / 1e6,
+            "vcpu_stall_ms": sum(waits) / 1e6,
+            "vcpu_stall_max_ms": max(kvm.mmu_lock.max_wait_ns.get(n, 0) for n in guests) / 1e6,
+        }
+
+
+@hookimpl
+def mmbench_register_workloads(register):
+    register(RomAccess)

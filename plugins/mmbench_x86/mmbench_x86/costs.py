@@ -1,0 +1,76 @@
+"""Default cost table of the x86 shadow MMU on bare metal.
+
+Each cost names where it comes from. "estimate" marks an order-of-magnitude figure not
+yet measured; ``mmbench calibrate`` replaces them with measurements of the host it runs
+on and writes a table for ``--costs``.
+"""
+
+from mmbench.model.costs import Cost, CostTable
+
+_E = "estimate"
+
+X86_SHADOW_BARE_METAL = CostTable(
+    "x86-shadow bare metal",
+    {
+        "touch_page": Cost(
+            165,
+            "seed 001 (2019, Sean Christopherson): 84.768 ms per 2000 MB pass on the"
+            " zap-slot kernel = 165 ns per 4 KiB page when passes do not fault",
+            "guest writes one qword in a mapped page: TLB miss, 2D walk, cache miss",
+        ),
+        "fault_exit": Cost(
+            1500,
+            f"{_E}: VM exit + entry ~1.2k cycles (kvm-unit-tests vmexit) plus the guest"
+            " page-table walk and gfn_to_pfn, at ~2.5 GHz",
+            "the part of a shadow page fault outside mmu_lock",
+        ),
+        "fault_locked": Cost(
+            400,
+            f"{_E}: kvm_mmu_get_page hash lookups + mmu_set_spte under mmu_lock",
+            "the mmu_lock section of a shadow page fault",
+        ),
+        "spte_install": Cost(
+            25, f"{_E}: rmap_add + spte write per (pre)fetched spte", "per spte installed"
+        ),
+        "sp_alloc": Cost(
+            600,
+            f"{_E}: kvm_mmu_alloc_page from the memory cache, 4 KiB clear, hash insert,"
+            " account_shadowed write-protect",
+            "per shadow page allocated (mmu_cache_miss)",
+        ),
+        "zap_sp": Cost(
+            250, f"{_E}: unlink parents, hash removal, list move, free", "per sp zapped"
+        ),
+        "zap_spte": Cost(
+            45,
+            "measured on the development host (kvm_pvm, tdp_mmu=N): zapping all ~0.5 M"
+            " sptes on a ROM-slot delete took ~24 ms, ~48 ns per spte",
+            "per spte or child link dropped when an sp is zapped or an rmap is zapped",
+        ),
+        "rmap_walk": Cost(8, f"{_E}: one rmap head visited, empty", "per rmap head walked"),
+        "remote_tlb_flush": Cost(
+            4000, f"{_E}: IPI all vCPUs and wait for them (KVM_REQUEST_WAIT)", "per flush"
+        ),
+        "kick_vcpu": Cost(300, f"{_E}: kvm_make_all_cpus_request per vCPU", "per vCPU kicked"),
+        "vcpu_flush_exit": Cost(
+            1200, f"{_E}: the vCPU's exit + TLB flush + entry", "vCPU side of a flush"
+        ),
+        "root_reload": Cost(
+            1000, f"{_E}: kvm_mmu_unload + kvm_mmu_load bookkeeping", "per root reload"
+        ),
+        "memslot_update": Cost(
+            20000,
+            f"{_E}: install the new memslot array + synchronize_srcu_expedited",
+            "per memslot array swap (a delete does two)",
+        ),
+        "memslot_alloc_page": Cost(
+            2, f"{_E}: kvcalloc of rmap + lpage_info per 4 KiB page", "per page of a new slot"
+        ),
+        "mmio_exit": Cost(
+            5000, f"{_E}: exit to userspace and back for an access with no memslot", "per access"
+        ),
+        "lock_handoff": Cost(
+            100, f"{_E}: qspinlock handoff, one cache-line transfer", "per contended acquire"
+        ),
+    },
+)

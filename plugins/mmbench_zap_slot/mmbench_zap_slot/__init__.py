@@ -1,0 +1,31 @@
+"""Policy ``zap-slot``: zap only what maps the deleted memslot (2019)."""
+
+from mmbench.hookspecs import hookimpl
+
+
+class ZapSlot:
+    """Zap only the slot: "KVM: x86/mmu: Zap only the relevant pages when removing a memslot"
+    (Sean Christopherson, 2019, patch 11 of "Remove fast invalidate mechanism").
+
+    ``kvm_mmu_invalidate_zap_pages_in_memslot()``: zap the rmaps of the slot's gfns at every
+    level, then the sps that shadow a guest table inside the slot, flushing and lock-breaking
+    as needed. Upstream later made this opt-in: ``KVM_X86_QUIRK_SLOT_ZAP_ALL`` disabled.
+    """
+
+    name = "zap-slot"
+    archs = ("x86-shadow",)
+    options: dict = {}
+
+    @hookimpl
+    def mmbench_flush_shadow_memslot(self, kvm, slot):
+        mmu = kvm.mmu
+        with kvm.mmu_lock:
+            mmu.zap_gfn_range(slot.base_gfn, slot.end_gfn, lock_break=True)
+            mmu.zap_pages(mmu.pages_with_gfn_in(slot), lock_break=True, flush_on_break=True)
+            mmu.commit_zap_page()
+        return True
+
+
+@hookimpl
+def mmbench_register_policies(register):
+    register(ZapSlot)

@@ -1,0 +1,149 @@
+"""Every policy against the correctness oracle, on hypothesis-generated memslot histories.
+
+A small guest: page tables in slot 0, up to three data slots created, deleted and moved
+at random inside a 24 MiB window that both vCPUs' processes map, while a guest thread
+writes the window in passes on its own vCPU and the host script touches it from the
+other. The ``invariants`` monitor checks after every delete and move, and at teardown.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mmbench.errors import ConfigError, InvariantViolation
+from mmbench.hookspecs import hookimpl
+from mmbench.model.simvm import SimVm, SlotSpec, VmSpec
+from mmbench.plugins import get_host, run_manager
+
+MiB = 1 << 20
+WIN0, WIN1 = (8 * MiB) >> 12, (32 * MiB) >> 12  # the mapped window, in gfns
+REG = 512  # gfns per 2 MiB
+
+POLICIES = ["zap-all", "zap-all:lock_break=true", "fast-invalidate", "zap-slot"]
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("create"), st.integers(1, 3), st.integers(0, 11), st.integers(1, 4)),
+        st.tuples(st.just("delete"), st.integers(1, 3)),
+        st.tuples(st.just("move"), st.integers(1, 3), st.integers(0, 11)),
+        st.tuples(st.just("touch"), st.integers(0, 47), st.integers(1, 48)),
+        st.tuples(st.just("sleep"), st.integers(1, 400)),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+def make_vm(policy_spec: str):
+    host = get_host()
+    from mmbench.runner import parse_policy
+
+    ps = parse_policy(policy_spec, host)
+    arch = host.registry.get("arch", "x86-shadow")()
+    policy = host.registry.get("policy", ps.name)(**dict(ps.options))
+    inv = host.registry.get("monitor", "invariants")()
+    pm = run_manager(arch, policy, inv)
+    return SimVm(pm.hook, arch, arch.costs), inv
+
+
+def play(policy_spec: str, history) -> int:
+    vm, inv = make_vm(policy_spec)
+    spec = VmSpec(
+        slots=(SlotSpec(0, 0, 4 * MiB, "pt"),),
+        areas_per_vcpu=(((WIN0, WIN1),), ((WIN0, WIN1),)),
+        pt_gfn=16,
+        max_gfn=WIN1 + REG,
+    )
+    vm.create(spec)
+    vm.start_passes(0, WIN0, WIN1, passes=3)
+    live: dict[int, int] = {}
+
+    def script() -> None:
+        for op in [("create", 1, 0, 6), ("touch", 0, 48), *history]:
+            try:
+                if op[0] == "create" and op[1] not in live:
+                    base = WIN0 + op[2] * REG
+                    vm.add_memslot(op[1], base << 12, min(op[3] * REG, WIN1 - base) << 12)
+                    live[op[1]] = base
+                elif op[0] == "delete" and op[1] in live:
+                    vm.delete_memslot(op[1])
+                    del live[op[1]]
+                elif op[0] == "move" and op[1] in live:
+                    vm.move_memslot(op[1], (WIN0 + op[2] * REG) << 12)
+                    live[op[1]] = WIN0 + op[2] * REG
+                elif op[0] == "touch":
+                    g0 = WIN0 + op[1] * 128
+                    vm.guest_access(1, g0, min(WIN1, g0 + op[2] * 128))
+                elif op[0] == "sleep":
+                    vm.sleep_ns(op[1] * 1000)
+            except ConfigError:
+                pass  # an overlapping create or move is refused, as KVM refuses it
+        for slot_id in list(live):
+            vm.delete_memslot(slot_id)
+
+    vm.run_host(script)
+    vm.destroy()
+    return inv.checks
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=ops)
+def test_policy_leaves_nothing_stale(policy, history):
+    assert play(policy, history) >= 2  # the final delete of slot 1 and the teardown
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_fixed_history_runs_every_check(policy):
+    history = [("move", 1, 6), ("touch", 0, 48), ("delete", 1), ("create", 2, 2, 2),
+               ("sleep", 50), ("delete", 2)]
+    assert play(policy, history) == 4  # move, delete, delete, teardown
+
+
+class ForgetfulPolicy:
+    """A broken policy: flushes TLBs but zaps nothing. The oracle must catch it."""
+
+    name = "forgetful"
+    archs = ("x86-shadow",)
+    options: dict = {}
+
+    @hookimpl
+    def mmbench_flush_shadow_memslot(self, kvm, slot):
+        with kvm.mmu_lock:
+            kvm.flush_remote_tlbs()
+        return True
+
+
+class NoFlushPolicy:
+    """A broken policy: zaps the slot but never flushes remote TLBs."""
+
+    name = "no-flush"
+    archs = ("x86-shadow",)
+    options: dict = {}
+
+    @hookimpl
+    def mmbench_flush_shadow_memslot(self, kvm, slot):
+        with kvm.mmu_lock:
+            kvm.mmu.zap_gfn_range(slot.base_gfn, slot.end_gfn)
+        return True
+
+
+@pytest.mark.parametrize(("broken", "message"), [
+    (ForgetfulPolicy, "still maps gfn"), (NoFlushPolicy, "not flushed"),
+])
+def test_oracle_catches_a_broken_policy(broken, message):
+    host = get_host()
+    arch = host.registry.get("arch", "x86-shadow")()
+    inv = host.registry.get("monitor", "invariants")()
+    vm = SimVm(run_manager(arch, broken(), inv).hook, arch, arch.costs)
+    vm.create(VmSpec((SlotSpec(0, 0, 4 * MiB), SlotSpec(1, WIN0 << 12, 4 * MiB)),
+                     (((WIN0, WIN1),),), 16, WIN1 + REG))
+
+    def script():
+        vm.guest_access(0, WIN0, WIN0 + 1024)
+        vm.delete_memslot(1)
+
+    with pytest.raises(InvariantViolation, match=message):
+        vm.run_host(script)

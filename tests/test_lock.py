@@ -1,0 +1,52 @@
+"""mmu_lock on the virtual timeline: waiting is stall, lock-break yields at item ends."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmbench.model.engine import Engine
+from mmbench.model.lock import MmuLock
+
+
+def two_actors(lock_break: bool, arrive_ns: int):
+    eng = Engine()
+    lock = MmuLock(eng, handoff_ns=0)
+    log = {}
+
+    def zapper():
+        lock.acquire()
+        done = lock.work(np.full(10, 100.0), lock_break)  # ten items of 100 ns
+        log["done"] = done
+        log["zapper_break_at"] = eng.now
+        if lock_break:
+            lock.cond_resched()
+        lock.work(np.full(10 - done, 100.0), lock_break)
+        lock.release()
+        log["zapper_end"] = eng.now
+
+    def vcpu():
+        eng.sleep(arrive_ns)
+        lock.acquire()
+        log["vcpu_got_lock"] = eng.now
+        eng.sleep(50)
+        lock.release()
+
+    eng.spawn("host", zapper)
+    eng.spawn("vcpu0", vcpu)
+    eng.run()
+    return log, lock
+
+
+def test_lock_break_yields_at_the_end_of_the_item_in_progress():
+    log, lock = two_actors(lock_break=True, arrive_ns=250)
+    assert log["done"] == 3  # the waiter arrived during item 3 (200..300 ns)
+    assert log["vcpu_got_lock"] == 300
+    assert lock.wait_ns["vcpu0"] == 50 and lock.lock_breaks == 1
+    assert log["zapper_end"] == 300 + 50 + 700
+    assert lock.max_hold_ns() == 700
+
+
+def test_without_lock_break_the_vcpu_waits_for_the_whole_walk():
+    log, lock = two_actors(lock_break=False, arrive_ns=250)
+    assert log["done"] == 10 and log["vcpu_got_lock"] == 1000
+    assert lock.wait_ns["vcpu0"] == 750 and lock.lock_breaks == 0
