@@ -15,7 +15,7 @@ from mmbench import environment, store
 from mmbench.errors import ConfigError, ModelError
 from mmbench.plugins import get_host
 from mmbench.report import comparison_table
-from mmbench.runner import BACKENDS, RunRequest, execute, resolve
+from mmbench.runner import RunRequest, execute, resolve
 
 
 def _first_line(obj: Any) -> str:
@@ -33,6 +33,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         ("arch", "Arch backends"),
         ("policy", "Policies"),
         ("monitor", "Monitors"),
+        ("backend", "Backends"),
+        ("command", "Commands from plugins"),
     ):
         out.append(f"{title}:")
         for name in reg.names(kind):
@@ -45,8 +47,6 @@ def cmd_list(args: argparse.Namespace) -> int:
                     extra += f" [options: {opts}]"
             provider = reg.provider[(kind, name)]
             out.append(f"  {name:<18} {_first_line(obj)}{extra}  (from {provider})")
-    out.append("Backends:")
-    out.append("  sim                the model (any size, any arch)")
     out.append("Plugins loaded:")
     for name, hooks in host.plugins():
         dist = host.dist_of(name)
@@ -86,7 +86,9 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         )
         p.add_argument("--arch", default="x86-shadow", help="arch backend (default: x86-shadow)")
         p.add_argument(
-            "--backend", default="sim", help=f"backend: {', '.join(BACKENDS)} (default: sim)"
+            "--backend",
+            default="sim",
+            help=f"backend: {', '.join(reg.names('backend'))} (default: sim)",
         )
         p.add_argument(
             "--costs", metavar="FILE", help="cost table YAML to apply (from mmbench calibrate)"
@@ -184,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mmbench", description="Benchmarks for KVM's MMU invalidation paths."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    reg = get_host().registry
     p = sub.add_parser("list", help="plugins and what each provides")
     p.set_defaults(func=cmd_list)
     _run_parser(sub)
@@ -195,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
+    for name in reg.names("command"):
+        command = reg.get("command", name)()
+        p = sub.add_parser(name, help=command.help, description=command.__doc__)
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
     return parser
 
 

@@ -63,6 +63,18 @@ def mmbench_register_monitors(register: Callable[[Any], None]) -> None:
     """Register monitors: ``register(MonitorClass)``; observers of a run's event hooks."""
 
 
+@hookspec
+def mmbench_register_backends(register: Callable[[Any], None]) -> None:
+    """Register backends: ``register(BackendClass)`` with ``name``, ``available() ->
+    (bool, reason)`` and ``create_vm(hook, arch, costs) -> VmApi`` (``mmbench.vmapi``)."""
+
+
+@hookspec
+def mmbench_register_commands(register: Callable[[Any], None]) -> None:
+    """Register CLI subcommands: ``register(CommandClass)`` with ``name``, ``help``,
+    ``add_arguments(parser)`` and ``run(args) -> int`` (exit status)."""
+
+
 # --- selection hooks (per-run manager, firstresult) -------------------------------------
 
 

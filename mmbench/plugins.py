@@ -19,11 +19,12 @@ from mmbench import hookspecs
 from mmbench.errors import ConfigError
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "mmbench.model.simvm",
     "mmbench.workloads.rom_access",
     "mmbench.monitors.invariants",
 )
 BLOCK_ENV = "MMBENCH_BLOCK_PLUGINS"
-KINDS = ("policy", "arch", "workload", "monitor")
+KINDS = ("policy", "arch", "workload", "monitor", "backend", "command")
 
 
 @dataclass
@@ -101,6 +102,8 @@ class Host:
             "arch": "mmbench_register_archs",
             "workload": "mmbench_register_workloads",
             "monitor": "mmbench_register_monitors",
+            "backend": "mmbench_register_backends",
+            "command": "mmbench_register_commands",
         }
         for kind, hookname in hooks.items():
             caller = getattr(self.pm.hook, hookname)

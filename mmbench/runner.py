@@ -16,8 +16,6 @@ from mmbench.errors import ConfigError
 from mmbench.plugins import Host, get_host, run_manager
 from mmbench.workloads.base import WorkloadSpec, resolve_params
 
-BACKENDS = ("sim",)
-
 
 @dataclass(frozen=True)
 class PolicySpec:
@@ -94,10 +92,10 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
     host = host or get_host()
     workload_cls = host.registry.get("workload", req.workload)
     arch_cls = host.registry.get("arch", req.arch)
-    if req.backend not in BACKENDS:
-        raise ConfigError(
-            "--backend", f"unknown backend {req.backend!r} (available: {', '.join(BACKENDS)})"
-        )
+    backend = host.registry.get("backend", req.backend)()
+    ok, why = backend.available()
+    if not ok:
+        raise ConfigError("--backend", f"backend {req.backend!r} is unavailable here: {why}")
     spec = resolve_params(workload_cls.params, req.params)
     names = req.policies or [
         n
@@ -142,9 +140,7 @@ def run_one(req: RunRequest, policy: PolicySpec) -> dict[str, Any]:
     policy_obj = host.registry.get("policy", policy.name)(**dict(policy.options))
     monitors = [host.registry.get("monitor", "invariants")()] if req.check else []
     pm = run_manager(arch, policy_obj, *monitors)
-    from mmbench.model.simvm import SimVm
-
-    vm = SimVm(pm.hook, arch, costs)
+    vm = host.registry.get("backend", req.backend)().create_vm(pm.hook, arch, costs)
     workload = host.registry.get("workload", req.workload)()
     spec = resolve_params(workload.params, req.params)
     metrics = workload.run(vm, spec)
@@ -154,7 +150,7 @@ def run_one(req: RunRequest, policy: PolicySpec) -> dict[str, Any]:
         "backend": vm.backend,
         "costs": costs.name,
         "metrics": metrics,
-        "series": {k: [list(_plain(x)) for x in v] for k, v in vm.kvm.stats.series.items()},
+        "series": {k: [list(_plain(x)) for x in v] for k, v in vm.series().items()},
         "checks": sum(getattr(m, "checks", 0) for m in monitors),
     }
 

@@ -26,7 +26,10 @@ def mmbench(*args: str, env: dict | None = None, check: bool = False):
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "mmbench.cli", *args],
-        capture_output=True, text=True, env=full_env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=600,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"mmbench {' '.join(args)} failed:\n{proc.stderr}")

@@ -97,8 +97,14 @@ def test_policy_leaves_nothing_stale(policy, history):
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_fixed_history_runs_every_check(policy):
-    history = [("move", 1, 6), ("touch", 0, 48), ("delete", 1), ("create", 2, 2, 2),
-               ("sleep", 50), ("delete", 2)]
+    history = [
+        ("move", 1, 6),
+        ("touch", 0, 48),
+        ("delete", 1),
+        ("create", 2, 2, 2),
+        ("sleep", 50),
+        ("delete", 2),
+    ]
     assert play(policy, history) == 4  # move, delete, delete, teardown
 
 
@@ -130,16 +136,26 @@ class NoFlushPolicy:
         return True
 
 
-@pytest.mark.parametrize(("broken", "message"), [
-    (ForgetfulPolicy, "still maps gfn"), (NoFlushPolicy, "not flushed"),
-])
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (ForgetfulPolicy, "still maps gfn"),
+        (NoFlushPolicy, "not flushed"),
+    ],
+)
 def test_oracle_catches_a_broken_policy(broken, message):
     host = get_host()
     arch = host.registry.get("arch", "x86-shadow")()
     inv = host.registry.get("monitor", "invariants")()
     vm = SimVm(run_manager(arch, broken(), inv).hook, arch, arch.costs)
-    vm.create(VmSpec((SlotSpec(0, 0, 4 * MiB), SlotSpec(1, WIN0 << 12, 4 * MiB)),
-                     (((WIN0, WIN1),),), 16, WIN1 + REG))
+    vm.create(
+        VmSpec(
+            (SlotSpec(0, 0, 4 * MiB), SlotSpec(1, WIN0 << 12, 4 * MiB)),
+            (((WIN0, WIN1),),),
+            16,
+            WIN1 + REG,
+        )
+    )
 
     def script():
         vm.guest_access(0, WIN0, WIN0 + 1024)

@@ -60,8 +60,19 @@ def test_third_party_policy_is_listed_and_runs(tmp_path, runs_dir):
     listed = mmbench("list", env=env, check=True).stdout
     assert "zap-slot-double-flush" in listed
     assert "mmbench-thirdparty 1.2.3" in listed
-    out = mmbench("run", "rom-access", *SMALL, "--check", "--json", "--policy", "zap-slot",
-                  "--policy", "zap-slot-double-flush", env=env, check=True).stdout
+    out = mmbench(
+        "run",
+        "rom-access",
+        *SMALL,
+        "--check",
+        "--json",
+        "--policy",
+        "zap-slot",
+        "--policy",
+        "zap-slot-double-flush",
+        env=env,
+        check=True,
+    ).stdout
     res = {r["policy"]: r["metrics"] for r in json.loads(out)["results"]}
     base, mine = res["zap-slot"], res["zap-slot-double-flush"]
     assert mine["remote_tlb_flushes"] == 2 * mine["rom_reads"]

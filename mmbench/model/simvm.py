@@ -9,50 +9,24 @@ one virtual timeline; the ``kvm`` backend plays the same calls on /dev/kvm.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pluggy
 
+from mmbench.hookspecs import hookimpl
 from mmbench.model.costs import CostTable
 from mmbench.model.engine import Actor, Engine
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import PAGE_SHIFT
+from mmbench.model.stats import VCPU_STATS, VM_STATS
+from mmbench.vmapi import PassRecord, SlotSpec, VmSpec
 
-
-@dataclass(frozen=True)
-class SlotSpec:
-    id: int
-    gpa: int
-    size: int
-    name: str = ""
-    flags: int = 0
-
-
-@dataclass(frozen=True)
-class VmSpec:
-    """What to build: slots present at creation, vCPUs, and each vCPU's mapped areas."""
-
-    slots: tuple[SlotSpec, ...]
-    areas_per_vcpu: tuple[tuple[tuple[int, int], ...], ...]  # (gfn0, gfn1) per area
-    pt_gfn: int  # first gfn of the guest's page-table pages
-    max_gfn: int
-
-
-@dataclass
-class PassRecord:
-    vcpu: int
-    index: int
-    start_ns: int
-    end_ns: int
-    faults: int
-
-    @property
-    def ms(self) -> float:
-        return (self.end_ns - self.start_ns) / 1e6
+__all__ = ["PassRecord", "SimBackend", "SimVm", "SlotSpec", "VmSpec"]
 
 
 class SimVm:
+    """``VmApi`` on the model (see ``mmbench.vmapi``)."""
+
     backend = "sim"
 
     def __init__(self, hook: pluggy.HookRelay, arch: Any, costs: CostTable) -> None:
@@ -85,14 +59,16 @@ class SimVm:
             self.kvm.create_memslot(s.id, s.gpa, s.size, s.flags, s.name)
 
     # -- guest threads -------------------------------------------------------------------
-    def start_passes(self, vcpu_id: int, gfn0: int, gfn1: int, passes: int) -> None:
-        """A guest thread on ``vcpu_id`` writing one qword per page of its area, in passes."""
+    def start_passes(
+        self, vcpu_id: int, gfn0: int, gfn1: int, passes: int, write: bool = True
+    ) -> None:
+        """A guest thread on ``vcpu_id`` touching one qword per page of its area, in passes."""
         vcpu = self.kvm.vcpus[vcpu_id]
 
         def guest() -> None:
             for i in range(passes):
                 t0, f0 = self.engine.now, vcpu.stats["pf_fixed"]
-                vcpu.access(gfn0, gfn1, write=True)
+                vcpu.access(gfn0, gfn1, write=write)
                 rec = PassRecord(vcpu_id, i, t0, self.engine.now, vcpu.stats["pf_fixed"] - f0)
                 self.passes.append(rec)
 
@@ -124,9 +100,9 @@ class SimVm:
     def move_memslot(self, slot_id: int, new_gpa: int) -> int:
         return self._timed(lambda: self.kvm.move_memslot(slot_id, new_gpa))
 
-    def guest_access(self, vcpu_id: int, gfn0: int, gfn1: int) -> int:
+    def guest_access(self, vcpu_id: int, gfn0: int, gfn1: int, write: bool = False) -> int:
         """A guest access made synchronously by the host script's own vCPU (e.g. rom.sh)."""
-        return self._timed(lambda: self.kvm.vcpus[vcpu_id].access(gfn0, gfn1, write=False))
+        return self._timed(lambda: self.kvm.vcpus[vcpu_id].access(gfn0, gfn1, write=write))
 
     def event(self, name: str, **data: Any) -> None:
         self.hook.mmbench_workload_event(kvm=self.kvm, name=name, data=data)
@@ -143,3 +119,39 @@ class SimVm:
         self.engine.spawn("vmm-destroy", lambda: out.append(self._timed(self.kvm.destroy)))
         self.engine.run()
         return out[0]
+
+    # -- figures -------------------------------------------------------------------------
+    def stats(self) -> dict[str, float]:
+        kvm = self.kvm
+        guests = [int(a.name[4:]) for a in self._guest_actors]
+        names = [a.name for a in self._guest_actors]
+        lock = kvm.mmu_lock
+        out: dict[str, float] = {key: kvm.stats.vm[key] for key in VM_STATS}
+        for key in VCPU_STATS:
+            out[key] = kvm.stats.vcpu_total(key, guests)
+        out["mmu_lock_max_hold_ns"] = lock.max_hold_ns()
+        out["vcpu_stall_ns"] = sum(lock.wait_ns.get(n, 0) for n in names)
+        out["vcpu_stall_max_ns"] = max((lock.max_wait_ns.get(n, 0) for n in names), default=0)
+        out["lock_breaks"] = lock.lock_breaks
+        return out
+
+    def series(self) -> dict[str, list]:
+        return dict(self.kvm.stats.series)
+
+
+class SimBackend:
+    """The model: any guest size, any arch backend, policies as plugins."""
+
+    name = "sim"
+    description = "the model of the KVM MMU on a virtual clock"
+
+    def available(self) -> tuple[bool, str]:
+        return True, "always"
+
+    def create_vm(self, hook: pluggy.HookRelay, arch: Any, costs: CostTable) -> SimVm:
+        return SimVm(hook, arch, costs)
+
+
+@hookimpl
+def mmbench_register_backends(register):
+    register(SimBackend)

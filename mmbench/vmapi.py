@@ -1,0 +1,96 @@
+"""The VM API a workload drives, implemented by every backend (``sim``, ``kvm``).
+
+A workload describes what the guest does (threads writing memory in passes) and what the
+host does (a script of memslot ioctls and waits, run alongside the guest threads), and
+reads back timings and kernel-named counters. The ``sim`` backend plays this on the
+model's virtual clock; the ``kvm`` backend on /dev/kvm in real time. Times are ns.
+
+Counters a backend cannot observe are absent from ``stats()``; workloads report only what
+the backend measured, never a stand-in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class SlotSpec:
+    id: int
+    gpa: int
+    size: int
+    name: str = ""
+    flags: int = 0
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """What to build: slots present at creation, vCPUs, and each vCPU's mapped areas.
+
+    ``areas_per_vcpu[v]`` lists the ``(gfn0, gfn1)`` runs vCPU ``v``'s guest process maps
+    1:1 (virtual page n -> gfn n); guest page tables live from ``pt_gfn`` on.
+    """
+
+    slots: tuple[SlotSpec, ...]
+    areas_per_vcpu: tuple[tuple[tuple[int, int], ...], ...]
+    pt_gfn: int
+    max_gfn: int
+    huge_pages: bool = False  # guest maps its areas with 2 MiB pages where aligned
+
+
+@dataclass
+class PassRecord:
+    vcpu: int
+    index: int
+    start_ns: int
+    end_ns: int
+    faults: int
+
+    @property
+    def ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+
+class VmApi(Protocol):
+    backend: str
+    passes: list[PassRecord]
+
+    # building and guest threads
+    def create(self, spec: VmSpec) -> Any: ...
+    def start_passes(
+        self, vcpu_id: int, gfn0: int, gfn1: int, passes: int, write: bool = True
+    ) -> None: ...
+    def guests_done(self) -> bool: ...
+    def run_host(self, script: Callable[[], None], name: str = "vmm") -> None: ...
+
+    # the host script's calls
+    def now_ns(self) -> int: ...
+    def sleep_ns(self, ns: float) -> None: ...
+    def add_memslot(self, slot_id: int, gpa: int, size: int, name: str = "") -> int: ...
+    def delete_memslot(self, slot_id: int) -> int: ...
+    def move_memslot(self, slot_id: int, new_gpa: int) -> int: ...
+    def guest_access(self, vcpu_id: int, gfn0: int, gfn1: int, write: bool = False) -> int: ...
+    def event(self, name: str, **data: Any) -> None: ...
+
+    # dirty logging (KVM_MEM_LOG_DIRTY_PAGES, GET/CLEAR_DIRTY_LOG, MANUAL_PROTECT2)
+    def enable_manual_protect(self, initially_set: bool) -> None: ...
+    def set_dirty_logging(self, slot_id: int, on: bool) -> int: ...
+    def get_dirty_log(self, slot_id: int) -> tuple[int, int]:
+        """Returns (ns taken, pages reported dirty)."""
+        ...
+
+    def clear_dirty_log(self, slot_id: int, first_page: int, npages: int) -> int: ...
+
+    # teardown and figures
+    def destroy(self) -> int: ...
+    def stats(self) -> dict[str, float]:
+        """Kernel-named counters observed: VM stats (``mmu_shadow_zapped``,
+        ``mmu_cache_miss``, ``remote_tlb_flush``, ``pages_4k``...) plus per-vCPU stats summed
+        over the guest threads' vCPUs (``pf_fixed``, ``exits``...); on the model also
+        ``sptes_zapped`` and the mmu_lock figures ``mmu_lock_max_hold_ns``,
+        ``vcpu_stall_ns``, ``vcpu_stall_max_ns``, ``lock_breaks``."""
+        ...
+
+    def series(self) -> dict[str, list]: ...
