@@ -7,8 +7,12 @@ the model, so they go to separate processes when there are cores for it.
 
 from __future__ import annotations
 
+import ctypes
 import os
-from concurrent.futures import ProcessPoolExecutor
+import signal
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +80,7 @@ class RunRequest:
     costs_file: str | None = None
     check: bool = False  # attach the invariants monitor
     jobs: int = 0  # 0: one process per policy, up to the CPU count
+    reps: int = 1  # repetitions per policy; seeded workloads use seed + i
 
 
 @dataclass
@@ -132,8 +137,9 @@ def _default_order(name: str) -> tuple[int, str]:
     return (_SEED_ORDER.index(name), name) if name in _SEED_ORDER else (len(_SEED_ORDER), name)
 
 
-def run_one(req: RunRequest, policy: PolicySpec) -> dict[str, Any]:
-    """One policy on the model; returns ``{"policy", "arch", "backend", "metrics", ...}``."""
+def run_one(req: RunRequest, policy: PolicySpec, rep: int = 0) -> dict[str, Any]:
+    """One repetition of one policy; returns ``{"policy", "arch", "backend", "metrics",
+    ...}``. Repetition ``i`` of a workload with a ``seed`` parameter runs with seed + i."""
     host = get_host()
     arch = host.registry.get("arch", req.arch)()
     costs = arch.costs.with_overrides(req.costs_file) if req.costs_file else arch.costs
@@ -143,6 +149,8 @@ def run_one(req: RunRequest, policy: PolicySpec) -> dict[str, Any]:
     vm = host.registry.get("backend", req.backend)().create_vm(pm.hook, arch, costs)
     workload = host.registry.get("workload", req.workload)()
     spec = resolve_params(workload.params, req.params)
+    if "seed" in spec.values:
+        spec.values["seed"] += rep
     metrics = workload.run(vm, spec)
     return {
         "policy": policy.label,
@@ -152,6 +160,7 @@ def run_one(req: RunRequest, policy: PolicySpec) -> dict[str, Any]:
         "metrics": metrics,
         "series": {k: [list(_plain(x)) for x in v] for k, v in vm.series().items()},
         "checks": sum(getattr(m, "checks", 0) for m in monitors),
+        "seed": spec.values.get("seed"),
     }
 
 
@@ -162,12 +171,46 @@ def _plain(item: tuple) -> list:
     return out
 
 
-def execute(run: ResolvedRun) -> list[dict[str, Any]]:
-    """Run every policy; in parallel processes when several cores are free."""
+def execute(
+    run: ResolvedRun, progress: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """Run every repetition of every policy, in parallel processes when several cores are
+    free; return one result per policy with the mean metrics and every repetition's."""
     req = run.request
-    jobs = req.jobs or min(len(run.policies), os.cpu_count() or 1)
-    if jobs <= 1 or len(run.policies) == 1:
-        return [run_one(req, p) for p in run.policies]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_one, req, p) for p in run.policies]
-        return [f.result() for f in futures]
+    tasks = [(p, i) for p in run.policies for i in range(req.reps)]
+    jobs = req.jobs or min(len(tasks), os.cpu_count() or 1)
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if jobs <= 1 or len(tasks) == 1:
+        for p, i in tasks:
+            done[(p.label, i)] = run_one(req, p, i)
+            if progress:
+                progress(f"{p.label} rep {i + 1}/{req.reps}")
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_die_with_parent) as pool:
+            futures = {pool.submit(run_one, req, p, i): (p.label, i) for p, i in tasks}
+            for fut in as_completed(futures):
+                done[futures[fut]] = fut.result()
+                if progress:
+                    label, i = futures[fut]
+                    progress(f"{label} rep {i + 1}/{req.reps}")
+    return [_aggregate([done[(p.label, i)] for i in range(req.reps)]) for p in run.policies]
+
+
+def _die_with_parent() -> None:
+    """Worker processes must not outlive a killed ``mmbench run`` (SIGKILL, OOM)."""
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One policy's result: metrics are means over repetitions; each rep is kept."""
+    first = reps[0]
+    keys = list(first["metrics"])
+    out = {k: first[k] for k in ("policy", "arch", "backend", "costs")}
+    out["metrics"] = {k: float(sum(r["metrics"][k] for r in reps) / len(reps)) for k in keys}
+    out["reps"] = [r["metrics"] for r in reps]
+    out["seeds"] = [r["seed"] for r in reps]
+    out["checks"] = sum(r["checks"] for r in reps)
+    out["series"] = first["series"]  # repetition 0's time series, for plots
+    return out

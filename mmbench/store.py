@@ -34,17 +34,31 @@ def check_name(name: str, root: Path) -> None:
         raise ConfigError("--name", f"run {name!r} already exists in {root}")
 
 
+def _remove_stale_tmp(root: Path) -> None:
+    """Drop temporary directories left by writers that were killed (SIGKILL, power)."""
+    for d in root.glob(".tmp-*"):
+        try:
+            pid = int(d.name.split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
 def save(root: Path, name: str, record: dict[str, Any]) -> Path:
     """Write ``record`` as run ``name`` atomically; returns the run directory."""
     check_name(name, root)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+    _remove_stale_tmp(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{name}-", dir=root))
     try:
         with open(tmp / RESULT_FILE, "w") as f:
             json.dump(record, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         final = root / name
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a run is for everyone to read
         os.rename(tmp, final)  # atomic on one filesystem; fails if someone took the name
         return final
     except BaseException:

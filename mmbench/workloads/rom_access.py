@@ -53,6 +53,15 @@ class RomAccess:
         Param("rom_interval_ms", float, 500.0, "rom.sh: pause between ROM reads (ms)", above=0),
         Param("rom_kib", int, 128, "size of the option ROM (KiB, multiple of 4)", min=4, max=16384),
         Param(
+            "rom_jitter",
+            float,
+            0.2,
+            "rom.sh: each pause is interval x U(1-j, 1+j), as a shell loop's sleep varies",
+            min=0,
+            max=0.99,
+        ),
+        Param("seed", int, 0, "random seed (rom.sh pauses); repetitions use seed+i", min=0),
+        Param(
             "rom_gpa",
             int,
             0xFEBC0000,
@@ -135,10 +144,12 @@ class RomAccess:
             ((g0, g1),) = spec.areas_per_vcpu[v]
             vm.start_passes(v, g0, g1, p.passes)
         accesses: list[tuple[int, int, int]] = []
+        rng = np.random.default_rng(p.seed)
 
         def rom_sh() -> None:
             while True:
-                vm.sleep_ns(p.rom_interval_ms * 1e6)
+                pause = p.rom_interval_ms * rng.uniform(1 - p.rom_jitter, 1 + p.rom_jitter)
+                vm.sleep_ns(pause * 1e6)
                 if vm.guests_done():
                     return
                 t_add = vm.add_memslot(ROM_SLOT, p.rom_gpa, p.rom_kib * 1024, "pc.rom")
