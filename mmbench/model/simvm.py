@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pluggy
 
 from mmbench.hookspecs import hookimpl
@@ -136,7 +137,28 @@ class SimVm:
         return out
 
     def series(self) -> dict[str, list]:
-        return dict(self.kvm.stats.series)
+        out = dict(self.kvm.stats.series)
+        out["mmu_lock_hold_hist"] = self._hold_histogram()
+        return out
+
+    def _hold_histogram(self) -> list[tuple[str, float, float, int]]:
+        """mmu_lock hold times as (holder, lo_ns, hi_ns, count) in log2 bins: holds are
+        too many to keep one by one, and their spread covers six decades."""
+        holds = self.kvm.mmu_lock.holds
+        if not holds:
+            return []
+        ns = np.array([h for _, h, _ in holds], dtype=np.float64)
+        by_vcpu = np.array([v for _, _, v in holds], dtype=bool)
+        edges = 2.0 ** np.arange(0, max(1, int(np.ceil(np.log2(ns.max() + 1)))) + 1)
+        rows = []
+        for who, mask in (("vcpu", by_vcpu), ("host", ~by_vcpu)):
+            counts, _ = np.histogram(ns[mask], bins=edges)
+            rows += [
+                (who, float(lo), float(hi), int(c))
+                for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)
+                if c
+            ]
+        return rows
 
 
 class SimBackend:
