@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mmbench import environment, store
-from mmbench.errors import ConfigError, ModelError
+from mmbench.errors import BackendError, ConfigError, ModelError
 from mmbench.plugins import get_host
 from mmbench.report import comparison_table
 from mmbench.runner import RunRequest, execute, resolve
@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ModelError as exc:
         print(f"mmbench: model error: {exc}", file=sys.stderr)
+        return 1
+    except BackendError as exc:
+        print(f"mmbench: kernel error: {exc}; nothing was saved", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("mmbench: interrupted; nothing was saved", file=sys.stderr)

@@ -106,6 +106,8 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
     policies = [parse_policy(p, host) for p in names]
     if not policies:
         raise ConfigError("--policy", f"no policy applies to arch {req.arch!r}")
+    if hasattr(backend, "check_policies"):  # e.g. kvm: only policies with a kernel knob
+        backend.check_policies([p.name for p in policies], req.arch)
     for p in policies:
         archs = getattr(host.registry.get("policy", p.name), "archs", ())
         if req.arch not in archs:
@@ -143,14 +145,19 @@ def run_one(req: RunRequest, policy: PolicySpec) -> dict[str, Any]:
     vm = host.registry.get("backend", req.backend)().create_vm(pm.hook, arch, costs)
     workload = host.registry.get("workload", req.workload)()
     spec = resolve_params(workload.params, req.params)
-    metrics = workload.run(vm, spec)
+    try:
+        metrics = workload.run(vm, spec)
+        series = vm.series()
+    finally:
+        if hasattr(vm, "close"):  # real-kernel VMs hold fds and guest memory
+            vm.close()
     return {
         "policy": policy.label,
         "arch": arch.name,
         "backend": vm.backend,
-        "costs": costs.name,
+        "costs": getattr(vm, "costs_name", costs.name),  # kvm: no cost table applies
         "metrics": metrics,
-        "series": {k: [list(_plain(x)) for x in v] for k, v in vm.series().items()},
+        "series": {k: [list(_plain(x)) for x in v] for k, v in series.items()},
         "checks": sum(getattr(m, "checks", 0) for m in monitors),
     }
 
@@ -166,6 +173,8 @@ def execute(run: ResolvedRun) -> list[dict[str, Any]]:
     """Run every policy; in parallel processes when several cores are free."""
     req = run.request
     jobs = req.jobs or min(len(run.policies), os.cpu_count() or 1)
+    if getattr(get_host().registry.get("backend", req.backend), "exclusive", False):
+        jobs = 1  # real-time backends: policies one after another, or they skew the timings
     if jobs <= 1 or len(run.policies) == 1:
         return [run_one(req, p) for p in run.policies]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
