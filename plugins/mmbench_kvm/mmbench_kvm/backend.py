@@ -204,23 +204,25 @@ class KvmVm:
         """Start the guest threads, run ``script`` here, then wait for the guests."""
         vm = self._vm()
         budget_s = JOIN_MARGIN_S
+        new: dict[int, _PassThread] = {}
         for vid, (g0, g1, passes, write) in self._pending.items():
             vcpu = vm.vcpus[vid]
             vcpu.set_touch(g0 << PAGE_SHIFT, g1 << PAGE_SHIFT, passes=passes, write=write)
-            self._threads[vid] = _PassThread(vcpu, f"vcpu{vid}")
+            new[vid] = self._threads[vid] = _PassThread(vcpu, f"vcpu{vid}")
             budget_s += passes * (g1 - g0) * PASS_NS_PER_PAGE / 1e9
             self.npages_touched += g1 - g0
         self._pending.clear()
         for v in vm.vcpus:  # the script's own vCPUs pay the KVM_RUN pid switch now
-            if v.id not in self._threads:
+            if v.id not in new:
                 v.claim_thread()
-        self._t0 = time.perf_counter_ns()
-        for t in self._threads.values():
+        if not self.passes:
+            self._t0 = time.perf_counter_ns()
+        for t in new.values():
             t.start()
         try:
             script()
             deadline = time.monotonic() + budget_s
-            for t in self._threads.values():
+            for t in new.values():
                 t.join(max(0.1, deadline - time.monotonic()))
         except (GuestExitError, VcpuTimeout, KvmError, OSError) as exc:
             self._stop_threads()
@@ -228,13 +230,17 @@ class KvmVm:
         except BaseException:
             self._stop_threads()
             raise
-        for vid, t in self._threads.items():
+        for vid, t in new.items():
             edges = [t.start_ns, *t.pass_ns]
             pfs = [t.pf0, *t.pf]
             for i in range(len(t.pass_ns)):
                 self.passes.append(
                     PassRecord(
-                        vid, i, edges[i] - self._t0, edges[i + 1] - self._t0, pfs[i + 1] - pfs[i]
+                        vid,
+                        i,
+                        edges[i] - self._t0,
+                        edges[i + 1] - self._t0,
+                        pfs[i + 1] - pfs[i],
                     )
                 )
         self._check_native()

@@ -1,0 +1,152 @@
+"""``mmbench validate``: the model with a calibrated cost table against the kernel.
+
+One scenario, written once against the VM API and played on both backends at sizes the
+calibration did not use: a guest thread populates its memory and makes a warm pass,
+rom.sh adds, reads and deletes the 128 KiB ROM slot, the thread makes one more pass
+(refaulting whatever the delete zapped), and the VM is destroyed. Under fast-invalidate
+(``SLOT_ZAP_ALL`` on) that gives the ROM delete, refault and teardown times; under
+zap-slot the ROM delete time again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmbench.errors import ConfigError
+from mmbench.plugins import get_host, run_manager
+from mmbench.vmapi import VmApi
+from mmbench.workloads.base import resolve_params
+from mmbench.workloads.rom_access import ROM_SLOT, RomAccess
+
+from .calibrate import parse_sizes
+
+DEFAULT_SIZES_MB = (256, 1024)
+QUANTITIES = (
+    ("fast-invalidate", "rom_delete_ms", "ROM delete, SLOT_ZAP_ALL on"),
+    ("fast-invalidate", "refault_pass_ms", "pass after the delete (refaults)"),
+    ("fast-invalidate", "teardown_ms", "teardown (last close of the VM fd)"),
+    ("zap-slot", "rom_delete_ms", "ROM delete, SLOT_ZAP_ALL off"),
+)
+
+
+def scenario(vm: VmApi, size_mb: int) -> dict[str, float]:
+    """populate + warm pass, one rom.sh iteration, one pass, destroy; times in ms."""
+    wl = RomAccess()
+    p = resolve_params(wl.params, {"threads": 1, "mb": size_mb, "passes": 2})
+    spec = wl.layout(p, vm.arch)
+    vm.create(spec)
+    ((g0, g1),) = spec.areas_per_vcpu[0]
+    r0, r1 = spec.areas_per_vcpu[1][0]
+    vm.start_passes(0, g0, g1, 2)
+    vm.run_host(lambda: None, name="vmm-wait")
+    out: dict[str, float] = {}
+
+    def rom_sh() -> None:
+        vm.add_memslot(ROM_SLOT, p.rom_gpa, p.rom_kib * 1024, "pc.rom")
+        vm.guest_access(1, r0, r1)
+        out["rom_delete_ms"] = vm.delete_memslot(ROM_SLOT) / 1e6
+
+    vm.run_host(rom_sh, name="vmm-rom.sh")
+    vm.start_passes(0, g0, g1, 1)
+    vm.run_host(lambda: None, name="vmm-wait")
+    out["populate_ms"] = vm.passes[0].ms
+    out["warm_pass_ms"] = vm.passes[1].ms
+    out["refault_pass_ms"] = vm.passes[-1].ms
+    out["refaults"] = vm.passes[-1].faults
+    out["teardown_ms"] = vm.destroy() / 1e6
+    return out
+
+
+def play(backend: str, policy: str, size_mb: int, costs_file: str | None) -> dict[str, float]:
+    """The scenario on one backend under one policy (a fresh VM, closed afterwards)."""
+    host = get_host()
+    arch = host.registry.get("arch", "x86-shadow")()
+    costs = arch.costs.with_overrides(costs_file) if costs_file else arch.costs
+    pm = run_manager(arch, host.registry.get("policy", policy)())
+    vm = host.registry.get("backend", backend)().create_vm(pm.hook, arch, costs)
+    try:
+        return scenario(vm, size_mb)
+    finally:
+        if hasattr(vm, "close"):
+            vm.close()
+
+
+def compare(sizes: list[int], costs_file: str) -> list[dict[str, Any]]:
+    rows = []
+    for mb in sizes:
+        for policy in dict.fromkeys(q[0] for q in QUANTITIES):
+            model = play("sim", policy, mb, costs_file)
+            kernel = play("kvm", policy, mb, None)
+            for pol, key, what in QUANTITIES:
+                if pol != policy:
+                    continue
+                m, k = model[key], kernel[key]
+                rows.append(
+                    {
+                        "size_mb": mb,
+                        "policy": policy,
+                        "quantity": key,
+                        "what": what,
+                        "model_ms": m,
+                        "kernel_ms": k,
+                        "error_pct": (m - k) / k * 100 if k else float("nan"),
+                    }
+                )
+    return rows
+
+
+class Validate:
+    """Predictions of the model (with a calibrated table) vs the kernel, side by side."""
+
+    name = "validate"
+    help = "model (with --costs from calibrate) vs /dev/kvm at sizes not used for fitting"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--costs",
+            default="costs-kvm.yaml",
+            metavar="FILE",
+            help="cost table from mmbench calibrate (%(default)s)",
+        )
+        parser.add_argument(
+            "--sizes-mb",
+            default=",".join(map(str, DEFAULT_SIZES_MB)),
+            help="guest sizes, MiB, not among the calibration's (default: %(default)s)",
+        )
+        parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .backend import KvmBackend
+
+        sizes = parse_sizes(args.sizes_mb, "--sizes-mb")
+        path = Path(args.costs)
+        get_host().registry.get("arch", "x86-shadow").costs.with_overrides(path)  # checks it
+        cal = (yaml.safe_load(path.read_text()) or {}).get("calibration") or {}
+        fitted = set(cal.get("sizes_mb") or [])
+        if fitted & set(sizes):
+            raise ConfigError(
+                "--sizes-mb",
+                f"{sorted(fitted & set(sizes))} MiB were used for fitting {path};"
+                f" choose sizes other than {sorted(fitted)}",
+            )
+        ok, why = KvmBackend().available()
+        if not ok:
+            raise ConfigError("validate", f"needs the kvm backend, unavailable here: {why}")
+        rows = compare(sizes, str(path))
+        if args.json:
+            print(json.dumps({"costs": str(path), "fit_sizes_mb": sorted(fitted), "rows": rows}))
+            return 0
+        print(f"model with {path} (fitted on {sorted(fitted)} MiB) vs this kernel")
+        print(f"{'size':>6}  {'quantity':<42} {'model ms':>10} {'kernel ms':>10} {'error':>8}")
+        for r in rows:
+            label = f"{r['policy']}: {r['what']}"
+            print(
+                f"{r['size_mb']:>4}M  {label:<42} {r['model_ms']:>10.3f}"
+                f" {r['kernel_ms']:>10.3f} {r['error_pct']:>+7.0f}%"
+            )
+        return 0
