@@ -103,6 +103,8 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
         if req.arch in getattr(host.registry.get("policy", n), "archs", ())
     ]
     names = sorted(names, key=lambda n: _default_order(n)) if not req.policies else names
+    if not req.policies and hasattr(backend, "supported_policies"):  # kvm: kernel knobs only
+        names = backend.supported_policies(names)
     policies = [parse_policy(p, host) for p in names]
     if not policies:
         raise ConfigError("--policy", f"no policy applies to arch {req.arch!r}")

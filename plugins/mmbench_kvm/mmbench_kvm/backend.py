@@ -387,6 +387,12 @@ class KvmBackend:
             return False, "kvm.tdp_mmu=Y: the kernel runs the TDP MMU, not the shadow MMU"
         return True, "/dev/kvm usable, shadow MMU (tdp_mmu=N)"
 
+    def supported_policies(self, names: list[str]) -> list[str]:
+        """Of ``names``, those this kernel has a knob for (the default policy list)."""
+        with KvmSystem() as s:
+            ok = {p.name for p in knobs.supported(s.supported_quirks)}
+        return [n for n in names if n in ok]
+
     def check_policies(self, names: list[str], arch: str) -> None:
         """Refuse, before anything runs, what this kernel cannot do."""
         if arch != "x86-shadow":

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from mmbench.errors import ConfigError
@@ -76,12 +77,14 @@ def play(backend: str, policy: str, size_mb: int, costs_file: str | None) -> dic
             vm.close()
 
 
-def compare(sizes: list[int], costs_file: str) -> list[dict[str, Any]]:
+def compare(sizes: list[int], costs_file: str, repeat: int = 3) -> list[dict[str, Any]]:
+    """Model once (it is deterministic), kernel ``repeat`` times (median: it is noisy)."""
     rows = []
     for mb in sizes:
         for policy in dict.fromkeys(q[0] for q in QUANTITIES):
             model = play("sim", policy, mb, costs_file)
-            kernel = play("kvm", policy, mb, None)
+            runs = [play("kvm", policy, mb, None) for _ in range(repeat)]
+            kernel = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
             for pol, key, what in QUANTITIES:
                 if pol != policy:
                     continue
@@ -94,7 +97,7 @@ def compare(sizes: list[int], costs_file: str) -> list[dict[str, Any]]:
                         "what": what,
                         "model_ms": m,
                         "kernel_ms": k,
-                        "error_pct": (m - k) / k * 100 if k else float("nan"),
+                        "error_pct": (m - k) / k * 100 if k else None,
                     }
                 )
     return rows
@@ -118,6 +121,9 @@ class Validate:
             default=",".join(map(str, DEFAULT_SIZES_MB)),
             help="guest sizes, MiB, not among the calibration's (default: %(default)s)",
         )
+        parser.add_argument(
+            "--repeat", type=int, default=3, help="kernel runs per point, median (%(default)s)"
+        )
         parser.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -134,19 +140,22 @@ class Validate:
                 f"{sorted(fitted & set(sizes))} MiB were used for fitting {path};"
                 f" choose sizes other than {sorted(fitted)}",
             )
+        if args.repeat < 1:
+            raise ConfigError("--repeat", f"must be >= 1 (got {args.repeat})")
         ok, why = KvmBackend().available()
         if not ok:
             raise ConfigError("validate", f"needs the kvm backend, unavailable here: {why}")
-        rows = compare(sizes, str(path))
+        rows = compare(sizes, str(path), args.repeat)
         if args.json:
             print(json.dumps({"costs": str(path), "fit_sizes_mb": sorted(fitted), "rows": rows}))
             return 0
         print(f"model with {path} (fitted on {sorted(fitted)} MiB) vs this kernel")
-        print(f"{'size':>6}  {'quantity':<42} {'model ms':>10} {'kernel ms':>10} {'error':>8}")
+        print(f"{'size':>6}  {'quantity':<52} {'model ms':>10} {'kernel ms':>10} {'error':>8}")
         for r in rows:
             label = f"{r['policy']}: {r['what']}"
+            err = "n/a" if r["error_pct"] is None else f"{r['error_pct']:+.0f}%"
             print(
-                f"{r['size_mb']:>4}M  {label:<42} {r['model_ms']:>10.3f}"
-                f" {r['kernel_ms']:>10.3f} {r['error_pct']:>+7.0f}%"
+                f"{r['size_mb']:>4}M  {label:<52} {r['model_ms']:>10.3f}"
+                f" {r['kernel_ms']:>10.3f} {err:>8}"
             )
         return 0
