@@ -212,3 +212,44 @@ def test_no_leaks_over_150_backend_vms():
     gc.collect()
     assert fd_count() == fds
     assert maps_count() == maps
+
+
+def test_stuck_host_side_access_is_kicked(monkeypatch):
+    monkeypatch.setattr(kvm_backend, "JOIN_MARGIN_S", 0.0)
+    monkeypatch.setattr(kvm_backend, "PASS_NS_PER_PAGE", 0)
+    vm = new_vm()
+    try:
+        vm.create(tiny_spec())
+        with pytest.raises(BackendError, match="did not finish its access"):
+            vm.run_host(lambda: vm.guest_access(0, 2048, 2304))
+    finally:
+        vm.close()
+
+
+@pytest.mark.parametrize("manual", [False, True])
+def test_dirty_log_through_the_vm_api(manual):
+    """GET_DIRTY_LOG reports what the guest wrote; with MANUAL_PROTECT2 it keeps reporting
+    until CLEAR_DIRTY_LOG re-protects."""
+    vm = new_vm()
+    try:
+        spec = tiny_spec()
+        slot = SlotSpec(3, 32 * MiB, 2 * MiB, "ram.logged")
+        spec = VmSpec((*spec.slots, slot), ((((8192, 8192 + 512)),), spec.areas_per_vcpu[1]),
+                      spec.pt_gfn, spec.max_gfn)  # fmt: skip
+        if manual:
+            vm.enable_manual_protect(initially_set=False)
+        vm.create(spec)
+        assert vm.set_dirty_logging(3, True) > 0
+        vm.start_passes(0, 8192, 8192 + 128, 1)  # writes 128 of the slot's 512 pages
+        vm.run_host(lambda: None)
+        ns, dirty = vm.get_dirty_log(3)
+        assert ns > 0 and dirty == 128
+        _, again = vm.get_dirty_log(3)
+        assert again == (128 if manual else 0)
+        if manual:
+            assert vm.clear_dirty_log(3, 0, 512) > 0
+            assert vm.get_dirty_log(3)[1] == 0
+        assert vm.set_dirty_logging(3, False) > 0
+        assert vm.destroy() > 0
+    finally:
+        vm.close()

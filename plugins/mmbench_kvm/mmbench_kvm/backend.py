@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -132,6 +133,7 @@ class KvmVm:
         self._final: dict[str, float] | None = None
         self.teardown_ns: int | None = None
         self.npages_touched = 0
+        self._manual_protect: bool | None = None
 
     # -- building ------------------------------------------------------------------------
     def create(self, spec: VmSpec) -> Vm:
@@ -141,6 +143,8 @@ class KvmVm:
         try:
             if self.policy.quirks_off:
                 vm.disable_quirks(self.policy.quirks_off)
+            if self._manual_protect is not None:
+                vm.enable_manual_dirty_log(self._manual_protect)
             image = self._build_image(spec)
             for s in spec.slots:
                 vm.add_memslot(s.id, s.gpa, s.size, thp=True)
@@ -299,18 +303,40 @@ class KvmVm:
         return ns
 
     def guest_access(self, vcpu_id: int, gfn0: int, gfn1: int, write: bool = False) -> int:
+        """One pass on ``vcpu_id`` in this thread; a watchdog kicks it out if it hangs."""
         vcpu = self._vm().vcpus[vcpu_id]
         vcpu.set_touch(gfn0 << PAGE_SHIFT, gfn1 << PAGE_SHIFT, passes=1, write=write)
+        budget_s = JOIN_MARGIN_S + (gfn1 - gfn0) * PASS_NS_PER_PAGE / 1e9
+
+        def watchdog() -> None:
+            vcpu.request_stop()
+            vcpu.kick()
+
+        timer = threading.Timer(budget_s, watchdog)
+        timer.start()
         t0 = time.perf_counter_ns()
-        vcpu.run()
-        return time.perf_counter_ns() - t0
+        try:
+            done = vcpu.run()
+        finally:
+            timer.cancel()
+        ns = time.perf_counter_ns() - t0
+        if done is None:
+            raise VcpuTimeout(
+                f"vCPU {vcpu_id} did not finish its access to gfns [{gfn0:#x}, {gfn1:#x})"
+                f" within {budget_s:.1f}s; it was kicked out of KVM_RUN"
+            )
+        return ns
 
     def event(self, name: str, **data: Any) -> None:
         self._series[name].append((self.now_ns(), data))
 
     # -- dirty logging -------------------------------------------------------------------
     def enable_manual_protect(self, initially_set: bool) -> None:
-        self._vm().enable_manual_dirty_log(initially_set)
+        """KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, now or (before ``create``) at creation."""
+        if self.vm is None:
+            self._manual_protect = initially_set
+        else:
+            self._vm().enable_manual_dirty_log(initially_set)
 
     def set_dirty_logging(self, slot_id: int, on: bool) -> int:
         return self._vm().set_dirty_logging(slot_id, on)
