@@ -275,6 +275,9 @@ class Calibrate:
             help="guest sizes to fit on, MiB (default: %(default)s)",
         )
         parser.add_argument(
+            "--repeat", type=int, default=3, help="runs of every experiment (%(default)s)"
+        )
+        parser.add_argument(
             "-o", "--output", default="costs-kvm.yaml", help="cost table file (%(default)s)"
         )
 
@@ -284,6 +287,8 @@ class Calibrate:
         from .backend import KvmBackend
 
         sizes = parse_sizes(args.sizes_mb, "--sizes-mb")
+        if args.repeat < 1:
+            raise ConfigError("--repeat", f"must be >= 1 (got {args.repeat})")
         ok, why = KvmBackend().available()
         if not ok:
             raise ConfigError("calibrate", f"needs the kvm backend, unavailable here: {why}")
@@ -292,7 +297,7 @@ class Calibrate:
             raise ConfigError("--output", f"directory {out.parent} does not exist")
         defaults = get_host().registry.get("arch", "x86-shadow").costs
         with KvmSystem() as system:
-            samples = measure(system, sizes)
+            samples = [s for _ in range(args.repeat) for s in measure(system, sizes)]
         costs, errors = fit(samples, defaults)
         doc = cost_table_yaml(costs, errors, samples, sizes)
         tmp = out.with_name(out.name + ".tmp")
