@@ -253,3 +253,16 @@ def test_dirty_log_through_the_vm_api(manual):
         assert vm.destroy() > 0
     finally:
         vm.close()
+
+
+def test_huge_guest_pages_on_thp_memory_give_2m_sptes():
+    vm = new_vm()
+    try:
+        spec = tiny_spec(slot_mb=32, area=(4096, 4096 + 2048))  # 8 MiB at 16 MiB, aligned
+        vm.create(VmSpec(spec.slots, spec.areas_per_vcpu, spec.pt_gfn, spec.max_gfn, True))
+        vm.start_passes(0, 4096, 4096 + 2048, 2)
+        vm.run_host(lambda: None)
+        st = vm.stats()
+        assert st["pages_2m"] >= 1 and st["pf_fixed"] < 2048  # not one fault per 4 KiB
+    finally:
+        vm.close()
