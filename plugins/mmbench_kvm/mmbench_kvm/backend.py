@@ -32,7 +32,17 @@ from mmbench.vmapi import PassRecord, VmSpec
 
 from . import knobs
 from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
-from .vm import GuestExitError, KvmError, KvmSystem, Vcpu, VcpuThread, VcpuTimeout, Vm
+from .vm import (
+    GuestExitError,
+    KvmError,
+    KvmSystem,
+    Vcpu,
+    VcpuThread,
+    VcpuTimeout,
+    Vm,
+    bitmap_popcount,
+    install_kick_handler,
+)
 
 PAGE_SHIFT = 12
 # generous bound on one guest pass: 20 us per page (populate from fresh host memory with
@@ -138,6 +148,7 @@ class KvmVm:
     # -- building ------------------------------------------------------------------------
     def create(self, spec: VmSpec) -> Vm:
         check_host_memory(sum(s.size for s in spec.slots), "guest memory")
+        install_kick_handler()  # SIGUSR1 kicks stuck vCPUs; must be set from this thread
         vm = self.system.create_vm()
         self.vm = vm
         try:
@@ -345,7 +356,7 @@ class KvmVm:
         t0 = time.perf_counter_ns()
         bitmap = self._vm().get_dirty_log(slot_id)
         ns = time.perf_counter_ns() - t0
-        return ns, int(sum(int(w).bit_count() for w in bitmap.tolist()))
+        return ns, bitmap_popcount(bitmap)
 
     def clear_dirty_log(self, slot_id: int, first_page: int, npages: int) -> int:
         return self._vm().clear_dirty_log(slot_id, first_page, npages)
