@@ -138,7 +138,7 @@ def test_calibrate_then_validate_on_tiny_guests(tmp_path, runs_dir):
         (s, q) for s in (12, 16) for q in ("rom_delete_ms", "refault_pass_ms", "teardown_ms")
     }
     for r in rows:
-        assert r["model_ms"] > 0 and r["kernel_ms"] > 0 and r["error_pct"] is not None
+        assert r["model"] > 0 and r["kernel"] > 0 and r["error_pct"] is not None
 
 
 def test_crashed_guest_is_a_clear_error_and_frees_everything():
