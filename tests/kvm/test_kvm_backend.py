@@ -96,6 +96,12 @@ def test_policy_without_a_kernel_knob_is_refused(runs_dir):
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
+def test_check_is_refused_on_the_kernel(runs_dir):
+    proc = mmbench("run", "rom-access", *KVM_SMALL, "--backend", "kvm", "--check")
+    assert proc.returncode == 2 and "--check" in proc.stderr and "--backend sim" in proc.stderr
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
 def test_guest_bigger_than_host_memory_is_refused(runs_dir):
     proc = mmbench("run", "rom-access", "--backend", "kvm", "-c", "1", "-m", "900000")
     assert proc.returncode == 2

@@ -89,14 +89,27 @@ def check_host_memory(nbytes: int, field: str) -> None:
         )
 
 
-def run_policy_name(hook: pluggy.HookRelay) -> str | None:
-    """The policy registered on the run's plugin manager (the object with ``archs``)."""
+def _run_plugins(hook: pluggy.HookRelay) -> list[Any]:
+    """Every plugin object registered on the run's plugin manager."""
+    seen: dict[int, Any] = {}
     for caller in vars(hook).values():
         get = getattr(caller, "get_hookimpls", None)
         for impl in get() if get else ():
-            if hasattr(impl.plugin, "archs") and isinstance(getattr(impl.plugin, "name", 0), str):
-                return impl.plugin.name
+            seen.setdefault(id(impl.plugin), impl.plugin)
+    return list(seen.values())
+
+
+def run_policy_name(hook: pluggy.HookRelay) -> str | None:
+    """The policy registered on the run's plugin manager (the object with ``archs``)."""
+    for plugin in _run_plugins(hook):
+        if hasattr(plugin, "archs") and isinstance(getattr(plugin, "name", 0), str):
+            return plugin.name
     return None
+
+
+def run_monitors(hook: pluggy.HookRelay) -> list[str]:
+    """Monitors on the run (they count ``checks``): they observe model state only."""
+    return [getattr(p, "name", "?") for p in _run_plugins(hook) if hasattr(p, "checks")]
 
 
 def _merge(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -420,9 +433,8 @@ class KvmBackend:
             return False, f"cannot open /dev/kvm: {exc.strerror}"
         except KvmError as exc:
             return False, str(exc)
-        if tdp:
-            return False, "kvm.tdp_mmu=Y: the kernel runs the TDP MMU, not the shadow MMU"
-        return True, "/dev/kvm usable, shadow MMU (tdp_mmu=N)"
+        mmu = "TDP MMU (tdp_mmu=Y)" if tdp else "shadow MMU (tdp_mmu=N)"
+        return True, f"/dev/kvm usable, {mmu}"
 
     def supported_policies(self, names: list[str]) -> list[str]:
         """Of ``names``, those this kernel has a knob for (the default policy list)."""
@@ -432,14 +444,24 @@ class KvmBackend:
 
     def check_policies(self, names: list[str], arch: str) -> None:
         """Refuse, before anything runs, what this kernel cannot do."""
-        if arch != "x86-shadow":
-            raise ConfigError("--arch", f"backend kvm runs x86-shadow here, not {arch!r}")
         with KvmSystem() as s:
             mask = s.supported_quirks
+            here = "x86-tdp" if s.tdp_mmu else "x86-shadow"
+        if arch != here:
+            raise ConfigError(
+                "--arch", f"this kernel's MMU is {here} (kvm.tdp_mmu), so backend kvm runs {here}"
+            )
         for n in names:
             knobs.resolve(n, mask)
 
     def create_vm(self, hook: pluggy.HookRelay, arch: Any, costs: Any) -> KvmVm:
+        monitors = run_monitors(hook)
+        if monitors:
+            raise ConfigError(
+                "--check",
+                f"monitor {', '.join(monitors)} inspects the model's MMU state, which the"
+                " kernel does not expose; use it with --backend sim",
+            )
         system = KvmSystem()
         try:
             name = run_policy_name(hook) or "fast-invalidate"
