@@ -273,3 +273,23 @@ def test_huge_guest_pages_on_thp_memory_give_2m_sptes():
         assert st["pages_2m"] >= 1 and st["pf_fixed"] < 2048  # not one fault per 4 KiB
     finally:
         vm.close()
+
+
+def test_memslot_move_zaps_only_the_slot_without_the_quirk():
+    vm = new_vm("zap-slot")
+    try:
+        vm.create(tiny_spec())
+        vm.start_passes(0, 2048, 2304, 1)
+        vm.run_host(lambda: None)
+
+        def script() -> None:
+            vm.add_memslot(2, 0xFEBC0000, 128 * 1024)
+            vm.guest_access(1, 0xFEBC0, 0xFEBC0 + 32)
+            assert vm.move_memslot(2, 0xFEC00000) > 0
+
+        vm.run_host(script)
+        st = vm.stats()
+        assert st["sptes_zapped"] == 32 and st["mmu_shadow_zapped"] == 0
+        assert st["pages_4k"] >= 256  # the guest thread's sptes stay
+    finally:
+        vm.close()
