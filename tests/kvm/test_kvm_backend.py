@@ -34,6 +34,10 @@ MiB = 1 << 20
 KVM_SMALL = ["-c", "2", "-m", "16", "--passes", "20", "--rom-interval-ms", "2"]
 KERNEL_COUNTERS = {"sptes_zapped", "sps_zapped", "sp_allocs", "refaults", "remote_tlb_flushes"}
 MODEL_ONLY = {"mmu_lock_max_hold_ms", "vcpu_stall_ms", "vcpu_stall_max_ms", "lock_breaks"}
+# glibc keeps stacks of exited threads in a bounded cache; a thread that has just left
+# join() may still hold one, so a few stack mappings come and go. A leak of VMs would show
+# as hundreds (guest memory, kvm_run): every VM maps at least three areas.
+STACK_CACHE_SLACK = 8
 
 
 def fd_count() -> int:
@@ -163,10 +167,12 @@ def test_crashed_guest_is_a_clear_error_and_frees_everything():
     crash()  # warm up: thread stacks, lazily loaded modules
     gc.collect()
     fds, maps = fd_count(), maps_count()
-    crash()
+    for _ in range(20):
+        crash()
     assert not [t for t in threading.enumerate() if t.name.startswith("vcpu")]
     gc.collect()
-    assert fd_count() == fds and maps_count() == maps
+    assert fd_count() == fds
+    assert maps_count() - maps <= STACK_CACHE_SLACK
 
 
 def test_stuck_guest_times_out_and_is_kicked(monkeypatch):
@@ -218,7 +224,7 @@ def test_no_leaks_over_150_backend_vms():
         cycle(i)
     gc.collect()
     assert fd_count() == fds
-    assert maps_count() == maps
+    assert maps_count() - maps <= STACK_CACHE_SLACK
 
 
 def test_stuck_host_side_access_is_kicked(monkeypatch):
@@ -291,5 +297,20 @@ def test_memslot_move_zaps_only_the_slot_without_the_quirk():
         st = vm.stats()
         assert st["sptes_zapped"] == 32 and st["mmu_shadow_zapped"] == 0
         assert st["pages_4k"] >= 256  # the guest thread's sptes stay
+    finally:
+        vm.close()
+
+
+def test_single_stat_read_matches_the_full_read():
+    vm = new_vm()
+    try:
+        vm.create(tiny_spec())
+        vm.start_passes(0, 2048, 2304, 1)
+        vm.run_host(lambda: None)
+        reader = vm.vm.vcpus[0].stats_reader
+        full = reader.read()
+        assert full["pf_fixed"] > 0
+        for name in ("pf_fixed", "exits", "pf_taken"):
+            assert reader.read_one(name) == full[name]
     finally:
         vm.close()

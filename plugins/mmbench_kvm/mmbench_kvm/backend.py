@@ -127,13 +127,13 @@ class _PassThread(VcpuThread):
 
     def __init__(self, vcpu: Vcpu, name: str) -> None:
         super().__init__(vcpu, name)
-        self.pf0 = vcpu.stats()["pf_fixed"]
+        self.pf0 = vcpu.stats_reader.read_one("pf_fixed")
         self.pf: list[int] = []
 
     def _on_io(self, port: int, value: int, now: int) -> None:
         super()._on_io(port, value, now)
         if len(self.pf) < len(self.pass_ns):
-            self.pf.append(self.vcpu.stats()["pf_fixed"])
+            self.pf.append(self.vcpu.stats_reader.read_one("pf_fixed"))
 
 
 class KvmVm:
@@ -342,8 +342,9 @@ class KvmVm:
         try:
             done = vcpu.run()
         finally:
+            ns = time.perf_counter_ns() - t0
             timer.cancel()
-        ns = time.perf_counter_ns() - t0
+            timer.join()  # no watchdog thread outlives the access
         if done is None:
             raise VcpuTimeout(
                 f"vCPU {vcpu_id} did not finish its access to gfns [{gfn0:#x}, {gfn1:#x})"
