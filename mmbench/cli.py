@@ -15,7 +15,7 @@ from typing import Any
 from mmbench import environment, store
 from mmbench.compare import RENDERERS, compare, render_text
 from mmbench.config import load_config
-from mmbench.errors import ConfigError, ModelError
+from mmbench.errors import BackendError, ConfigError, ModelError
 from mmbench.plugins import get_host
 from mmbench.runner import RunRequest, execute, resolve
 
@@ -320,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ModelError as exc:
         print(f"mmbench: model error: {exc}", file=sys.stderr)
+        return 1
+    except BackendError as exc:
+        print(f"mmbench: kernel error: {exc}; nothing was saved", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("mmbench: interrupted; nothing was saved", file=sys.stderr)

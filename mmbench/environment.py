@@ -62,6 +62,13 @@ def kvm_module_params() -> dict[str, str]:
     return params
 
 
+def kvm_modules_loaded() -> list[str]:
+    """Which KVM modules are loaded (kvm_pvm means a nested host running shadow paging)."""
+    return [
+        m for m in ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm") if Path("/sys/module", m).exists()
+    ]
+
+
 def collect() -> dict:
     return {
         "hostname": platform.node(),
@@ -75,4 +82,5 @@ def collect() -> dict:
         "git_commit": git_commit(),
         "dev_kvm": os.path.exists("/dev/kvm"),
         "kvm_params": kvm_module_params(),
+        "kvm_modules": kvm_modules_loaded(),
     }

@@ -18,3 +18,7 @@ class ModelError(RuntimeError):
 
 class InvariantViolation(ModelError):
     """The invariant checker found a stale mapping, a bad rmap or an obsolete root in use."""
+
+
+class BackendError(RuntimeError):
+    """A real-kernel run failed: the guest crashed or stuck, or KVM refused an ioctl."""

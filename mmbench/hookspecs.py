@@ -66,7 +66,13 @@ def mmbench_register_monitors(register: Callable[[Any], None]) -> None:
 @hookspec
 def mmbench_register_backends(register: Callable[[Any], None]) -> None:
     """Register backends: ``register(BackendClass)`` with ``name``, ``available() ->
-    (bool, reason)`` and ``create_vm(hook, arch, costs) -> VmApi`` (``mmbench.vmapi``)."""
+    (bool, reason)`` and ``create_vm(hook, arch, costs) -> VmApi`` (``mmbench.vmapi``).
+
+    Optional, for real-time backends such as ``kvm``: ``exclusive = True`` (the runner
+    runs policies one after another), ``supported_policies(names) -> names`` (the default
+    policy list), ``check_policies(names, arch)`` (raise ConfigError before anything runs)
+    and, on the VM, ``close()`` (called by the runner after the workload, on errors too)
+    and ``costs_name`` (recorded instead of the unused cost table's name)."""
 
 
 @hookspec

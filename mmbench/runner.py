@@ -108,9 +108,13 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
         if req.arch in getattr(host.registry.get("policy", n), "archs", ())
     ]
     names = sorted(names, key=lambda n: _default_order(n)) if not req.policies else names
+    if not req.policies and hasattr(backend, "supported_policies"):  # kvm: kernel knobs only
+        names = backend.supported_policies(names)
     policies = [parse_policy(p, host) for p in names]
     if not policies:
         raise ConfigError("--policy", f"no policy applies to arch {req.arch!r}")
+    if hasattr(backend, "check_policies"):  # e.g. kvm: only policies with a kernel knob
+        backend.check_policies([p.name for p in policies], req.arch)
     for p in policies:
         archs = getattr(host.registry.get("policy", p.name), "archs", ())
         if req.arch not in archs:
@@ -151,14 +155,19 @@ def run_one(req: RunRequest, policy: PolicySpec, rep: int = 0) -> dict[str, Any]
     spec = resolve_params(workload.params, req.params)
     if "seed" in spec.values:
         spec.values["seed"] += rep
-    metrics = workload.run(vm, spec)
+    try:
+        metrics = workload.run(vm, spec)
+        series = vm.series()
+    finally:
+        if hasattr(vm, "close"):  # real-kernel VMs hold fds and guest memory
+            vm.close()
     return {
         "policy": policy.label,
         "arch": arch.name,
         "backend": vm.backend,
-        "costs": costs.name,
+        "costs": getattr(vm, "costs_name", costs.name),  # kvm: no cost table applies
         "metrics": metrics,
-        "series": {k: [list(_plain(x)) for x in v] for k, v in vm.series().items()},
+        "series": {k: [list(_plain(x)) for x in v] for k, v in series.items()},
         "checks": sum(getattr(m, "checks", 0) for m in monitors),
         "seed": spec.values.get("seed"),
     }
@@ -179,6 +188,8 @@ def execute(
     req = run.request
     tasks = [(p, i) for p in run.policies for i in range(req.reps)]
     jobs = req.jobs or min(len(tasks), os.cpu_count() or 1)
+    if getattr(get_host().registry.get("backend", req.backend), "exclusive", False):
+        jobs = 1  # real-time backends: one run after another, or they skew the timings
     done: dict[tuple[str, int], dict[str, Any]] = {}
     if jobs <= 1 or len(tasks) == 1:
         for p, i in tasks:

@@ -87,6 +87,14 @@ class StatsReader:
             out[d.name] = int(data[i : i + d.size].sum()) if d.size > 1 else int(data[i])
         return out
 
+    def read_one(self, name: str) -> int:
+        """One scalar stat with a single 8-byte pread (~0.6 us against ~20 us for read());
+        cheap enough to sample at every guest pass boundary."""
+        if self.fd < 0:
+            raise ValueError("stats fd is closed")
+        d = self.descs[name]
+        return int.from_bytes(os.pread(self.fd, 8, self._data_offset + d.offset), "little")
+
     def read_scaled(self) -> dict[str, float]:
         """Values in the stat's base unit (value * base**exponent), e.g. seconds."""
         return {n: v * self.descs[n].scale for n, v in self.read().items()}

@@ -1,0 +1,478 @@
+"""Backend ``kvm``: the VM API (``mmbench.vmapi``) on /dev/kvm, in real time.
+
+A workload's VmSpec maps onto the driver like this: every slot of the spec becomes a memslot
+of private anonymous host memory (THP advised); one set of identity page tables (4 KiB
+leaves, or 2 MiB where the spec asks and areas are aligned) maps every vCPU's areas, and
+the code page plus those tables are written into the RAM slot that holds the spec's page
+table area (or gpa 0). Guest threads are ``VcpuThread``s running the CPL3 touch loop; the
+host script runs in the calling thread; ``guest_access`` is a one-shot pass on its vCPU.
+
+The policy is a kernel knob (``knobs.py``), read from the run's plugin manager. Counters
+are the kernel's binary stats under the model's names; the model-only ones (mmu_lock
+hold, vCPU stall, lock breaks) are absent because the kernel does not show them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from mmbench.errors import BackendError, ConfigError
+from mmbench.hookspecs import hookimpl
+from mmbench.vmapi import PassRecord, VmSpec
+
+from . import knobs
+from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
+from .vm import (
+    GuestExitError,
+    KvmError,
+    KvmSystem,
+    Vcpu,
+    VcpuThread,
+    VcpuTimeout,
+    Vm,
+    bitmap_popcount,
+    install_kick_handler,
+)
+
+PAGE_SHIFT = 12
+# generous bound on one guest pass: 20 us per page (populate from fresh host memory with
+# 1 spte per fault takes ~5 us/page here) plus a fixed margin
+PASS_NS_PER_PAGE = 20_000
+JOIN_MARGIN_S = 30.0
+# a guest that runs natively emulates next to nothing: only the `out` of each pass exit
+MAX_EMULATED_PER_PAGE = 0.01
+HOST_MEM_HEADROOM = 0.8  # use at most this share of MemAvailable for guest memory
+
+# kernel binary stats reported under the same names as the model's
+VM_STATS = (
+    "mmu_shadow_zapped",
+    "mmu_cache_miss",
+    "mmu_recycled",
+    "mmu_pte_write",
+    "mmu_flooded",
+    "remote_tlb_flush",
+    "remote_tlb_flush_requests",
+    "pages_4k",
+    "pages_2m",
+    "pages_1g",
+)
+VCPU_STATS = ("pf_taken", "pf_fixed", "pf_emulate", "mmio_exits", "exits", "insn_emulation")
+
+
+def mem_available() -> int:
+    """MemAvailable from /proc/meminfo, in bytes."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def check_host_memory(nbytes: int, field: str) -> None:
+    """ConfigError if the guest would not fit in the host's free memory."""
+    avail = mem_available()
+    if nbytes > avail * HOST_MEM_HEADROOM:
+        raise ConfigError(
+            field,
+            f"the guest needs {nbytes / 2**30:.1f} GiB of host memory; at most"
+            f" {avail * HOST_MEM_HEADROOM / 2**30:.1f} GiB ({HOST_MEM_HEADROOM:.0%} of"
+            " MemAvailable) is free on this host",
+        )
+
+
+def _run_plugins(hook: pluggy.HookRelay) -> list[Any]:
+    """Every plugin object registered on the run's plugin manager."""
+    seen: dict[int, Any] = {}
+    for caller in vars(hook).values():
+        get = getattr(caller, "get_hookimpls", None)
+        for impl in get() if get else ():
+            seen.setdefault(id(impl.plugin), impl.plugin)
+    return list(seen.values())
+
+
+def run_policy_name(hook: pluggy.HookRelay) -> str | None:
+    """The policy registered on the run's plugin manager (the object with ``archs``)."""
+    for plugin in _run_plugins(hook):
+        if hasattr(plugin, "archs") and isinstance(getattr(plugin, "name", 0), str):
+            return plugin.name
+    return None
+
+
+def run_monitors(hook: pluggy.HookRelay) -> list[str]:
+    """Monitors on the run (they count ``checks``): they observe model state only."""
+    return [getattr(p, "name", "?") for p in _run_plugins(hook) if hasattr(p, "checks")]
+
+
+def _merge(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(runs):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+class _PassThread(VcpuThread):
+    """A guest thread that also samples pf_fixed at every pass boundary."""
+
+    def __init__(self, vcpu: Vcpu, name: str) -> None:
+        super().__init__(vcpu, name)
+        self.pf0 = vcpu.stats_reader.read_one("pf_fixed")
+        self.pf: list[int] = []
+
+    def _on_io(self, port: int, value: int, now: int) -> None:
+        super()._on_io(port, value, now)
+        if len(self.pf) < len(self.pass_ns):
+            self.pf.append(self.vcpu.stats_reader.read_one("pf_fixed"))
+
+
+class KvmVm:
+    """``VmApi`` on /dev/kvm (see ``mmbench.vmapi``); ``close()`` frees everything."""
+
+    backend = "kvm"
+    costs_name = "none (real kernel)"
+
+    def __init__(self, arch: Any, policy: knobs.KernelPolicy, system: KvmSystem) -> None:
+        self.arch = arch
+        self.policy = policy
+        self.system = system
+        self.vm: Vm | None = None
+        self.passes: list[PassRecord] = []
+        self._pending: dict[int, tuple[int, int, int, bool]] = {}
+        self._threads: dict[int, _PassThread] = {}
+        self._t0 = time.perf_counter_ns()
+        self._series: defaultdict[str, list] = defaultdict(list)
+        self._sptes_zapped = 0
+        self._final: dict[str, float] | None = None
+        self.teardown_ns: int | None = None
+        self.npages_touched = 0
+        self._manual_protect: bool | None = None
+
+    # -- building ------------------------------------------------------------------------
+    def create(self, spec: VmSpec) -> Vm:
+        check_host_memory(sum(s.size for s in spec.slots), "guest memory")
+        install_kick_handler()  # SIGUSR1 kicks stuck vCPUs; must be set from this thread
+        vm = self.system.create_vm()
+        self.vm = vm
+        try:
+            if self.policy.quirks_off:
+                vm.disable_quirks(self.policy.quirks_off)
+            if self._manual_protect is not None:
+                vm.enable_manual_dirty_log(self._manual_protect)
+            image = self._build_image(spec)
+            for s in spec.slots:
+                vm.add_memslot(s.id, s.gpa, s.size, thp=True)
+            home = [ms for ms in vm.memslots.values() if ms.gpa <= image.gpa < ms.gpa + ms.size]
+            if not home or image.gpa + image.size > home[0].gpa + home[0].size:
+                raise ConfigError(
+                    "slots", f"no RAM slot holds the guest page tables at gpa {image.gpa:#x}"
+                )
+            home[0].write(image.gpa - home[0].gpa, image.data)
+            vm.image = image
+            for v in range(len(spec.areas_per_vcpu)):
+                vm.create_vcpu(v).setup_cpl3()
+        except BaseException:
+            self.close()
+            raise
+        return vm
+
+    def _build_image(self, spec: VmSpec):
+        """Page tables for every vCPU's areas, at gpa 0 or else at the spec's pt_gfn.
+
+        Linear address 0 must be mapped too: TR and GDT bases are 0 and kvm_pvm's
+        emulation of the guest's ``out`` reads the TSS there (it triple-faults if not).
+        """
+        runs = _merge([a for areas in spec.areas_per_vcpu for a in areas])
+        candidates = [0, (spec.pt_gfn << PAGE_SHIFT) // PAGE_SIZE_2M * PAGE_SIZE_2M]
+        last: Exception | None = None
+        for base in dict.fromkeys(candidates):
+            layout = GuestLayout(base)
+            for g0, g1 in runs:
+                self._map(layout, g0 << PAGE_SHIFT, g1 << PAGE_SHIFT, spec.huge_pages)
+            if base and runs[0][0] << PAGE_SHIFT >= PAGE_SIZE_2M:
+                layout.map(0, PAGE_SIZE_2M, PAGE_SIZE_2M)
+            try:
+                return layout.build()
+            except ValueError as exc:  # overlaps a mapped area: try the next place
+                last = exc
+        raise ConfigError("layout", f"no room for the guest page tables below the areas: {last}")
+
+    @staticmethod
+    def _map(layout: GuestLayout, a: int, b: int, huge: bool) -> None:
+        h0 = (a + PAGE_SIZE_2M - 1) // PAGE_SIZE_2M * PAGE_SIZE_2M
+        h1 = b // PAGE_SIZE_2M * PAGE_SIZE_2M
+        if not huge or h1 <= h0:
+            layout.map(a, b - a)
+            return
+        for x, y, size in ((a, h0, PAGE_SIZE_4K), (h0, h1, PAGE_SIZE_2M), (h1, b, PAGE_SIZE_4K)):
+            if y > x:
+                layout.map(x, y - x, size)
+
+    # -- guest threads -------------------------------------------------------------------
+    def start_passes(
+        self, vcpu_id: int, gfn0: int, gfn1: int, passes: int, write: bool = True
+    ) -> None:
+        """Arm a guest thread; it starts with the host script in ``run_host``."""
+        self._pending[vcpu_id] = (gfn0, gfn1, passes, write)
+
+    def guests_done(self) -> bool:
+        return all(not t.is_alive() for t in self._threads.values())
+
+    def run_host(self, script: Callable[[], None], name: str = "vmm") -> None:
+        """Start the guest threads, run ``script`` here, then wait for the guests."""
+        vm = self._vm()
+        budget_s = JOIN_MARGIN_S
+        new: dict[int, _PassThread] = {}
+        for vid, (g0, g1, passes, write) in self._pending.items():
+            vcpu = vm.vcpus[vid]
+            vcpu.set_touch(g0 << PAGE_SHIFT, g1 << PAGE_SHIFT, passes=passes, write=write)
+            new[vid] = self._threads[vid] = _PassThread(vcpu, f"vcpu{vid}")
+            budget_s += passes * (g1 - g0) * PASS_NS_PER_PAGE / 1e9
+            self.npages_touched += g1 - g0
+        self._pending.clear()
+        for v in vm.vcpus:  # the script's own vCPUs pay the KVM_RUN pid switch now
+            if v.id not in new:
+                v.claim_thread()
+        if not self.passes:
+            self._t0 = time.perf_counter_ns()
+        for t in new.values():
+            t.start()
+        try:
+            script()
+            deadline = time.monotonic() + budget_s
+            for t in new.values():
+                t.join(max(0.1, deadline - time.monotonic()))
+        except (GuestExitError, VcpuTimeout, KvmError, OSError) as exc:
+            self._stop_threads()
+            raise BackendError(f"the kvm guest failed: {exc}") from exc
+        except BaseException:
+            self._stop_threads()
+            raise
+        for vid, t in new.items():
+            edges = [t.start_ns, *t.pass_ns]
+            pfs = [t.pf0, *t.pf]
+            for i in range(len(t.pass_ns)):
+                self.passes.append(
+                    PassRecord(
+                        vid,
+                        i,
+                        edges[i] - self._t0,
+                        edges[i + 1] - self._t0,
+                        pfs[i + 1] - pfs[i],
+                    )
+                )
+        self._check_native()
+
+    def _stop_threads(self) -> None:
+        for t in self._threads.values():
+            if t.is_alive():
+                with contextlib.suppress(KvmError):
+                    t.stop()
+
+    def _check_native(self) -> None:
+        """The guest must have run through the shadow MMU, not the emulator."""
+        st = self.stats()
+        built = st.get("pages_4k", 0) + st.get("pages_2m", 0) + self._sptes_zapped
+        if st.get("pf_fixed", 0) == 0 or built == 0:
+            raise BackendError(
+                "the guest did not run natively: no sptes were built"
+                f" (pf_fixed={st.get('pf_fixed', 0)}, pages_4k={st.get('pages_4k', 0)});"
+                " the numbers would not be the shadow MMU's"
+            )
+        emulated = st.get("insn_emulation", 0)
+        if emulated > MAX_EMULATED_PER_PAGE * max(1, self.npages_touched):
+            print(
+                f"mmbench: warning: kvm guest emulated {emulated} instructions for"
+                f" {self.npages_touched} pages touched; part of it did not run natively",
+                file=sys.stderr,
+            )
+        self._series["native"].append((self.now_ns(), {"pf_fixed": st["pf_fixed"]}))
+
+    # -- the host script's calls ---------------------------------------------------------
+    def now_ns(self) -> int:
+        return time.perf_counter_ns() - self._t0
+
+    def sleep_ns(self, ns: float) -> None:
+        time.sleep(ns / 1e9)
+
+    def add_memslot(self, slot_id: int, gpa: int, size: int, name: str = "") -> int:
+        return self._vm().add_memslot(slot_id, gpa, size, thp=False).register_ns
+
+    def _live_sptes(self) -> int:
+        st = self._vm().stats()
+        return st.get("pages_4k", 0) + 512 * st.get("pages_2m", 0)
+
+    def delete_memslot(self, slot_id: int) -> int:
+        """Timed delete; sptes zapped = the drop in pages_4k/2m across it (a lower bound
+        when vCPUs fault concurrently)."""
+        before = self._live_sptes()
+        ns = self._vm().delete_memslot(slot_id)
+        self._sptes_zapped += max(0, before - self._live_sptes())
+        return ns
+
+    def move_memslot(self, slot_id: int, new_gpa: int) -> int:
+        before = self._live_sptes()
+        ns = self._vm().move_memslot(slot_id, new_gpa)
+        self._sptes_zapped += max(0, before - self._live_sptes())
+        return ns
+
+    def guest_access(self, vcpu_id: int, gfn0: int, gfn1: int, write: bool = False) -> int:
+        """One pass on ``vcpu_id`` in this thread; a watchdog kicks it out if it hangs."""
+        vcpu = self._vm().vcpus[vcpu_id]
+        vcpu.set_touch(gfn0 << PAGE_SHIFT, gfn1 << PAGE_SHIFT, passes=1, write=write)
+        budget_s = JOIN_MARGIN_S + (gfn1 - gfn0) * PASS_NS_PER_PAGE / 1e9
+
+        def watchdog() -> None:
+            vcpu.request_stop()
+            vcpu.kick()
+
+        timer = threading.Timer(budget_s, watchdog)
+        timer.start()
+        t0 = time.perf_counter_ns()
+        try:
+            done = vcpu.run()
+        finally:
+            ns = time.perf_counter_ns() - t0
+            timer.cancel()
+            timer.join()  # no watchdog thread outlives the access
+        if done is None:
+            raise VcpuTimeout(
+                f"vCPU {vcpu_id} did not finish its access to gfns [{gfn0:#x}, {gfn1:#x})"
+                f" within {budget_s:.1f}s; it was kicked out of KVM_RUN"
+            )
+        return ns
+
+    def event(self, name: str, **data: Any) -> None:
+        self._series[name].append((self.now_ns(), data))
+
+    # -- dirty logging -------------------------------------------------------------------
+    def enable_manual_protect(self, initially_set: bool) -> None:
+        """KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, now or (before ``create``) at creation."""
+        if self.vm is None:
+            self._manual_protect = initially_set
+        else:
+            self._vm().enable_manual_dirty_log(initially_set)
+
+    def set_dirty_logging(self, slot_id: int, on: bool) -> int:
+        return self._vm().set_dirty_logging(slot_id, on)
+
+    def get_dirty_log(self, slot_id: int) -> tuple[int, int]:
+        t0 = time.perf_counter_ns()
+        bitmap = self._vm().get_dirty_log(slot_id)
+        ns = time.perf_counter_ns() - t0
+        return ns, bitmap_popcount(bitmap)
+
+    def clear_dirty_log(self, slot_id: int, first_page: int, npages: int) -> int:
+        return self._vm().clear_dirty_log(slot_id, first_page, npages)
+
+    # -- teardown and figures ------------------------------------------------------------
+    def destroy(self) -> int:
+        """Teardown time: the close() of the VM fd that drops the last reference."""
+        if self.teardown_ns is None:
+            self._final = self.stats()
+            self._stop_threads()
+            self.teardown_ns = self._vm().close()
+        return self.teardown_ns
+
+    def close(self) -> None:
+        """Stop guests, free every fd and mapping (idempotent; after errors too)."""
+        try:
+            if self.vm is not None and not self.vm.closed:
+                self._stop_threads()
+                with contextlib.suppress(Exception):
+                    self._final = self._final or self.stats()
+                self.teardown_ns = self.vm.close()
+        finally:
+            self.system.close()
+
+    def _vm(self) -> Vm:
+        if self.vm is None or self.vm.closed:
+            raise BackendError("the kvm VM is not running (create() first, or already closed)")
+        return self.vm
+
+    def stats(self) -> dict[str, float]:
+        if self.vm is None or self.vm.closed:
+            return dict(self._final or {})
+        vmst = self.vm.stats()
+        out: dict[str, float] = {n: vmst[n] for n in VM_STATS if n in vmst}
+        vcpus = [self.vm.vcpus[v] for v in self._threads] or self.vm.vcpus
+        for v in vcpus:
+            for n, val in v.stats().items():
+                if n in VCPU_STATS:
+                    out[n] = out.get(n, 0) + val
+        out["sptes_zapped"] = self._sptes_zapped
+        return out
+
+    def series(self) -> dict[str, list]:
+        return dict(self._series)
+
+
+class KvmBackend:
+    """The real kernel through /dev/kvm: a CPL3 guest, kernel knobs for policies."""
+
+    name = "kvm"
+    description = "the host's KVM through /dev/kvm (real time; policies = kernel knobs)"
+    exclusive = True  # timings: policies run one after another, never in parallel
+
+    def available(self) -> tuple[bool, str]:
+        if not os.path.exists("/dev/kvm"):
+            return False, "/dev/kvm does not exist (no KVM module loaded, or not a KVM host)"
+        try:
+            with KvmSystem() as s:
+                tdp = s.tdp_mmu
+        except OSError as exc:
+            return False, f"cannot open /dev/kvm: {exc.strerror}"
+        except KvmError as exc:
+            return False, str(exc)
+        mmu = "TDP MMU (tdp_mmu=Y)" if tdp else "shadow MMU (tdp_mmu=N)"
+        return True, f"/dev/kvm usable, {mmu}"
+
+    def supported_policies(self, names: list[str]) -> list[str]:
+        """Of ``names``, those this kernel has a knob for (the default policy list)."""
+        with KvmSystem() as s:
+            ok = {p.name for p in knobs.supported(s.supported_quirks)}
+        return [n for n in names if n in ok]
+
+    def check_policies(self, names: list[str], arch: str) -> None:
+        """Refuse, before anything runs, what this kernel cannot do."""
+        with KvmSystem() as s:
+            mask = s.supported_quirks
+            here = "x86-tdp" if s.tdp_mmu else "x86-shadow"
+        if arch != here:
+            raise ConfigError(
+                "--arch", f"this kernel's MMU is {here} (kvm.tdp_mmu), so backend kvm runs {here}"
+            )
+        for n in names:
+            knobs.resolve(n, mask)
+
+    def create_vm(self, hook: pluggy.HookRelay, arch: Any, costs: Any) -> KvmVm:
+        monitors = run_monitors(hook)
+        if monitors:
+            raise ConfigError(
+                "--check",
+                f"monitor {', '.join(monitors)} inspects the model's MMU state, which the"
+                " kernel does not expose; use it with --backend sim",
+            )
+        system = KvmSystem()
+        try:
+            name = run_policy_name(hook) or "fast-invalidate"
+            policy = knobs.resolve(name, system.supported_quirks)
+        except BaseException:
+            system.close()
+            raise
+        return KvmVm(arch, policy, system)
+
+
+@hookimpl
+def mmbench_register_backends(register):
+    register(KvmBackend)

@@ -1,0 +1,312 @@
+"""``mmbench calibrate``: measure this host's KVM and fit the x86-shadow cost constants.
+
+Each experiment is a small VM on the driver (one vCPU, one data slot of host memory that
+is populated before the guest runs, so guest faults time KVM's work and not the host's
+page allocator, as a refault does). The kernel's own stats give the counts a time is
+made of; least squares over several sizes gives the per-item costs the model charges:
+
+* warm pass, stride 4 KiB                 -> ``touch_page`` (ns per page, no fault)
+* populate, three access patterns          -> per fault, per spte installed, per sp
+  (warm guest tables: 8 sptes per fault;       allocated: ``fault_exit`` (+ the
+  2 MiB stride: 1 sp and 8 sptes per fault;    ``fault_locked`` estimate),
+  fresh tables: 1 spte per fault)              ``spte_install``, ``sp_alloc``
+* ROM-slot delete, quirk off               -> ``memslot_update`` (a delete does two)
+* ROM-slot delete, quirk on, dense/sparse  -> ``zap_sp``, ``zap_spte``
+
+The patterns differ in faults:sptes:sps ratios, which is what makes the three populate
+costs separable; the same holds for sps:sptes in the two zap patterns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from mmbench.environment import collect as collect_environment
+from mmbench.errors import ConfigError
+
+from . import ioctls as k
+from .backend import check_host_memory
+from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
+from .vm import KvmSystem, Vcpu, Vm
+
+MiB = 1 << 20
+ROM_BYTES = 128 * 1024
+DEFAULT_FIT_SIZES_MB = (32, 64, 128)
+DELETE_REPEATS = 5  # SRCU grace periods make single memslot deletes noisy
+
+
+@dataclass
+class Sample:
+    """One timed kernel operation and the counts (from KVM's stats) it was made of."""
+
+    kind: str  # warm | populate | delete_slot | delete_all
+    pattern: str
+    size_mb: int
+    ns: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _delta(a: dict[str, int], b: dict[str, int], key: str) -> int:
+    return b.get(key, 0) - a.get(key, 0)
+
+
+class _Rig:
+    """A one-vCPU VM: system slot, a data slot at DATA_BASE, a ROM gpa mapped above it."""
+
+    def __init__(self, system: KvmSystem, size: int, *, accessed: bool, quirk_on: bool):
+        self.base = GuestLayout.DATA_BASE
+        self.size = size
+        self.rom = self.base + size + PAGE_SIZE_2M
+        layout = GuestLayout()
+        layout.map(self.base, size, accessed=accessed)
+        layout.map(self.rom, ROM_BYTES, accessed=accessed)
+        self.vm: Vm = system.create_vm()
+        try:
+            if not quirk_on:
+                self.vm.disable_quirks(k.KVM_X86_QUIRK_SLOT_ZAP_ALL)
+            self.vm.load_system_image(layout.build())
+            self.vm.add_memslot(1, self.base, size, thp=True, prefault=True)
+            self.vcpu: Vcpu = self.vm.create_vcpu()
+            self.vcpu.setup_cpl3()
+            self.vcpu.claim_thread()
+        except BaseException:
+            self.vm.close()
+            raise
+
+    def stats(self) -> dict[str, int]:
+        return {**self.vm.stats(), **self.vcpu.stats()}
+
+    def timed_pass(self, start: int, end: int, stride: int) -> tuple[int, dict[str, int]]:
+        s0 = self.stats()
+        self.vcpu.set_touch(start, end, stride=stride)
+        t0 = _now()
+        self.vcpu.run()
+        ns = _now() - t0
+        s1 = self.stats()
+        return ns, {
+            "faults": _delta(s0, s1, "pf_fixed"),
+            "sptes": _delta(s0, s1, "pages_4k"),
+            "sps": _delta(s0, s1, "mmu_cache_miss"),
+            "pages": (end - start) // stride,
+        }
+
+    def rom_delete(self) -> tuple[int, dict[str, int]]:
+        """Add the ROM slot, read it once, then time its delete (what rom.sh does)."""
+        self.vm.add_memslot(2, self.rom, ROM_BYTES, thp=False)
+        self.vcpu.set_touch(self.rom, self.rom + ROM_BYTES, write=False)
+        self.vcpu.run()
+        s0 = self.stats()
+        ns = self.vm.delete_memslot(2)
+        s1 = self.stats()
+        sps = _delta(s0, s1, "mmu_shadow_zapped")
+        # the model's zap_spte is charged per spte *or child link* an sp held
+        return ns, {"sps": sps, "sptes": -_delta(s0, s1, "pages_4k") + sps}
+
+    def close(self) -> int:
+        return self.vm.close()
+
+
+def _now() -> int:
+    import time
+
+    return time.perf_counter_ns()
+
+
+def measure(system: KvmSystem, sizes_mb: list[int]) -> list[Sample]:
+    """All calibration experiments at each size (about 3 small VMs per size)."""
+    out: list[Sample] = []
+    for mb in sizes_mb:
+        size = mb * MiB
+        check_host_memory(size, "--sizes-mb")
+        rig = _Rig(system, size, accessed=True, quirk_on=True)  # warm tables, 8 per fault
+        try:
+            end = rig.base + size
+            ns, c = rig.timed_pass(rig.base, end, PAGE_SIZE_4K)
+            out.append(Sample("populate", "4k-warm", mb, ns, c))
+            ns, c = rig.timed_pass(rig.base, end, PAGE_SIZE_4K)
+            out.append(Sample("warm", "4k", mb, ns, c))
+            ns, c = rig.rom_delete()
+            out.append(Sample("delete_all", "dense", mb, ns, c))
+        finally:
+            rig.close()
+        rig = _Rig(system, size, accessed=True, quirk_on=True)  # one sp per 8 sptes
+        try:
+            ns, c = rig.timed_pass(rig.base, rig.base + size, PAGE_SIZE_2M)
+            out.append(Sample("populate", "2m-stride", mb, ns, c))
+            ns, c = rig.rom_delete()
+            out.append(Sample("delete_all", "sparse", mb, ns, c))
+        finally:
+            rig.close()
+        rig = _Rig(system, size, accessed=False, quirk_on=False)  # fresh tables, 1 per fault
+        try:
+            ns, c = rig.timed_pass(rig.base, rig.base + size, PAGE_SIZE_4K)
+            out.append(Sample("populate", "4k-fresh", mb, ns, c))
+            for _ in range(DELETE_REPEATS):  # quirk off: the guest keeps its sptes
+                ns, c = rig.rom_delete()
+                out.append(Sample("delete_slot", "rom", mb, ns, c))
+        finally:
+            rig.close()
+    return out
+
+
+def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Non-negative least squares by dropping negative coefficients (few unknowns)."""
+    active = np.ones(a.shape[1], dtype=bool)
+    x = np.zeros(a.shape[1])
+    while active.any():
+        sol, *_ = np.linalg.lstsq(a[:, active], b, rcond=None)
+        if (sol >= 0).all():
+            x[active] = sol
+            break
+        idx = np.flatnonzero(active)[np.argmin(sol)]
+        active[idx] = False
+    return x
+
+
+def _rel_fit(rows: list[list[float]], ns: list[float]) -> tuple[np.ndarray, float]:
+    """Fit minimising relative error (each row scaled by 1/ns); returns (x, rms rel err)."""
+    a, b = np.array(rows, dtype=float), np.array(ns, dtype=float)
+    w = 1.0 / b
+    x = nnls(a * w[:, None], np.ones_like(b))
+    err = float(np.sqrt(np.mean((a @ x / b - 1.0) ** 2)))
+    return x, err
+
+
+def fit(samples: list[Sample], defaults: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """Costs in ns and the fit's rms relative residual per group."""
+    by = {kind: [s for s in samples if s.kind == kind] for kind in {s.kind for s in samples}}
+    touch = float(np.median([s.ns / s.counts["pages"] for s in by["warm"]]))
+    memslot_update = float(np.median([s.ns for s in by["delete_slot"]])) / 2
+    pop = by["populate"]
+    (c_fault, c_spte, c_sp), err_pop = _rel_fit(
+        [[s.counts["faults"], s.counts["sptes"], s.counts["sps"]] for s in pop],
+        [s.ns - s.counts["pages"] * touch for s in pop],
+    )
+    dels = by["delete_all"]
+    (c_zap_sp, c_zap_spte), err_zap = _rel_fit(
+        [[s.counts["sps"], s.counts["sptes"]] for s in dels],
+        [max(1.0, s.ns - 2 * memslot_update) for s in dels],
+    )
+    locked = defaults["fault_locked"].ns
+    costs = {
+        "touch_page": touch,
+        "fault_exit": max(0.0, c_fault - locked),
+        "spte_install": c_spte,
+        "sp_alloc": c_sp,
+        "memslot_update": memslot_update,
+        "zap_sp": c_zap_sp,
+        "zap_spte": c_zap_spte,
+    }
+    return costs, {"populate": err_pop, "zap": err_zap}
+
+
+def cost_table_yaml(
+    costs: dict[str, float], errors: dict[str, float], samples: list[Sample], sizes: list[int]
+) -> dict[str, Any]:
+    env = collect_environment()
+    host = env["hostname"]
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    where = (
+        f"{host} ({env['cpu']}, kernel {env['kernel']}, modules {'+'.join(env['kvm_modules'])},"
+        f" tdp_mmu={env['kvm_params'].get('kvm.tdp_mmu', '?')}) on {date}"
+    )
+    sz = "/".join(map(str, sizes))
+    how = {
+        "touch_page": "median warm-pass time per page",
+        "fault_exit": "per-fault cost from the populate fit, minus fault_locked's estimate"
+        " (the kernel's time cannot be split at mmu_lock)",
+        "spte_install": "per spte installed, populate fit",
+        "sp_alloc": "per sp allocated (mmu_cache_miss), populate fit",
+        "memslot_update": "half the median ROM-slot delete time with SLOT_ZAP_ALL off",
+        "zap_sp": "per sp zapped (mmu_shadow_zapped), ROM delete fit with SLOT_ZAP_ALL on",
+        "zap_spte": "per spte or child link dropped, ROM delete fit with SLOT_ZAP_ALL on",
+    }
+    group = {"zap_sp": "zap", "zap_spte": "zap", "spte_install": "populate"}
+    group |= {"sp_alloc": "populate", "fault_exit": "populate"}
+    out = {}
+    for name, ns in costs.items():
+        resid = f", fit rms error {errors[group[name]]:.0%}" if name in group else ""
+        out[name] = {
+            "ns": round(float(ns), 2),
+            "provenance": f"mmbench calibrate on {where}: {how[name]}, {sz} MiB guests{resid}",
+        }
+    return {
+        "name": f"x86-shadow calibrated on {host} {date}",
+        "costs": out,
+        "calibration": {
+            "host": host,
+            "date": date,
+            "kernel": platform.release(),
+            "sizes_mb": sizes,
+            "fit_rms_error": {k: round(v, 4) for k, v in errors.items()},
+            "samples": [asdict(s) for s in samples],
+        },
+    }
+
+
+def parse_sizes(text: str, field: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(field, f"expected MiB sizes like 32,64,128, got {text!r}") from None
+    if len(sizes) < 2 or any(s < 2 or s % 2 for s in sizes):
+        raise ConfigError(field, f"need at least two even sizes >= 2 MiB, got {text!r}")
+    return sizes
+
+
+class Calibrate:
+    """Fit the x86-shadow cost table to this host's KVM; write it for ``--costs``."""
+
+    name = "calibrate"
+    help = "measure /dev/kvm and write a fitted x86-shadow cost table (YAML, for --costs)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--sizes-mb",
+            default=",".join(map(str, DEFAULT_FIT_SIZES_MB)),
+            help="guest sizes to fit on, MiB (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--repeat", type=int, default=3, help="runs of every experiment (%(default)s)"
+        )
+        parser.add_argument(
+            "-o", "--output", default="costs-kvm.yaml", help="cost table file (%(default)s)"
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        from mmbench.plugins import get_host
+
+        from .backend import KvmBackend
+
+        sizes = parse_sizes(args.sizes_mb, "--sizes-mb")
+        if args.repeat < 1:
+            raise ConfigError("--repeat", f"must be >= 1 (got {args.repeat})")
+        ok, why = KvmBackend().available()
+        if not ok:
+            raise ConfigError("calibrate", f"needs the kvm backend, unavailable here: {why}")
+        out = Path(args.output)
+        if not out.parent.is_dir():
+            raise ConfigError("--output", f"directory {out.parent} does not exist")
+        defaults = get_host().registry.get("arch", "x86-shadow").costs
+        with KvmSystem() as system:
+            samples = [s for _ in range(args.repeat) for s in measure(system, sizes)]
+        costs, errors = fit(samples, defaults)
+        doc = cost_table_yaml(costs, errors, samples, sizes)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        tmp.replace(out)
+        print(f"calibrated on {', '.join(map(str, sizes))} MiB guests ({len(samples)} runs)")
+        for name, c in doc["costs"].items():
+            old = defaults[name].ns
+            print(f"  {name:<15} {c['ns']:>10.1f} ns   (default {old:g} ns)")
+        print("  fit rms error: " + ", ".join(f"{k} {v:.1%}" for k, v in errors.items()))
+        print(f"wrote {out}")
+        return 0

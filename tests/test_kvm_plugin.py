@@ -1,0 +1,40 @@
+"""The kvm plugin's parts that need no /dev/kvm: registration and the policy -> knob map."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import mmbench
+from mmbench_kvm import ioctls as k
+from mmbench_kvm import knobs
+
+from mmbench.errors import ConfigError
+
+
+def test_backend_and_commands_are_registered_through_entry_points():
+    out = mmbench("list", check=True).stdout
+    assert "kvm " in out and "mmbench_register_backends" in out
+    for cmd in ("doctor", "calibrate", "validate"):
+        assert mmbench(cmd, "--help", check=True).returncode == 0
+
+
+def test_policies_map_to_the_slot_zap_all_quirk():
+    every = k.KVM_X86_QUIRK_SLOT_ZAP_ALL | k.QUIRKS["OUT_7E_INC_RIP"]
+    assert knobs.resolve("fast-invalidate", every).quirks_off == 0
+    assert knobs.resolve("zap-slot", every).quirks_off == k.KVM_X86_QUIRK_SLOT_ZAP_ALL
+    # a kernel older than the quirk still does fast invalidate, and nothing else
+    assert [p.name for p in knobs.supported(0)] == ["fast-invalidate"]
+    with pytest.raises(ConfigError) as ei:
+        knobs.resolve("zap-slot", 0)
+    assert ei.value.field == "--policy" and "cannot disable" in ei.value.message
+    with pytest.raises(ConfigError) as ei:
+        knobs.resolve("zap-all", every)
+    assert "no kernel knob" in ei.value.message and "zap-slot" in ei.value.message
+
+
+def test_bad_calibrate_and_validate_input_is_one_line_exit_2(tmp_path):
+    proc = mmbench("calibrate", "--sizes-mb", "32,x")
+    assert proc.returncode == 2 and "--sizes-mb" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = mmbench("validate", "--costs", str(tmp_path / "missing.yaml"), "--sizes-mb", "8,16")
+    assert proc.returncode == 2 and "--costs" in proc.stderr
+    assert not list(tmp_path.iterdir())
