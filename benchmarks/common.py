@@ -19,8 +19,10 @@ def require(kind: str, name: str) -> None:
         raise NotImplementedError(f"this commit has no {kind} {name!r}")
 
 
-def run_model(workload: str, params: dict, policy: str, arch: str = "x86-shadow") -> dict:
-    """One run of one policy on the model; returns its metrics."""
+def run_model(
+    workload: str, params: dict, policy: str, arch: str = "x86-shadow", backend: str = "sim"
+) -> dict:
+    """One run of one policy on the model (or another backend); returns its metrics."""
     from mmbench.plugins import get_host
     from mmbench.runner import PolicySpec, RunRequest, parse_policy, run_one
 
@@ -29,7 +31,11 @@ def run_model(workload: str, params: dict, policy: str, arch: str = "x86-shadow"
     name = policy.split(":")[0]
     require("policy", name)
     spec = parse_policy(policy, get_host()) if ":" in policy else PolicySpec(policy)
-    req = RunRequest(workload=workload, params=dict(params), policies=[policy], arch=arch)
+    if backend != "sim":
+        require("backend", backend)
+    req = RunRequest(
+        workload=workload, params=dict(params), policies=[policy], arch=arch, backend=backend
+    )
     return run_one(req, spec)["metrics"]
 
 
