@@ -21,6 +21,7 @@ from mmbench.errors import ConfigError
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "mmbench.model.simvm",
     "mmbench.workloads.rom_access",
+    "mmbench.workloads.mmu_pressure",
     "mmbench.monitors.invariants",
 )
 BLOCK_ENV = "MMBENCH_BLOCK_PLUGINS"
