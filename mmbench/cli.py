@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from mmbench import environment, store
+from mmbench import environment, plots, store
 from mmbench.errors import ConfigError, ModelError
 from mmbench.plugins import get_host
 from mmbench.report import comparison_table
@@ -108,6 +108,9 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument(
             "--jobs", type=int, default=0, help="processes (default: one per policy, up to CPUs)"
         )
+        p.add_argument(
+            "--plot", metavar="FILE.png", help="also draw the run's time series (mmbench plot)"
+        )
         p.set_defaults(func=cmd_run)
 
 
@@ -131,6 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = store.runs_dir(args.runs_dir)
     name = args.name or f"{args.workload}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
     store.check_name(name, root)
+    if args.plot:
+        plots.check_out(args.plot, "--plot")
     results = execute(resolved)
     record = {
         "mmbench": 1,
@@ -142,6 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "results": results,
     }
     run_dir = store.save(root, name, record)
+    if args.plot:
+        plots.plot_runs([record], None, args.plot)
     if args.json:
         doc = {
             "workload": record["workload"],

@@ -23,6 +23,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mmbench.workloads.rom_access",
     "mmbench.workloads.mmu_pressure",
     "mmbench.monitors.invariants",
+    "mmbench.plots",
 )
 BLOCK_ENV = "MMBENCH_BLOCK_PLUGINS"
 KINDS = ("policy", "arch", "workload", "monitor", "backend", "command")

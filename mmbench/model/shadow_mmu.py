@@ -504,6 +504,8 @@ class ShadowMmu:
             st["mmu_recycled_roots"] += in_use
         if zapped:
             self.commit_zap_page()
+            if self.trace:
+                kvm.stats.series["mmu_recycled"].append((kvm.engine.now, st["mmu_recycled"]))
             kvm.hook.mmbench_mmu_pages_reclaimed(kvm=kvm, zapped=zapped)
         return zapped
 

@@ -31,11 +31,9 @@ class Vcpu:
             kvm.charge(kvm.costs.vcpu_flush_exit)
             self.pending_flushes = 0
         if self.request_reload:
+            self.request_reload = False
             self.stats["root_reloads"] += 1
             with kvm.mmu_lock:
-                # cleared once handled: while this vCPU waits for the lock it still owes
-                # the reload (the invariant checker may look meanwhile)
-                self.request_reload = False
                 freed = kvm.mmu.kvm_mmu_unload(self.id)
                 kvm.charge(kvm.costs.root_reload + freed * kvm.costs.zap_sp)
 

@@ -6,8 +6,9 @@ from mmbench.hookspecs import hookimpl
 class SkipRoots:
     """FIFO reclaim that never zaps a root in use (root_count != 0).
 
-    The first improvement found in the seed 004 thread ("not zapping shadow pages with root_count != 0 already makes much
-    difference", Max Laier, 2009); today's ``kvm_mmu_zap_oldest_mmu_pages()`` does the same.
+    The first improvement found in the seed 004 thread ("not zapping shadow pages with
+    root_count != 0 already makes much difference", Max Laier, 2009); today's
+    ``kvm_mmu_zap_oldest_mmu_pages()`` does the same.
 
     A root in use cannot be freed anyway, only made invalid, and zapping it makes every
     vCPU reload and rebuild its tables.
