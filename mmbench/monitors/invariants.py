@@ -48,12 +48,10 @@ def check_shadow_mmu(kvm, when: str, memslots: bool = True) -> None:
     shadowed = mmu.sp_gfn[:n][alive]
     if len(shadowed) and not live[shadowed].all():
         fail(f"an sp shadows gfn 0x{int(shadowed[~live[shadowed]][0]):x} outside every memslot")
-    # a vCPU spinning on mmu_lock rechecks its root before it runs guest code again
-    spinning = {actor for actor, _ in kvm.mmu_lock.waiters}
     for vcpu in kvm.vcpus:
         root = int(mmu.vcpu_root[vcpu.id])
-        if vcpu.actor in spinning:
-            continue
+        if getattr(vcpu, "reloading", False):
+            continue  # took the reload request, waits for mmu_lock to unload
         if root >= 0 and not mmu.root_usable(vcpu.id) and not vcpu.request_reload:
             fail(f"vcpu {vcpu.id} runs on obsolete or invalid root sp {root} with no reload")
     if mmu.tlbs_dirty:

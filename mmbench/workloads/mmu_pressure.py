@@ -21,13 +21,13 @@ import numpy as np
 from mmbench.errors import ConfigError
 from mmbench.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT
+from mmbench.model.shadow_mmu import KVM_MIN_ALLOC_MMU_PAGES
 from mmbench.vmapi import SlotSpec, VmApi, VmSpec
 from mmbench.workloads.base import Metric, Param, WorkloadSpec
 
 MiB = 1 << 20
 REGION_PAGES = 512
 KERNEL_RESERVE = 16 * MiB  # guest kernel image and data besides its page tables
-KVM_MIN_ALLOC_MMU_PAGES = 64  # KVM_SET_NR_MMU_PAGES refuses less
 
 
 def _align_up(x: int, a: int) -> int:
