@@ -5,7 +5,9 @@ plot is drawn so other commands stay fast.
 A run's result record keeps, per policy, ``series``: name -> list of ``[t_ns, value]``
 where value is a number (``mmu_used_pages``, ``pf_fixed``) or a dict of fields (a workload
 event such as ``pass`` or ``rom-access``). ``NAME`` picks a numeric series, ``NAME.FIELD``
-one field of an event series. Fields in ns are drawn in ms.
+one field of an event series. Fields in ns are drawn in ms. An event recorded after the
+fact carries its own time as ``t_ns``; ``--x FIELD`` puts another field on the x axis
+(``--series pass.ms --x index``: time per pass, mmtests style).
 """
 
 from __future__ import annotations
@@ -45,8 +47,11 @@ def check_out(path: str | Path, field: str = "--out") -> Path:
     return p
 
 
-def _values(points: list, field: str | None, where: str) -> tuple[list[float], list[float], str]:
-    """(t in ms, values, unit note) of one series; dict values need ``field``."""
+def _values(
+    points: list, field: str | None, where: str, x: str | None = None
+) -> tuple[list[float], list[float], str]:
+    """(x, values, unit note) of one series; dict values need ``field``. x is the time in
+    ms (an event's own ``t_ns`` if it carries one) or the event field ``x``."""
     ts, ys = [], []
     scale, note = 1.0, ""
     if field and field.endswith("_ns"):
@@ -54,16 +59,20 @@ def _values(points: list, field: str | None, where: str) -> tuple[list[float], l
     for item in points:
         t, v = item[0], item[1]
         if isinstance(v, dict):
+            fields = ", ".join(sorted(k for k, val in v.items() if _is_num(val)))
             if field is None:
-                fields = ", ".join(sorted(k for k, x in v.items() if _is_num(x)))
                 raise ConfigError("--series", f"{where} is an event series; pick a field: {fields}")
             if field not in v or not _is_num(v[field]):
-                fields = ", ".join(sorted(k for k, x in v.items() if _is_num(x)))
                 raise ConfigError("--series", f"{where} has no numeric field {field!r} ({fields})")
+            if x is not None and not _is_num(v.get(x)):
+                raise ConfigError("--x", f"{where} has no numeric field {x!r} ({fields})")
+            ts.append(float(v[x]) if x is not None else v.get("t_ns", t) / 1e6)
             v = v[field]
-        elif field is not None:
-            raise ConfigError("--series", f"{where} holds plain numbers; drop '.{field}'")
-        ts.append(t / 1e6)
+        elif field is not None or x is not None:
+            bad = "--series" if field is not None else "--x"
+            raise ConfigError(bad, f"{where} holds plain numbers, not events with fields")
+        else:
+            ts.append(t / 1e6)
         ys.append(float(v) * scale)
     return ts, ys, note
 
@@ -96,6 +105,7 @@ def plot_runs(
     kind: str = "line",
     title: str | None = None,
     window: tuple[float, float] | None = None,
+    x: str | None = None,
 ) -> Path:
     """Draw ``series`` of every policy of every run in ``records`` to the PNG ``out``:
     one panel per series, one line (or histogram) per run and policy (a saw-tooth level
@@ -112,17 +122,16 @@ def plot_runs(
         base, _, field = name.partition(".")
         lines = []
         unit = ""
+        have = {k for rec in records for res in rec["results"] for k in res.get("series", {})}
+        if base not in have:
+            names = ", ".join(sorted(have)) or "none"
+            raise ConfigError("--series", f"no run stored a series {base!r} (series: {names})")
         for rec in records:
             for res in rec["results"]:
                 label = res["policy"] if len(records) == 1 else f"{rec['name']}: {res['policy']}"
-                pts = res.get("series", {}).get(base)
-                if pts is None:
-                    have = ", ".join(sorted(res.get("series", {}))) or "none"
-                    raise ConfigError(
-                        "--series",
-                        f"run {rec['name']!r} ({res['policy']}) has no {base!r} ({have})",
-                    )
-                ts, ys, unit = _values(pts, field or None, f"{base} of run {rec['name']!r}")
+                pts = res.get("series", {}).get(base, [])  # e.g. no reclaim, no mmu_recycled
+                where = f"{base} of run {rec['name']!r}"
+                ts, ys, unit = _values(pts, field or None, where, x)
                 lines.append((label, ts, ys))
         if kind == "line" and not field and len(lines) > 1 and not all(map(_rising, lines)):
             # a level that goes up and down (saw-tooth): one panel per policy reads best
@@ -134,7 +143,7 @@ def plot_runs(
         panels = [
             (name, [_clip(line, lo, hi) for line in lines], unit) for name, lines, unit in panels
         ]
-    return _draw(records, panels, out, kind, title)
+    return _draw(records, panels, out, kind, title, x)
 
 
 def _rising(line: tuple[str, list[float], list[float]]) -> bool:
@@ -161,23 +170,33 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
-def _draw(records, panels, out: Path, kind: str, title: str | None) -> Path:
+def _draw(records, panels, out: Path, kind: str, title: str | None, x: str | None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(
-        len(panels), 1, figsize=(10, 3.4 * len(panels)), squeeze=False, sharex=kind == "line"
+        len(panels),
+        1,
+        figsize=(10, 1.0 + 3.0 * len(panels)),
+        squeeze=False,
+        sharex=kind == "line",
+        layout="constrained",
     )
     for ax, (name, lines, unit_note) in zip(axes[:, 0], panels, strict=True):
         what, unit = LABELS.get(name, (name, unit_note))
         if sum(p[0] == name for p in panels) > 1 and len(lines) == 1:
             what = f"{what}: {lines[0][0]}"
         unit = unit_note or unit
+        every = [y for _, _, ys in lines for y in ys]
+        lo, hi = (min(every), max(every)) if every else (0.0, 1.0)
+        bins = [lo + (hi - lo or 1.0) * i / 50 for i in range(51)]  # shared by every line
         for label, ts, ys in lines:
             if kind == "hist":
-                ax.hist(ys, bins=50, histtype="step", linewidth=1.5, label=f"{label} (n={len(ys)})")
+                ax.hist(
+                    ys, bins=bins, histtype="step", linewidth=1.5, label=f"{label} (n={len(ys)})"
+                )
             elif name.partition(".")[2]:  # events: one point each
                 ax.plot(ts, ys, ".", markersize=3, label=label)
             else:  # a level that holds until the next change
@@ -192,9 +211,8 @@ def _draw(records, panels, out: Path, kind: str, title: str | None) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize=9)
     if kind == "line":
-        axes[-1, 0].set_xlabel("time (ms, " + _clock(records) + ")")
+        axes[-1, 0].set_xlabel(x or f"time (ms, {_clock(records)})")
     fig.suptitle(title or _title(records), fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
     fd, tmp = tempfile.mkstemp(suffix=".png", prefix=".tmp-", dir=out.parent)
     os.close(fd)
     try:
@@ -214,7 +232,10 @@ def _clock(records) -> str:
 
 def _title(records) -> str:
     rec = records[0]
-    params = " ".join(f"{k}={v}" for k, v in rec.get("params", {}).items())
+    params = " ".join(
+        f"{k}=0x{v:x}" if k.endswith("gpa") and isinstance(v, int) else f"{k}={v}"
+        for k, v in rec.get("params", {}).items()
+    )
     first = rec["results"][0]
     runs = ", ".join(r["name"] for r in records)
     return f"{rec['workload']} {params}\n{first['arch']} on {first['backend']}; run {runs}"
@@ -239,6 +260,9 @@ class PlotCommand:
         parser.add_argument("--kind", default="line", help="line (over time) or hist")
         parser.add_argument("--title", help="figure title (default: workload and parameters)")
         parser.add_argument("--window", metavar="START:END", help="only this time span (ms)")
+        parser.add_argument(
+            "--x", metavar="FIELD", help="x axis: a field of the events (e.g. index), not time"
+        )
         parser.add_argument("--runs-dir", help=f"default: ${store.RUNS_DIR_ENV} or work/log")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -248,7 +272,7 @@ class PlotCommand:
         if len(workloads) > 1:
             raise ConfigError("RUN", f"runs of different workloads: {', '.join(sorted(workloads))}")
         window = parse_window(args.window)
-        path = plot_runs(records, args.series, args.out, args.kind, args.title, window)
+        path = plot_runs(records, args.series, args.out, args.kind, args.title, window, args.x)
         print(f"wrote {path}")
         return 0
 

@@ -147,7 +147,15 @@ class MmuPressure:
         for r in vm.passes:
             proc = procs[r.vcpu][r.index]
             is_hot = proc < p.hot
-            vm.event("slice", vcpu=r.vcpu, process=proc, hot=is_hot, ms=r.ms, faults=r.faults)
+            vm.event(
+                "slice",
+                t_ns=r.start_ns,
+                vcpu=r.vcpu,
+                process=proc,
+                hot=is_hot,
+                ms=r.ms,
+                faults=r.faults,
+            )
             if not is_hot:
                 cold_ms.append(r.ms)
             elif r.index >= per_round[r.vcpu]:
