@@ -140,6 +140,7 @@ def plot_runs(
             panels.append((name, lines, unit))
     if window is not None:
         lo, hi = window
+        title = title or f"{_title(records)}; {lo:g}-{hi:g} ms"
         panels = [
             (name, [_clip(line, lo, hi) for line in lines], unit) for name, lines, unit in panels
         ]
