@@ -41,7 +41,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             obj = reg.get(kind, name)
             extra = ""
             if kind == "policy":
-                extra = f" [archs: {', '.join(obj.archs)}]"
+                extra = f" [archs: {', '.join(obj.archs)}; kind: {getattr(obj, 'kind', 'memslot')}]"
                 if getattr(obj, "options", None):
                     opts = ", ".join(f"{k}={v}" for k, v in obj.options.items())
                     extra += f" [options: {opts}]"

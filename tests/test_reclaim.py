@@ -18,6 +18,14 @@ from mmbench.plugins import get_host, run_manager
 from mmbench.runner import parse_policy
 from mmbench.workloads.base import resolve_params
 
+
+def test_list_shows_reclaim_policies_workload_and_plot():
+    out = mmbench("list", check=True).stdout
+    for name in ("mmu-pressure", "fifo", "skip-roots", "lru-scan", "plot", "kind: reclaim"):
+        assert name in out
+    assert "mmbench_register_commands" in out
+
+
 # a hot set of 4 long-running processes on 4 vCPUs, 28 cold ones, 64 sps allowed
 HOT_COLD = ["-c", "4", "--processes", "32", "--hot", "4", "--rounds", "30"]
 
