@@ -52,7 +52,7 @@ def scatter_add(arr: np.ndarray, idx: np.ndarray, sign: int = 1) -> None:
 WALK_WINDOW = 64  # sps costed and applied per step of a walk
 
 # make_mmu_pages_available(): below KVM_MIN_FREE_MMU_PAGES free, reclaim up to
-# KVM_REFILL_PAGES free (arch/x86/include/asm/kvm_host.h, since 2007).
+# KVM_REFILL_PAGES free (arch/x86/include/asm/kvm_host.h).
 KVM_MIN_FREE_MMU_PAGES = 5
 KVM_REFILL_PAGES = 25
 # kvm_mmu_calculate_default_mmu_pages(): 20 sps per mille of memslot pages, at least 64.
