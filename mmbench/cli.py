@@ -12,7 +12,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from mmbench import environment, store
+from mmbench import environment, plots, store
 from mmbench.compare import RENDERERS, compare, render_text
 from mmbench.config import load_config
 from mmbench.errors import BackendError, ConfigError, ModelError
@@ -43,7 +43,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             obj = reg.get(kind, name)
             extra = ""
             if kind == "policy":
-                extra = f" [archs: {', '.join(obj.archs)}]"
+                extra = f" [archs: {', '.join(obj.archs)}; kind: {getattr(obj, 'kind', 'memslot')}]"
                 if getattr(obj, "options", None):
                     opts = ", ".join(f"{k}={v}" for k, v in obj.options.items())
                     extra += f" [options: {opts}]"
@@ -99,6 +99,12 @@ def _common_run_options(p: argparse.ArgumentParser, sub: bool) -> None:
     )
     p.add_argument(
         "--jobs", type=int, default=d, help="processes (default: one per policy, up to CPUs)"
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        default=d,
+        help="also draw the run's time series (as mmbench plot does)",
     )
 
 
@@ -193,6 +199,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = store.runs_dir(getattr(args, "runs_dir", None))
     name = getattr(args, "name", None) or (f"{req.workload}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}")
     store.check_name(name, root)
+    plot_to = getattr(args, "plot", None)
+    if plot_to:
+        plots.check_out(plot_to, "--plot")
     as_json = bool(getattr(args, "json", False))
     bar, tick = _progress(len(resolved.policies) * req.reps, enabled=not as_json)
     if bar:
@@ -212,6 +221,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "results": results,
     }
     run_dir = store.save(root, name, record)
+    if plot_to:
+        plots.plot_runs([record], None, plot_to)
     if as_json:
         doc = {
             "workload": record["workload"],

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from mmbench.model.kvm import Kvm
     from mmbench.model.memslots import Memslot
     from mmbench.model.vcpu import Vcpu
@@ -103,6 +105,19 @@ def mmbench_flush_shadow_all(kvm: Kvm) -> bool | None:
     """
 
 
+@hookspec(firstresult=True)
+def mmbench_reclaim(kvm: Kvm, nr_to_zap: int) -> np.ndarray | None:
+    """Pick sps to zap because the VM reached ``n_max_mmu_pages``
+    (``make_mmu_pages_available`` -> ``kvm_mmu_zap_oldest_mmu_pages``).
+
+    Called from a vCPU's page fault with mmu_lock held, until ``nr_to_zap`` pages are free.
+    Return the victims (sp indices, in the order to zap); the core zaps them and counts
+    ``mmu_recycled``. A root still in use frees nothing until its vCPUs reload, so the
+    hook is called again. Return an empty array when nothing may be zapped. The arch
+    backend's answer (FIFO: the list tail) is the default.
+    """
+
+
 # --- observer hooks (per-run manager) ---------------------------------------------------
 
 
@@ -136,6 +151,12 @@ def mmbench_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, npages: int, faults: int)
 
     Called once per fault batch, not per fault; only if some plugin implements it.
     """
+
+
+@hookspec
+def mmbench_mmu_pages_reclaimed(kvm: Kvm, zapped: int) -> None:
+    """Reclaim at ``n_max_mmu_pages`` zapped ``zapped`` sps and flushed remote TLBs;
+    called with mmu_lock held (the invariant checker looks here)."""
 
 
 @hookspec

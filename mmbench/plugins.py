@@ -21,7 +21,9 @@ from mmbench.errors import ConfigError
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "mmbench.model.simvm",
     "mmbench.workloads.rom_access",
+    "mmbench.workloads.mmu_pressure",
     "mmbench.monitors.invariants",
+    "mmbench.plots",
 )
 BLOCK_ENV = "MMBENCH_BLOCK_PLUGINS"
 KINDS = ("policy", "arch", "workload", "monitor", "backend", "command")

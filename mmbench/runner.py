@@ -27,12 +27,19 @@ class PolicySpec:
 
     name: str
     options: tuple[tuple[str, Any], ...] = ()
+    # policies composed with this one (``zap-slot+lru-scan``): each answers other hooks
+    also: tuple[PolicySpec, ...] = ()
 
     @property
     def label(self) -> str:
-        if not self.options:
-            return self.name
-        return self.name + ":" + ",".join(f"{k}={_fmt(v)}" for k, v in self.options)
+        own = self.name
+        if self.options:
+            own += ":" + ",".join(f"{k}={_fmt(v)}" for k, v in self.options)
+        return "+".join([own, *(p.label for p in self.also)])
+
+    @property
+    def parts(self) -> tuple[PolicySpec, ...]:
+        return (PolicySpec(self.name, self.options), *self.also)
 
 
 def _fmt(v: Any) -> str:
@@ -55,6 +62,38 @@ def _convert_option(name: str, key: str, raw: str, default: Any) -> Any:
 
 
 def parse_policy(text: str, host: Host) -> PolicySpec:
+    """``NAME[:opts]`` or several composed with ``+`` (one memslot, one reclaim policy)."""
+    first, *rest = [_parse_one(t, host) for t in text.split("+")]
+    if not rest:
+        return first
+    seen: dict[str, str] = {}
+    for p in (first, *rest):
+        for hook in policy_hooks(host.registry.get("policy", p.name)):
+            if hook.startswith("mmbench_register_"):
+                continue
+            if hook in seen:
+                raise ConfigError(
+                    "--policy",
+                    f"{seen[hook]!r} and {p.name!r} both answer {hook}; compose policies of"
+                    " different kinds (e.g. zap-slot+lru-scan)",
+                )
+            seen[hook] = p.name
+    return PolicySpec(first.name, first.options, tuple(rest))
+
+
+def policy_hooks(cls: Any) -> list[str]:
+    """The event hooks a policy class implements."""
+    return [
+        n for n in dir(cls) if n.startswith("mmbench_") and hasattr(getattr(cls, n), "mmbench_impl")
+    ]
+
+
+def policy_kind(cls: Any) -> str:
+    """``memslot`` (answers memslot flushes, the default) or ``reclaim`` (n_max_mmu_pages)."""
+    return getattr(cls, "kind", "memslot")
+
+
+def _parse_one(text: str, host: Host) -> PolicySpec:
     name, _, opts = text.partition(":")
     cls = host.registry.get("policy", name)
     known: dict[str, Any] = dict(getattr(cls, "options", {}))
@@ -102,10 +141,15 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
     if not ok:
         raise ConfigError("--backend", f"backend {req.backend!r} is unavailable here: {why}")
     spec = resolve_params(workload_cls.params, req.params)
+    kind = getattr(workload_cls, "policy_kind", "memslot")
+    allowed = getattr(workload_cls, "backends", None)
+    if allowed and req.backend not in allowed:
+        raise ConfigError("--backend", f"{req.workload} runs on: {', '.join(allowed)}")
     names = req.policies or [
         n
         for n in host.registry.names("policy")
         if req.arch in getattr(host.registry.get("policy", n), "archs", ())
+        and policy_kind(host.registry.get("policy", n)) == kind
     ]
     names = sorted(names, key=lambda n: _default_order(n)) if not req.policies else names
     if not req.policies and hasattr(backend, "supported_policies"):  # kvm: kernel knobs only
@@ -114,8 +158,8 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
     if not policies:
         raise ConfigError("--policy", f"no policy applies to arch {req.arch!r}")
     if hasattr(backend, "check_policies"):  # e.g. kvm: only policies with a kernel knob
-        backend.check_policies([p.name for p in policies], req.arch)
-    for p in policies:
+        backend.check_policies([part.name for pol in policies for part in pol.parts], req.arch)
+    for p in (part for pol in policies for part in pol.parts):
         archs = getattr(host.registry.get("policy", p.name), "archs", ())
         if req.arch not in archs:
             pairs = "; ".join(
@@ -124,6 +168,18 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
             )
             raise ConfigError(
                 "--policy", f"{p.name!r} does not apply to arch {req.arch!r} ({pairs})"
+            )
+    for pol in policies:
+        if kind not in {policy_kind(host.registry.get("policy", p.name)) for p in pol.parts}:
+            fits = [
+                n
+                for n in host.registry.names("policy")
+                if policy_kind(host.registry.get("policy", n)) == kind
+            ]
+            raise ConfigError(
+                "--policy",
+                f"{req.workload} needs a {kind} policy in {pol.label!r} ({', '.join(fits)});"
+                " compose with + (e.g. zap-slot+lru-scan)",
             )
     workload = workload_cls()
     if hasattr(workload, "layout"):
@@ -134,7 +190,7 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
 
 
 # The seeds' chronology: the baseline first, as in their Before/After tables.
-_SEED_ORDER = ("zap-all", "fast-invalidate", "zap-slot")
+_SEED_ORDER = ("zap-all", "fast-invalidate", "zap-slot", "fifo", "skip-roots", "lru-scan")
 
 
 def _default_order(name: str) -> tuple[int, str]:
@@ -147,9 +203,9 @@ def run_one(req: RunRequest, policy: PolicySpec, rep: int = 0) -> dict[str, Any]
     host = get_host()
     arch = host.registry.get("arch", req.arch)()
     costs = arch.costs.with_overrides(req.costs_file) if req.costs_file else arch.costs
-    policy_obj = host.registry.get("policy", policy.name)(**dict(policy.options))
+    policy_objs = [host.registry.get("policy", p.name)(**dict(p.options)) for p in policy.parts]
     monitors = [host.registry.get("monitor", "invariants")()] if req.check else []
-    pm = run_manager(arch, policy_obj, *monitors)
+    pm = run_manager(arch, *policy_objs, *monitors)
     vm = host.registry.get("backend", req.backend)().create_vm(pm.hook, arch, costs)
     workload = host.registry.get("workload", req.workload)()
     spec = resolve_params(workload.params, req.params)

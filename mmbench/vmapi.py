@@ -38,6 +38,12 @@ class VmSpec:
     pt_gfn: int
     max_gfn: int
     huge_pages: bool = False  # guest maps its areas with 2 MiB pages where aligned
+    # Guest processes: with ``nr_vcpus`` set, ``areas_per_vcpu[p]`` is process p's address
+    # space and vCPU v starts on process v; ``start_schedule`` switches them. 0: one each.
+    nr_vcpus: int = 0
+    # ``KVM_SET_NR_MMU_PAGES``; 0 leaves KVM's default (20 per mille of guest pages, >= 64)
+    nr_mmu_pages: int = 0
+    trace_mmu_pages: bool = False  # series "mmu_used_pages" and "pf_fixed" over time
 
 
 @dataclass
@@ -62,6 +68,13 @@ class VmApi(Protocol):
     def start_passes(
         self, vcpu_id: int, gfn0: int, gfn1: int, passes: int, write: bool = True
     ) -> None: ...
+    def start_schedule(
+        self, vcpu_id: int, slices: list[tuple[int, int, int]], write: bool = True
+    ) -> None:
+        """A guest scheduler on ``vcpu_id``: for each ``(process, gfn0, gfn1)`` switch CR3
+        to the process if needed, then touch the range; one ``PassRecord`` per slice."""
+        ...
+
     def guests_done(self) -> bool: ...
     def run_host(self, script: Callable[[], None], name: str = "vmm") -> None: ...
 

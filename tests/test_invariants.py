@@ -42,9 +42,9 @@ def make_vm(policy_spec: str):
 
     ps = parse_policy(policy_spec, host)
     arch = host.registry.get("arch", "x86-shadow")()
-    policy = host.registry.get("policy", ps.name)(**dict(ps.options))
+    policies = [host.registry.get("policy", p.name)(**dict(p.options)) for p in ps.parts]
     inv = host.registry.get("monitor", "invariants")()
-    pm = run_manager(arch, policy, inv)
+    pm = run_manager(arch, *policies, inv)
     return SimVm(pm.hook, arch, arch.costs), inv
 
 

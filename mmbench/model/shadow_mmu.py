@@ -51,6 +51,14 @@ def scatter_add(arr: np.ndarray, idx: np.ndarray, sign: int = 1) -> None:
 
 WALK_WINDOW = 64  # sps costed and applied per step of a walk
 
+# make_mmu_pages_available(): below KVM_MIN_FREE_MMU_PAGES free, reclaim up to
+# KVM_REFILL_PAGES free (arch/x86/include/asm/kvm_host.h).
+KVM_MIN_FREE_MMU_PAGES = 5
+KVM_REFILL_PAGES = 25
+# kvm_mmu_calculate_default_mmu_pages(): 20 sps per mille of memslot pages, at least 64.
+KVM_PERMILLE_MMU_PAGES = 20
+KVM_MIN_ALLOC_MMU_PAGES = 64
+
 
 class ShadowMmu:
     """``kvm->arch`` for the shadow MMU: sps, sptes, rmaps, lpage_info, mmu_valid_gen."""
@@ -67,6 +75,12 @@ class ShadowMmu:
         self.mmu_valid_gen = 0
         self.tlbs_dirty = False
         self.vcpu_root = np.full(nr_vcpus, -1, dtype=np.int32)
+        # the guest process (CR3) each vCPU runs: vCPU v starts on process v
+        self.vcpu_process = np.arange(nr_vcpus, dtype=np.int32)
+        # kvm->arch.n_used_mmu_pages / n_max_mmu_pages; 0: no limit (set by the VM API)
+        self.n_used_mmu_pages = 0
+        self.n_max_mmu_pages = 0
+        self.trace = False  # record the sp count over time (series "mmu_used_pages")
 
     # -- storage -------------------------------------------------------------------------
     def _alloc_arrays(self, cap: int) -> None:
@@ -175,6 +189,8 @@ class ShadowMmu:
         self.sp_level[new] = self.gpt.level[g]
         self.sp_gen[new] = self.mmu_valid_gen
         self.sp_alive[new] = True
+        self.n_used_mmu_pages += k
+        self._record_used()
         self.sp_map_base[new] = self.gpt.map_base[g]
         self.sp_accessed[new] = True
         self.gpt_sp[g] = new
@@ -225,8 +241,9 @@ class ShadowMmu:
 
     def mmu_alloc_root(self, vcpu: int) -> int:
         """``mmu_alloc_roots``: load (or build) the root for the vCPU's CR3."""
-        sp, new = self.kvm_mmu_get_page(int(self.gpt.roots[vcpu]))
+        sp, new = self.kvm_mmu_get_page(int(self.gpt.roots[self.vcpu_process[vcpu]]))
         self.sp_root_count[sp] += 1
+        self.sp_accessed[sp] = True  # a root has no parent_pte: loading CR3 is its access
         self.vcpu_root[vcpu] = sp
         return int(new)
 
@@ -239,6 +256,8 @@ class ShadowMmu:
         self.sp_root_count[root] -= 1
         if self.sp_root_count[root] == 0 and self.sp_invalid[root] and self.sp_alive[root]:
             self.sp_alive[root] = False
+            self.n_used_mmu_pages -= 1
+            self._record_used()
             return 1
         return 0
 
@@ -304,6 +323,8 @@ class ShadowMmu:
         in_use = self.sp_root_count[sps] > 0
         self.sp_invalid[sps[in_use]] = True
         self.sp_alive[sps[~in_use]] = False
+        self.n_used_mmu_pages -= int((~in_use).sum())
+        self._record_used()
         self.tlbs_dirty = True
         if in_use.any():  # a root in use: its vCPUs must reload before they run again
             self.kvm.reload_remote_mmus()
@@ -428,6 +449,106 @@ class ShadowMmu:
         """Forget every disallow count; obsolete sps will not unaccount on zap."""
         self.lpage_disallow[:] = 0
         self.sp_accounted[: self.n] = False
+
+    # -- reclaim at n_max_mmu_pages -------------------------------------------------------
+    @staticmethod
+    def default_mmu_pages(nr_memslot_pages: int) -> int:
+        """``kvm_mmu_calculate_default_mmu_pages()``: what KVM allows without
+        ``KVM_SET_NR_MMU_PAGES``."""
+        return max(nr_memslot_pages * KVM_PERMILLE_MMU_PAGES // 1000, KVM_MIN_ALLOC_MMU_PAGES)
+
+    def kvm_mmu_change_mmu_pages(self, nr: int) -> None:
+        """``KVM_SET_NR_MMU_PAGES``: set the limit, reclaiming down to it if it is exceeded
+        (the caller holds mmu_lock if sps exist)."""
+        self.n_max_mmu_pages = nr
+        if self.n_used_mmu_pages > nr:
+            self.free_some_pages(self.n_used_mmu_pages - nr)
+
+    def make_mmu_pages_available(self, need: int = 1) -> int:
+        """``make_mmu_pages_available()``, called under mmu_lock before a fault allocates:
+        with fewer than ``KVM_MIN_FREE_MMU_PAGES`` free (or fewer than the ``need`` sps a
+        fault batch will allocate), reclaim until ``KVM_REFILL_PAGES`` are free. Returns
+        the sps zapped."""
+        if not self.n_max_mmu_pages:
+            return 0
+        avail = self.n_max_mmu_pages - self.n_used_mmu_pages
+        if avail >= max(KVM_MIN_FREE_MMU_PAGES, need):
+            return 0
+        return self.free_some_pages(max(KVM_REFILL_PAGES, need) - avail)
+
+    def free_some_pages(self, nr_to_zap: int) -> int:
+        """The reclaim loop (``__kvm_mmu_free_some_pages`` in 2009,
+        ``kvm_mmu_zap_oldest_mmu_pages`` today): the run's reclaim policy picks victims
+        (``mmbench_reclaim``; the arch's FIFO is the default), they are zapped and counted
+        in ``mmu_recycled``, until ``nr_to_zap`` pages are free or nothing is left to pick.
+        A root in use is only made invalid (freed when its last vCPU unloads it), so it
+        frees nothing now: ``mmu_recycled_roots`` counts those. Caller holds mmu_lock."""
+        kvm = self.kvm
+        st = kvm.stats.vm
+        goal = self.n_used_mmu_pages - nr_to_zap
+        zapped = 0
+        while self.n_used_mmu_pages > goal:
+            victims = kvm.hook.mmbench_reclaim(kvm=kvm, nr_to_zap=self.n_used_mmu_pages - goal)
+            if victims is None:
+                break
+            victims = np.asarray(victims, dtype=np.int64)
+            victims = victims[self.sp_alive[victims] & ~self.sp_invalid[victims]]
+            _, first = np.unique(victims, return_index=True)
+            victims = victims[np.sort(first)]
+            if not len(victims):
+                break
+            in_use = int((self.sp_root_count[victims] > 0).sum())
+            done = self.zap_pages(victims)
+            zapped += done
+            st["mmu_recycled"] += done
+            st["mmu_recycled_roots"] += in_use
+        if zapped:
+            self.commit_zap_page()
+            if self.trace:
+                kvm.stats.series["mmu_recycled"].append((kvm.engine.now, st["mmu_recycled"]))
+            kvm.hook.mmbench_mmu_pages_reclaimed(kvm=kvm, zapped=zapped)
+        return zapped
+
+    def oldest_mmu_pages(self, nr: int, skip_roots: bool = False) -> np.ndarray:
+        """The ``nr`` zappable sps nearest the tail of ``active_mmu_pages`` (oldest first);
+        with ``skip_roots``, none with ``root_count != 0``."""
+        n = self.n
+        ok = self.sp_alive[:n] & ~self.sp_invalid[:n]
+        if skip_roots:
+            ok &= self.sp_root_count[:n] == 0
+        return np.flatnonzero(ok)[:nr]
+
+    def mark_accessed(self, sps: np.ndarray) -> None:
+        """The CPU's page walk sets the accessed bit of every parent_pte on the way down:
+        ``sp_accessed`` of the sps ``sps`` and of their ancestors below the root."""
+        sps = np.asarray(sps)
+        while len(sps):
+            self.sp_accessed[sps] = True
+            up = self.sp_parent[sps]
+            sps = np.unique(up[up >= 0])
+
+    def test_and_clear_accessed(self, sps: np.ndarray) -> np.ndarray:
+        """``kvm_mmu_test_and_clear_pte_active()`` of the seed 004 RFC, for each sp: was it
+        accessed since the last scan (parent_pte accessed bit; a root counts as accessed
+        while in use)? Clears the bits; charges one scan step per sp."""
+        sps = np.asarray(sps, dtype=np.int64)
+        accessed = self.sp_accessed[sps] | (self.sp_root_count[sps] > 0)
+        self.sp_accessed[sps] = False
+        self.kvm.charge(len(sps) * self.kvm.costs.sp_scan)
+        return accessed
+
+    def kvm_mmu_new_cr3(self, vcpu: int, process: int) -> int:
+        """The guest switched the vCPU to ``process``'s page tables (a CR3 load):
+        ``kvm_mmu_new_cr3`` drops the current root; the next entry loads the new one.
+        Returns the sps freed."""
+        self.vcpu_process[vcpu] = process
+        return self.kvm_mmu_unload(vcpu)
+
+    def _record_used(self) -> None:
+        if self.trace:
+            self.kvm.stats.series["mmu_used_pages"].append(
+                (self.kvm.engine.now, self.n_used_mmu_pages)
+            )
 
     # -- figures ---------------------------------------------------------------------------
     def nr_live_sps(self) -> int:

@@ -41,9 +41,8 @@ class SimVm:
 
     # -- building ------------------------------------------------------------------------
     def create(self, spec: VmSpec) -> Kvm:
-        kvm = Kvm(
-            self.engine, self.hook, self.arch, self.costs, len(spec.areas_per_vcpu), spec.max_gfn
-        )
+        nr_vcpus = spec.nr_vcpus or len(spec.areas_per_vcpu)
+        kvm = Kvm(self.engine, self.hook, self.arch, self.costs, nr_vcpus, spec.max_gfn)
         for s in spec.slots:
             kvm.memslots.check_new(s.id, s.gpa >> PAGE_SHIFT, s.size >> PAGE_SHIFT, f"slot {s.id}")
         self.kvm = kvm
@@ -51,6 +50,10 @@ class SimVm:
         self.engine.spawn("vmm-create", self._create_slots, spec)
         self.engine.run()
         self.arch.setup(kvm, [list(a) for a in spec.areas_per_vcpu], spec.pt_gfn)
+        if hasattr(kvm.mmu, "kvm_mmu_change_mmu_pages"):
+            pages = sum(s.npages for s in kvm.memslots.slots.values())
+            kvm.mmu.kvm_mmu_change_mmu_pages(spec.nr_mmu_pages or kvm.mmu.default_mmu_pages(pages))
+            kvm.mmu.trace = spec.trace_mmu_pages
         self.hook.mmbench_vm_created(kvm=kvm)
         self.engine.now = 0
         return kvm
@@ -69,6 +72,31 @@ class SimVm:
         def guest() -> None:
             for i in range(passes):
                 t0, f0 = self.engine.now, vcpu.stats["pf_fixed"]
+                vcpu.access(gfn0, gfn1, write=write)
+                rec = PassRecord(vcpu_id, i, t0, self.engine.now, vcpu.stats["pf_fixed"] - f0)
+                self.passes.append(rec)
+
+        actor = self.engine.spawn(f"vcpu{vcpu_id}", guest)
+        vcpu.actor = actor
+        self._guest_actors.append(actor)
+
+    def start_schedule(
+        self, vcpu_id: int, slices: list[tuple[int, int, int]], write: bool = True
+    ) -> None:
+        """A guest scheduler on ``vcpu_id`` running ``(process, gfn0, gfn1)`` slices."""
+        kvm = self.kvm
+        vcpu = kvm.vcpus[vcpu_id]
+
+        def guest() -> None:
+            for i, (process, gfn0, gfn1) in enumerate(slices):
+                t0, f0 = self.engine.now, vcpu.stats["pf_fixed"]
+                if process != int(kvm.mmu.vcpu_process[vcpu_id]):
+                    # a CR3 load exits under shadow paging and flushes the vCPU's TLB
+                    vcpu.stats["exits"] += 1
+                    kvm.charge(kvm.costs.vcpu_flush_exit)
+                    with kvm.mmu_lock:
+                        freed = kvm.mmu.kvm_mmu_new_cr3(vcpu_id, process)
+                        kvm.charge(kvm.costs.root_reload + freed * kvm.costs.zap_sp)
                 vcpu.access(gfn0, gfn1, write=write)
                 rec = PassRecord(vcpu_id, i, t0, self.engine.now, vcpu.stats["pf_fixed"] - f0)
                 self.passes.append(rec)
@@ -141,9 +169,10 @@ class SimVm:
         out["mmu_lock_hold_hist"] = self._hold_histogram()
         return out
 
-    def _hold_histogram(self) -> list[tuple[str, float, float, int]]:
-        """mmu_lock hold times as (holder, lo_ns, hi_ns, count) in log2 bins: holds are
-        too many to keep one by one, and their spread covers six decades."""
+    def _hold_histogram(self) -> list[tuple[int, dict[str, Any]]]:
+        """mmu_lock hold times in log2 bins, as ``[0, {"holder", "lo_ns", "hi_ns",
+        "count"}]`` events: holds are too many to keep one by one, and their spread covers
+        six decades."""
         holds = self.kvm.mmu_lock.holds
         if not holds:
             return []
@@ -154,7 +183,7 @@ class SimVm:
         for who, mask in (("vcpu", by_vcpu), ("host", ~by_vcpu)):
             counts, _ = np.histogram(ns[mask], bins=edges)
             rows += [
-                (who, float(lo), float(hi), int(c))
+                (0, {"holder": who, "lo_ns": float(lo), "hi_ns": float(hi), "count": int(c)})
                 for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)
                 if c
             ]

@@ -10,6 +10,7 @@ VM_STATS = (
     "sptes_zapped",  # leaf sptes dropped (the kernel shows this as the fall in pages_4k)
     "mmu_cache_miss",  # sps allocated
     "mmu_recycled",  # sps zapped by reclaim at n_max_mmu_pages
+    "mmu_recycled_roots",  # of those, roots in use (root_count != 0): only made invalid
     "remote_tlb_flush",
     "remote_tlb_flush_requests",
     "mmu_reload_requests",

@@ -18,6 +18,7 @@ class Vcpu:
         self.pending_flushes = 0
         self.actor: Actor | None = None
         self.in_guest = False  # a kick (IPI) cuts a guest-mode run short
+        self.reloading = False
 
     @property
     def stats(self):
@@ -33,9 +34,11 @@ class Vcpu:
         if self.request_reload:
             self.request_reload = False
             self.stats["root_reloads"] += 1
+            self.reloading = True  # request taken, the unload still waits for mmu_lock
             with kvm.mmu_lock:
                 freed = kvm.mmu.kvm_mmu_unload(self.id)
                 kvm.charge(kvm.costs.root_reload + freed * kvm.costs.zap_sp)
+            self.reloading = False
 
     def access(self, gfn0: int, gfn1: int, write: bool = True) -> None:
         """Touch one qword in every 4 KiB page of ``[gfn0, gfn1)``, faulting as needed."""

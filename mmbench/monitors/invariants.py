@@ -5,7 +5,9 @@ After a memslot delete or move completes, the slot's rmaps are gone, so:
 * no sp may shadow a guest table in such a gfn;
 * every vCPU runs on a root of the current generation, or has a reload pending;
 * no zapped spte may still sit in a TLB: the remote flush must have happened;
-* rmaps and per-sp spte counts agree with the sptes themselves.
+* rmaps and per-sp spte counts agree with the sptes themselves;
+* the live sp count matches ``n_used_mmu_pages`` and stays within ``n_max_mmu_pages``
+  (also checked after every reclaim at the limit).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from mmbench.errors import InvariantViolation
 from mmbench.hookspecs import hookimpl
 
 
-def check_shadow_mmu(kvm, when: str) -> None:
+def check_shadow_mmu(kvm, when: str, memslots: bool = True) -> None:
+    """Raise on the first broken invariant; ``memslots=False`` skips the stale-gfn checks
+    (a memslot flush may be in progress, its lock broken)."""
     mmu = kvm.mmu
     n = mmu.n
     alive = mmu.sp_alive[:n]
@@ -36,7 +40,7 @@ def check_shadow_mmu(kvm, when: str) -> None:
     wrong = leaves[per_sp != mmu.sp_nr[leaves]]
     if len(wrong):
         fail(f"sp {wrong[0]} counts {mmu.sp_nr[wrong[0]]} sptes, has {per_sp[leaves == wrong[0]]}")
-    live = kvm.memslots.live_mask()
+    live = kvm.memslots.live_mask() if memslots else np.ones(mmu.max_gfn, dtype=bool)
     stale = gfns[~live[gfns]]
     if len(stale):
         sp = leaves[rows[~live[gfns]][0]]
@@ -46,10 +50,17 @@ def check_shadow_mmu(kvm, when: str) -> None:
         fail(f"an sp shadows gfn 0x{int(shadowed[~live[shadowed]][0]):x} outside every memslot")
     for vcpu in kvm.vcpus:
         root = int(mmu.vcpu_root[vcpu.id])
+        if getattr(vcpu, "reloading", False):
+            continue  # took the reload request, waits for mmu_lock to unload
         if root >= 0 and not mmu.root_usable(vcpu.id) and not vcpu.request_reload:
             fail(f"vcpu {vcpu.id} runs on obsolete or invalid root sp {root} with no reload")
     if mmu.tlbs_dirty:
         fail("sptes were zapped but remote TLBs were not flushed")
+    used = int(alive.sum())
+    if getattr(mmu, "n_used_mmu_pages", used) != used:
+        fail(f"n_used_mmu_pages is {mmu.n_used_mmu_pages} but {used} sps are live")
+    if getattr(mmu, "n_max_mmu_pages", 0) and used > mmu.n_max_mmu_pages:
+        fail(f"{used} sps live, over n_max_mmu_pages {mmu.n_max_mmu_pages}")
 
 
 class Invariants:
@@ -64,6 +75,12 @@ class Invariants:
     @hookimpl
     def mmbench_memslot_deleted(self, kvm, slot, change):
         check_shadow_mmu(kvm, f"memslot {change} of {slot}")
+        self.checks += 1
+
+    @hookimpl
+    def mmbench_mmu_pages_reclaimed(self, kvm, zapped):
+        flushing = any(s.invalid for s in kvm.memslots.slots.values())
+        check_shadow_mmu(kvm, f"reclaim of {zapped} sps", memslots=not flushing)
         self.checks += 1
 
     @hookimpl

@@ -19,6 +19,7 @@ import numpy as np
 from mmbench.errors import ConfigError
 from mmbench.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT, Memslot, Memslots
+from mmbench.model.shadow_mmu import KVM_MIN_ALLOC_MMU_PAGES
 from mmbench.vmapi import SlotSpec, VmApi, VmSpec
 from mmbench.workloads.base import Metric, Param, WorkloadSpec, parse_int_auto
 
@@ -69,7 +70,16 @@ class RomAccess:
             parse=parse_int_auto,
             min=0,
         ),
+        Param(
+            "mmu_pages",
+            int,
+            0,
+            "n_max_mmu_pages (KVM_SET_NR_MMU_PAGES, >= 64); 0: KVM's default, 20 per mille"
+            " of guest pages (compose a reclaim policy: --policy zap-slot+lru-scan)",
+            min=0,
+        ),
     )
+    default_plots = ("pass.ms", "rom-access.delete_ns", "mmu_lock_hold_hist")
     metrics = {
         "pass_time_ms": Metric("ms", "mean time of a warm pass (mmtest's figure)"),
         "populate_ms": Metric("ms", "mean time of the first pass, which faults everything in"),
@@ -83,6 +93,7 @@ class RomAccess:
         "refaults": Metric("", "page faults in warm passes", kind="count"),
         "remote_tlb_flushes": Metric("", "remote TLB flushes", kind="count"),
         "lock_breaks": Metric("", "mmu_lock breaks taken by zaps", kind="count"),
+        "mmu_recycled": Metric("", "sps zapped by reclaim at n_max_mmu_pages", kind="count"),
         "mmu_lock_max_hold_ms": Metric("ms", "longest mmu_lock hold"),
         "vcpu_stall_ms": Metric("ms", "mmu_lock wait of the guest threads' vCPUs, summed"),
         "vcpu_stall_max_ms": Metric("ms", "longest single mmu_lock wait of a vCPU"),
@@ -102,6 +113,12 @@ class RomAccess:
                 "-m",
                 f"{p.threads} x {p.mb} MB = {total / GiB:.0f} GiB exceeds what arch"
                 f" {arch.name} models ({arch.max_guest_bytes / GiB:.0f} GiB)",
+            )
+        if 0 < p.mmu_pages < KVM_MIN_ALLOC_MMU_PAGES:
+            raise ConfigError(
+                "--mmu-pages",
+                f"must be 0 (KVM's default) or >= {KVM_MIN_ALLOC_MMU_PAGES}"
+                f" (KVM_SET_NR_MMU_PAGES refuses less), got {p.mmu_pages}",
             )
         rom0 = p.rom_gpa >> PAGE_SHIFT
         rom_area = (rom0, rom0 + (rom_bytes >> PAGE_SHIFT))
@@ -132,6 +149,7 @@ class RomAccess:
             areas_per_vcpu=(*((a,) for a in areas), (rom_area,)),
             pt_gfn=KERNEL_RESERVE >> PAGE_SHIFT,
             max_gfn=max_gfn,
+            nr_mmu_pages=p.mmu_pages,
         )
 
     # -- the run -------------------------------------------------------------------------
@@ -168,7 +186,7 @@ class RomAccess:
         acc = np.array(accesses, dtype=np.float64).reshape(-1, 3) / 1e6
         st = vm.stats()
         for r in vm.passes:
-            vm.event("pass", vcpu=r.vcpu, index=r.index, ms=r.ms)
+            vm.event("pass", vcpu=r.vcpu, index=r.index, ms=r.ms, t_ns=r.end_ns)
         out = {
             "pass_time_ms": float(np.mean([r.ms for r in warm])),
             "populate_ms": float(np.mean([r.ms for r in first])),
@@ -184,6 +202,7 @@ class RomAccess:
             "sp_allocs": ("mmu_cache_miss", 1),
             "remote_tlb_flushes": ("remote_tlb_flush", 1),
             "lock_breaks": ("lock_breaks", 1),
+            "mmu_recycled": ("mmu_recycled", 1),
             "mmu_lock_max_hold_ms": ("mmu_lock_max_hold_ns", 1e-6),
             "vcpu_stall_ms": ("vcpu_stall_ns", 1e-6),
             "vcpu_stall_max_ms": ("vcpu_stall_max_ns", 1e-6),

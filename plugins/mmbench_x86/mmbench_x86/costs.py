@@ -47,6 +47,12 @@ X86_SHADOW_BARE_METAL = CostTable(
             " sptes on a ROM-slot delete took ~24 ms, ~48 ns per spte",
             "per spte or child link dropped when an sp is zapped or an rmap is zapped",
         ),
+        "sp_scan": Cost(
+            30,
+            f"{_E}: one active_mmu_pages step plus test_and_clear_bit on the parent_pte"
+            " (a locked RMW on a likely cold line)",
+            "per sp looked at by a reclaim scan (seed 004's kvm_mmu_get_inactive_page)",
+        ),
         "rmap_walk": Cost(8, f"{_E}: one rmap head visited, empty", "per rmap head walked"),
         "remote_tlb_flush": Cost(
             4000, f"{_E}: IPI all vCPUs and wait for them (KVM_REQUEST_WAIT)", "per flush"

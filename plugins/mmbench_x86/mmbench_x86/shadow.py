@@ -17,13 +17,14 @@ import numpy as np
 from mmbench.hookspecs import hookimpl
 from mmbench.model.guest import LEVEL_SHIFT, PTES_PER_TABLE, build_identity_page_tables
 from mmbench.model.kvm import Kvm
-from mmbench.model.shadow_mmu import ShadowMmu
+from mmbench.model.shadow_mmu import KVM_MIN_FREE_MMU_PAGES, ShadowMmu
 from mmbench.model.vcpu import Vcpu
 from mmbench_x86.costs import X86_SHADOW_BARE_METAL
 
 PTE_PREFETCH_NUM = 8  # sptes fetched per fault on the measured host
 FAST_REGIONS = 64  # fault-free regions run per engine step
 FAULT_REGIONS = 8  # regions faulted per mmu_lock acquisition
+GUEST_LEVELS = 4  # build_identity_page_tables(): 4-level guest tables
 
 
 class X86Shadow:
@@ -48,7 +49,7 @@ class X86Shadow:
     # -- guest accesses ------------------------------------------------------------------
     def touch(self, kvm: Kvm, vcpu: Vcpu, gfn0: int, gfn1: int, write: bool) -> None:
         mmu: ShadowMmu = kvm.mmu
-        area = mmu.gpt.area_of(vcpu.id, gfn0)
+        area = mmu.gpt.area_of(int(mmu.vcpu_process[vcpu.id]), gfn0)
         if gfn1 > area.gfn1:
             raise ValueError(f"vcpu {vcpu.id}: [0x{gfn0:x}, 0x{gfn1:x}) leaves its mapped area")
         g = gfn0
@@ -69,7 +70,7 @@ class X86Shadow:
 
     def _run_mapped(self, kvm: Kvm, vcpu: Vcpu, g: int, end: int, leaves: np.ndarray) -> int:
         """Run natively over mapped pages; a kick (IPI) stops the run early."""
-        kvm.mmu.sp_accessed[leaves] = True
+        kvm.mmu.mark_accessed(leaves)
         per_page = kvm.costs.touch_page
         total = (end - g) * per_page
         vcpu.in_guest = True
@@ -93,6 +94,8 @@ class X86Shadow:
         want = want[touched]
         faults = installed = new_sps = 0
         with kvm.mmu_lock:
+            if mmu.n_max_mmu_pages:
+                self._make_room(mmu, vcpu.id, l1)
             if not mmu.root_usable(vcpu.id):
                 mmu.kvm_mmu_unload(vcpu.id)
                 new_sps += mmu.mmu_alloc_root(vcpu.id)
@@ -112,7 +115,7 @@ class X86Shadow:
                 faults = int(groups.sum())
                 fill = want & np.repeat(groups, PTE_PREFETCH_NUM, axis=1)
                 installed = mmu.map_leaf_sptes(leaves, fill)
-                mmu.sp_accessed[leaves] = True
+                mmu.mark_accessed(leaves)
             kvm.charge(faults * c.fault_locked + installed * c.spte_install + new_sps * c.sp_alloc)
         nbacked = int(want.sum())
         mmio = int(in_range.sum()) - nbacked
@@ -122,9 +125,34 @@ class X86Shadow:
         st["pf_fixed"] += faults
         st["mmio_exits"] += mmio
         st["exits"] += faults + mmio
+        if mmu.trace and faults:
+            kvm.stats.series["pf_fixed"].append((kvm.now, kvm.stats.vcpu_total("pf_fixed")))
         if kvm.trace_faults and faults:
             kvm.hook.mmbench_page_fault(kvm=kvm, vcpu=vcpu, gfn=g, npages=end - g, faults=faults)
         return end
+
+    @staticmethod
+    def _make_room(mmu: ShadowMmu, vcpu: int, l1: np.ndarray) -> None:
+        """``make_mmu_pages_available()`` before the batch allocates. The kernel checks
+        before each fault; a batch stands for several, so ask for room for every sp its
+        paths still lack (recounted, as reclaim may zap some of them)."""
+        parents = set(mmu.gpt.parent[l1].tolist())
+        upper = 1 + len(l1) + len(parents) * GUEST_LEVELS  # root, leaves, tables above
+        if mmu.n_max_mmu_pages - mmu.n_used_mmu_pages >= upper + KVM_MIN_FREE_MMU_PAGES:
+            return  # the kernel would not reclaim during these faults either
+        gpts = {int(mmu.gpt.roots[mmu.vcpu_process[vcpu]]), *l1.tolist()}
+        for pg in parents:
+            gpts.update(mmu.gpt.path(pg))
+        path = np.fromiter(gpts, dtype=np.int64, count=len(gpts))
+        while mmu.make_mmu_pages_available(int((~mmu.valid(mmu.gpt_sp[path])).sum())):
+            pass
+
+    # -- the default reclaim policy and VM teardown (a policy may override) -----------------
+    @hookimpl
+    def mmbench_reclaim(self, kvm: Kvm, nr_to_zap: int) -> np.ndarray:
+        """FIFO: zap from the tail of ``active_mmu_pages``, roots in use included, as KVM
+        did in 2009 (seed 004). Current kernels also skip roots in use (``skip-roots``)."""
+        return kvm.mmu.oldest_mmu_pages(nr_to_zap)
 
     # -- default for VM teardown (a policy may override) ---------------------------------
     @hookimpl
