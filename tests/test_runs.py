@@ -130,3 +130,11 @@ def test_json_output_is_clean(runs_dir):
     proc = mmbench("run", "rom-access", *SMALL, "--json", "--policy", "zap-slot", check=True)
     json.loads(proc.stdout)
     assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    from mmbench.config import load_config
+
+    req = load_config(path)
+    assert req.workload and req.policies
