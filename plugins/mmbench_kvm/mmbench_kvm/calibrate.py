@@ -157,25 +157,13 @@ def measure(system: KvmSystem, sizes_mb: list[int]) -> list[Sample]:
     return out
 
 
-def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Non-negative least squares by dropping negative coefficients (few unknowns)."""
-    active = np.ones(a.shape[1], dtype=bool)
-    x = np.zeros(a.shape[1])
-    while active.any():
-        sol, *_ = np.linalg.lstsq(a[:, active], b, rcond=None)
-        if (sol >= 0).all():
-            x[active] = sol
-            break
-        idx = np.flatnonzero(active)[np.argmin(sol)]
-        active[idx] = False
-    return x
-
-
 def _rel_fit(rows: list[list[float]], ns: list[float]) -> tuple[np.ndarray, float]:
     """Fit minimising relative error (each row scaled by 1/ns); returns (x, rms rel err)."""
     a, b = np.array(rows, dtype=float), np.array(ns, dtype=float)
     w = 1.0 / b
-    x = nnls(a * w[:, None], np.ones_like(b))
+    from scipy.optimize import nnls  # Lawson-Hanson: exact non-negative least squares
+
+    x, _ = nnls(a * w[:, None], np.ones_like(b))
     err = float(np.sqrt(np.mean((a @ x / b - 1.0) ** 2)))
     return x, err
 
