@@ -21,6 +21,8 @@ from mmbench.errors import ConfigError
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "mmbench.model.simvm",
     "mmbench.workloads.rom_access",
+    "mmbench.workloads.dirty_log",
+    "mmbench.workloads.teardown",
     "mmbench.monitors.invariants",
 )
 BLOCK_ENV = "MMBENCH_BLOCK_PLUGINS"

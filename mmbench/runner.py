@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmbench import paths
 from mmbench.errors import ConfigError
 from mmbench.plugins import Host, get_host, run_manager
 from mmbench.workloads.base import WorkloadSpec, resolve_params
@@ -97,25 +98,11 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
     if not ok:
         raise ConfigError("--backend", f"backend {req.backend!r} is unavailable here: {why}")
     spec = resolve_params(workload_cls.params, req.params)
-    names = req.policies or [
-        n
-        for n in host.registry.names("policy")
-        if req.arch in getattr(host.registry.get("policy", n), "archs", ())
-    ]
+    names = req.policies or paths.default_policies(host.registry, workload_cls, req.arch)
     names = sorted(names, key=lambda n: _default_order(n)) if not req.policies else names
     policies = [parse_policy(p, host) for p in names]
-    if not policies:
-        raise ConfigError("--policy", f"no policy applies to arch {req.arch!r}")
     for p in policies:
-        archs = getattr(host.registry.get("policy", p.name), "archs", ())
-        if req.arch not in archs:
-            pairs = "; ".join(
-                f"{n}: {', '.join(getattr(host.registry.get('policy', n), 'archs', ()))}"
-                for n in host.registry.names("policy")
-            )
-            raise ConfigError(
-                "--policy", f"{p.name!r} does not apply to arch {req.arch!r} ({pairs})"
-            )
+        paths.check_pair(host.registry, workload_cls, req.arch, p.name)
     workload = workload_cls()
     if hasattr(workload, "layout"):
         workload.layout(spec, arch_cls())  # size and address checks, before any run
@@ -125,7 +112,16 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
 
 
 # The seeds' chronology: the baseline first, as in their Before/After tables.
-_SEED_ORDER = ("zap-all", "fast-invalidate", "zap-slot")
+_SEED_ORDER = (
+    "zap-all",
+    "fast-invalidate",
+    "zap-slot",
+    "collapse-sync",
+    "lazy-collapse",
+    "recover-in-place",
+    "s2-unmap",
+    "s2-elide",
+)
 
 
 def _default_order(name: str) -> tuple[int, str]:

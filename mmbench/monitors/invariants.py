@@ -14,6 +14,7 @@ import numpy as np
 
 from mmbench.errors import InvariantViolation
 from mmbench.hookspecs import hookimpl
+from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES
 
 
 def check_shadow_mmu(kvm, when: str) -> None:
@@ -52,6 +53,15 @@ def check_shadow_mmu(kvm, when: str) -> None:
         fail("sptes were zapped but remote TLBs were not flushed")
 
 
+def check_mmu(kvm, when: str) -> None:
+    """The arch MMU's own oracle if it has one (``RegionMmu``), else the shadow MMU's."""
+    own = getattr(kvm.mmu, "check_invariants", None)
+    if own is not None:
+        own(when)
+    else:
+        check_shadow_mmu(kvm, when)
+
+
 class Invariants:
     """Raises ``InvariantViolation`` the moment a policy leaves a stale mapping behind."""
 
@@ -63,13 +73,29 @@ class Invariants:
 
     @hookimpl
     def mmbench_memslot_deleted(self, kvm, slot, change):
-        check_shadow_mmu(kvm, f"memslot {change} of {slot}")
+        check_mmu(kvm, f"memslot {change} of {slot}")
+        self.checks += 1
+
+    @hookimpl
+    def mmbench_memslot_flags_changed(self, kvm, slot, old):
+        """After dirty logging starts or stops: no writable spte maps an unlogged page."""
+        on = "on" if slot.flags & KVM_MEM_LOG_DIRTY_PAGES else "off"
+        check_mmu(kvm, f"dirty logging {on} for {slot}")
+        self.checks += 1
+
+    @hookimpl
+    def mmbench_dirty_log_cleared(self, kvm, slot, first_page, npages):
+        check_mmu(kvm, f"dirty-log clear of {slot} pages {first_page}+{npages}")
         self.checks += 1
 
     @hookimpl
     def mmbench_vm_destroyed(self, kvm):
-        if kvm.mmu.nr_live_sps():
-            raise InvariantViolation(f"after teardown: {kvm.mmu.nr_live_sps()} sps still live")
+        mmu = kvm.mmu
+        left = mmu.nr_mapped() if hasattr(mmu, "nr_mapped") else mmu.nr_live_sps()
+        if left:
+            raise InvariantViolation(f"after teardown: {left} mappings still live")
+        if getattr(mmu, "tlbs_dirty", False):
+            raise InvariantViolation("after teardown: zapped sptes were never flushed")
         self.checks += 1
 
 
