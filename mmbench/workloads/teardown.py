@@ -52,15 +52,15 @@ class Teardown:
         check_size(p.size, arch)
         if p.size % REGION:
             raise ConfigError("--size", f"must be a multiple of 2 MiB (got {p.size})")
-        per = (p.size - KERNEL_RESERVE) // p.vcpus // REGION * REGION
+        n = (p.size >> PAGE_SHIFT) // p.vcpus  # an upper bound on each vCPU's slice
+        pt_pages = arch.page_table_pages([[(v * n, (v + 1) * n)] for v in range(p.vcpus)]) + 16
+        reserve = (KERNEL_RESERVE + (pt_pages << PAGE_SHIFT) + REGION - 1) // REGION * REGION
+        per = (p.size - reserve) // p.vcpus // REGION * REGION
         if per < REGION:
             raise ConfigError("--size", f"too small for {p.vcpus} vCPUs")
         pages = per >> PAGE_SHIFT
-        base = KERNEL_RESERVE >> PAGE_SHIFT
+        base = reserve >> PAGE_SHIFT
         areas = [(base + v * pages, base + (v + 1) * pages) for v in range(p.vcpus)]
-        pt_pages = arch.page_table_pages([[a] for a in areas])
-        if pt_pages > base - 16:
-            raise ConfigError("--size", f"guest page tables ({pt_pages} pages) do not fit")
         return VmSpec(
             slots=(SlotSpec(0, 0, p.size, "guest memory"),),
             areas_per_vcpu=tuple((a,) for a in areas),
