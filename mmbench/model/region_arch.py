@@ -20,12 +20,12 @@ class RegionArch:
     max_guest_bytes = 16 * TiB  # per-2 MiB state: ~10 bytes per region, linear wall time
     dirty_log = True  # implements KVM_MEM_LOG_DIRTY_PAGES, GET/CLEAR_DIRTY_LOG
     flush_ipis = True
+    read_faults = False  # vCPU faults take mmu_lock for read (rwlock) rather than exclusively
     region_granular = True  # guest accesses, slots and clears in whole 2 MiB regions
 
     def setup(self, kvm: Kvm, areas_per_vcpu: list[list[tuple[int, int]]], pt_gfn: int) -> None:
-        kvm.mmu = RegionMmu(
-            kvm, kvm.memslots.max_gfn, bool(getattr(kvm, "huge_pages", False)), self.flush_ipis
-        )
+        huge = bool(getattr(kvm, "huge_pages", False))
+        kvm.mmu = RegionMmu(kvm, kvm.memslots.max_gfn, huge, self.flush_ipis, self.read_faults)
 
     @staticmethod
     def page_table_pages(areas_per_vcpu: list[list[tuple[int, int]]]) -> int:

@@ -17,7 +17,8 @@ lock-break can cut in, and apply their state changes as they walk, chunk by chun
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,7 +35,7 @@ REGION_PAGES = 1 << REGION_SHIFT  # 4 KiB leaves per 2 MiB region
 GIB_REGIONS = 512  # regions per 1 GiB (one level-2 table)
 RUN_REGIONS = 4096  # regions a vCPU runs natively per engine step (8 GiB)
 FAULT_HUGE_REGIONS = 512  # 2 MiB faults per mmu_lock acquisition
-FAULT_4K_REGIONS = 64  # regions of 4 KiB faults per mmu_lock acquisition
+FAULT_4K_REGIONS = 256  # regions of 4 KiB faults per mmu_lock acquisition (512 MiB)
 WALK_CHUNK = 512  # regions costed and applied per step of a host walk (1 GiB)
 WALK_GROUP = 16  # regions between two cond_resched checks of a walk
 
@@ -44,8 +45,16 @@ U16 = np.uint16
 class RegionMmu:
     """``kvm->arch.tdp_mmu`` / ``kvm->arch.mmu.pgt``: one radix tree, aggregated."""
 
-    def __init__(self, kvm: Kvm, max_gfn: int, huge_ok: bool, flush_ipis: bool = True) -> None:
+    def __init__(
+        self,
+        kvm: Kvm,
+        max_gfn: int,
+        huge_ok: bool,
+        flush_ipis: bool = True,
+        read_faults: bool = False,
+    ) -> None:
         self.kvm = kvm
+        self.read_faults = read_faults  # vCPU faults take mmu_lock for read
         self.max_gfn = max_gfn
         self.huge_ok = huge_ok  # the backing allows 2 MiB leaves
         self.flush_ipis = flush_ipis  # x86: IPIs; arm64: broadcast TLBI, no vCPU kick
@@ -223,7 +232,7 @@ class RegionMmu:
             logged = logged[: r1 - r0]
         sl = slice(r0, r1)
         n = r1 - r0
-        with kvm.mmu_lock:
+        with self._fault_lock():
             if goal_huge:
                 old = self.n4k[sl].astype(np.int64)
                 had_pt = self.pt[sl].copy()
@@ -278,6 +287,21 @@ class RegionMmu:
         kvm.charge(faults * c.fault_exit + n * REGION_PAGES * c.touch_page)
         self._count_faults(vcpu, faults)
         return r1
+
+    @contextmanager
+    def _fault_lock(self) -> Iterator[None]:
+        """mmu_lock for a fault batch: exclusive, or for read (``read_faults``), where a
+        fault only waits for a writer (a zap, a walk) holding or queued for the lock and
+        faults do not exclude each other (x86 TDP MMU since 5.12)."""
+        lock = self.kvm.mmu_lock
+        if not self.read_faults:
+            with lock:
+                yield
+            return
+        if lock.holder is not None or lock.waiters:
+            lock.acquire()  # queue behind the writer; its lock-break lets us in
+            lock.release()
+        yield
 
     def _count_faults(self, vcpu: Vcpu, faults: int) -> None:
         st = vcpu.stats

@@ -1,9 +1,10 @@
 """Arch backend ``x86-tdp``: the TDP MMU (EPT/NPT), one paging structure per root.
 
 No rmaps and no shadow pages of guest tables: a range zap walks the tree. Leaves are
-4 KiB or 2 MiB (where the backing allows; 1 GiB leaves are not modelled yet). mmu_lock is
-modelled as an exclusive lock, as for the TDP MMU of 5.10/5.11 before faults took it for
-read: vCPU faults serialise with each other and with zaps.
+4 KiB or 2 MiB (where the backing allows; 1 GiB leaves are not modelled yet). vCPU faults
+take mmu_lock for read (since 5.12), so they wait only for a writer; the dirty-log and
+teardown walks of the policies take it for write, as the 2018 code of seed 002 did (the
+TDP MMU later moved collapsing under the read lock too).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class X86Tdp(RegionArch):
     name = "x86-tdp"
     description = "x86 TDP MMU (EPT/NPT): one tree per root, no rmaps, 4 KiB / 2 MiB leaves"
     costs = X86_TDP_BARE_METAL
+    read_faults = True
 
     @hookimpl
     def mmbench_flush_shadow_memslot(self, kvm: Kvm, slot: Memslot) -> bool:
