@@ -13,6 +13,7 @@ from typing import Any
 
 from mmbench import environment, store
 from mmbench.errors import ConfigError, ModelError
+from mmbench.paths import policy_paths
 from mmbench.plugins import get_host
 from mmbench.report import comparison_table
 from mmbench.runner import RunRequest, execute, resolve
@@ -41,7 +42,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             obj = reg.get(kind, name)
             extra = ""
             if kind == "policy":
-                extra = f" [archs: {', '.join(obj.archs)}]"
+                extra = f" [archs: {', '.join(obj.archs)}] [paths: {', '.join(policy_paths(obj))}]"
                 if getattr(obj, "options", None):
                     opts = ", ".join(f"{k}={v}" for k, v in obj.options.items())
                     extra += f" [options: {opts}]"

@@ -13,6 +13,7 @@ class CollapseSync:
     """
 
     name = "collapse-sync"
+    description = "zap collapsible sptes under mmu_lock on dirty-log stop (2018 baseline)"
     archs = ("x86-tdp",)
     options = {"lock_break": False}
 

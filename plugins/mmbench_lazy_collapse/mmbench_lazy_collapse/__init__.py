@@ -18,6 +18,7 @@ class LazyCollapse:
     """
 
     name = "lazy-collapse"
+    description = "delayed worker zaps collapsible sptes with lock-break (seed 002)"
     archs = ("x86-tdp",)
     options = {"delay_s": KVM_MMU_ZAP_DELAYED_S}
 

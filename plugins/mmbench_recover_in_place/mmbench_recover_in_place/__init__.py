@@ -13,6 +13,7 @@ class RecoverInPlace:
     """
 
     name = "recover-in-place"
+    description = "install huge sptes over 4 KiB tables in place, no refault (6.13)"
     archs = ("x86-tdp",)
     options = {}
 

@@ -10,6 +10,7 @@ class S2Elide:
     ``TLBI VMALLS12E1IS`` for the VMID."""
 
     name = "s2-elide"
+    description = "arm64 teardown without CMO, one TLBI VMALL (seed 003)"
     archs = ("arm64",)
     options = {}
 

@@ -10,6 +10,7 @@ class S2Unmap:
     (``kvm_tlb_flush_vmid_ipa``), with ``cond_resched_lock`` between blocks."""
 
     name = "s2-unmap"
+    description = "arm64 teardown with per-page CMO and per-IPA TLBI (before 2019)"
     archs = ("arm64",)
     options = {}
 
