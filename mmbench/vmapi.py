@@ -40,6 +40,7 @@ class VmSpec:
     # guest maps its areas with 2 MiB pages where aligned; on the x86-tdp and arm64 models,
     # the host backing (THP/hugetlbfs) allows 2 MiB stage-2/TDP leaves
     huge_pages: bool = False
+    huge_page_size: int = 2 << 20  # the backing's page size when huge_pages (2 MiB or 1 GiB)
 
 
 @dataclass

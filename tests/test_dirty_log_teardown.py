@@ -51,6 +51,19 @@ def test_dirty_log_policies_on_x86_tdp(runs_dir):
         ["--manual-protect", "false", "--initially-set", "false"],
         ["--manual-protect", "true", "--initially-set", "false", "--dirty-percent", "30"],
         ["--backing", "4k", "-i", "1"],
+        ["--backing", "1g", "--size", "4G"],
+        [
+            "--backing",
+            "1g",
+            "--size",
+            "4G",
+            "--enable",
+            "eager-split",
+            "--manual-protect",
+            "0",
+            "--initially-set",
+            "0",
+        ],
     ],
 )
 def test_dirty_log_modes_keep_the_invariants(runs_dir, args):
@@ -61,6 +74,8 @@ def test_dirty_log_modes_keep_the_invariants(runs_dir, args):
     assert metrics["pages_dirtied"] > 0
     if "4k" in args:
         assert metrics["faults_after_disable"] == 0 and metrics["hugepage_recovery_ms"] == -1
+    if "1g" in args:  # one refault per GiB brings back a 1 GiB leaf
+        assert metrics["faults_after_disable"] == 4 and metrics["huge_mapped_pct"] == 100
 
 
 def test_collapse_cost_grows_linearly_with_size(runs_dir):
@@ -109,6 +124,13 @@ def test_teardown_arm64_cmo_and_tlbi(runs_dir):
     assert elide["teardown_ms"] * 100 < unmap["teardown_ms"]
 
 
+def test_teardown_1g_backing(runs_dir):
+    doc = run_json("teardown", "--arch", "arm64", "--size", "4G", "--backing", "1g", "--check")
+    m = {r["policy"]: r["metrics"] for r in doc["results"]}
+    assert m["s2-unmap"]["sptes_zapped"] == 4 and m["s2-unmap"]["tlbi_count"] == 4
+    assert m["s2-unmap"]["cmo_bytes"] == 4 << 30
+
+
 def test_teardown_4k_backing_and_x86(runs_dir):
     doc = run_json("teardown", "--arch", "arm64", "--size", "512M", "--backing", "4k")
     m = {r["policy"]: r["metrics"] for r in doc["results"]}
@@ -133,7 +155,7 @@ def test_teardown_4k_backing_and_x86(runs_dir):
         (["teardown", "--arch", "x86-shadow", "--size", "2T"], "--size", "1 TiB"),
         (["teardown", "--size", "3M"], "--size", "2 MiB"),
         (["dirty-log", "--arch", "x86-tdp", "--enable", "pml"], "--enable", "eager-split"),
-        (["dirty-log", "--arch", "x86-tdp", "--backing", "1g"], "--backing", "2m, 4k"),
+        (["dirty-log", "--arch", "x86-tdp", "--backing", "3g"], "--backing", "2m, 1g, 4k"),
         (["dirty-log", "--arch", "x86-tdp", "--size", "lots"], "--size", "expected int"),
         (
             ["dirty-log", "--arch", "x86-tdp", "--manual-protect", "false"],

@@ -21,7 +21,7 @@ from mmbench.plugins import get_host, run_manager
 from mmbench.runner import parse_policy
 
 REG = 512  # gfns per 2 MiB
-NREG = 16
+NREG = 16  # units of the window; a unit is ``scale`` regions
 POLICIES = [
     "collapse-sync",
     "collapse-sync:lock_break=true",
@@ -54,10 +54,16 @@ def make_vm(policy_spec: str, *extra):
     return vm, inv
 
 
-def play(policy_spec: str, history, manual: bool, init_set: bool, eager: bool, extra=()) -> int:
-    vm, inv = make_vm(policy_spec, *extra)
-    window = (0, NREG * REG)
-    vm.create(VmSpec((), (((window),), ((window),)), 0, NREG * REG, huge_pages=True))
+def play(
+    policy_spec: str, history, manual: bool, init_set: bool, eager: bool, scale: int = 1
+) -> int:
+    """Play ``history`` in units of ``scale`` regions; ``scale`` 128 is a 4 GiB guest
+    backed by 1 GiB pages."""
+    vm, inv = make_vm(policy_spec)
+    u = scale * REG  # gfns per unit
+    window = (0, NREG * u)
+    page = (1 << 30) if scale >= 128 else (2 << 20)
+    vm.create(VmSpec((), ((window,), (window,)), 0, NREG * u, True, page))
     if manual:
         vm.enable_manual_protect(init_set)
     vm.set_eager_page_split(eager)
@@ -71,7 +77,7 @@ def play(policy_spec: str, history, manual: bool, init_set: bool, eager: bool, e
                 kind, sid = op[0], op[1]
                 if kind == "create" and sid not in live:
                     n = min(op[3], NREG - op[2])
-                    vm.add_memslot(sid, op[2] * REG << 12, n * REG << 12)
+                    vm.add_memslot(sid, op[2] * u << 12, n * u << 12)
                     live[sid] = (op[2], n)
                 elif kind == "delete" and sid in live:
                     vm.delete_memslot(sid)
@@ -82,10 +88,10 @@ def play(policy_spec: str, history, manual: bool, init_set: bool, eager: bool, e
                     vm.get_dirty_log(sid)
                 elif kind == "clear" and sid in live:
                     r0, n = op[2], op[3]
-                    vm.clear_dirty_log(sid, r0 * REG, n * REG)
+                    vm.clear_dirty_log(sid, r0 * u, n * u)
                 elif kind == "touch":
                     r1 = min(NREG, sid + op[2])
-                    vm.guest_access(1, sid * REG, r1 * REG, write=op[3])
+                    vm.guest_access(1, sid * u, r1 * u, write=op[3])
                 elif kind == "sleep":
                     vm.sleep_ns(sid * 1000)
             except ConfigError:
@@ -103,6 +109,13 @@ def play(policy_spec: str, history, manual: bool, init_set: bool, eager: bool, e
 @given(history=ops, manual=st.booleans(), init_set=st.booleans(), eager=st.booleans())
 def test_dirty_log_policy_leaves_nothing_stale(policy, history, manual, init_set, eager):
     assert play(policy, history, manual, init_set and manual, eager) >= 3
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=ops, manual=st.booleans(), eager=st.booleans())
+def test_dirty_log_policy_with_1g_pages(policy, history, manual, eager):
+    assert play(policy, history, manual, manual, eager, scale=128) >= 3
 
 
 def test_lazy_worker_drops_a_slot_deleted_before_it_runs():

@@ -9,6 +9,7 @@ from mmbench.model.kvm import Kvm
 from mmbench.model.region_mmu import RegionMmu
 from mmbench.model.vcpu import Vcpu
 
+GiB = 1 << 30
 TiB = 1 << 40
 
 
@@ -25,7 +26,10 @@ class RegionArch:
 
     def setup(self, kvm: Kvm, areas_per_vcpu: list[list[tuple[int, int]]], pt_gfn: int) -> None:
         huge = bool(getattr(kvm, "huge_pages", False))
-        kvm.mmu = RegionMmu(kvm, kvm.memslots.max_gfn, huge, self.flush_ipis, self.read_faults)
+        gib = huge and getattr(kvm, "huge_page_size", 0) >= GiB
+        kvm.mmu = RegionMmu(
+            kvm, kvm.memslots.max_gfn, huge, self.flush_ipis, self.read_faults, huge_1g=gib
+        )
 
     @staticmethod
     def page_table_pages(areas_per_vcpu: list[list[tuple[int, int]]]) -> int:

@@ -52,6 +52,7 @@ class RegionMmu:
         huge_ok: bool,
         flush_ipis: bool = True,
         read_faults: bool = False,
+        huge_1g: bool = False,
     ) -> None:
         self.kvm = kvm
         self.read_faults = read_faults  # vCPU faults take mmu_lock for read
@@ -67,6 +68,9 @@ class RegionMmu:
         self.w4k = np.zeros(nr, dtype=U16)  # writable 4 KiB leaves (<= n4k)
         self.dirty = np.zeros(nr, dtype=U16)  # pages set in the slot's dirty bitmap
         self.l2 = np.zeros(nr // GIB_REGIONS + 1, dtype=bool)  # level-2 table per GiB
+        self.huge_1g = huge_1g  # the backing allows 1 GiB leaves (hugetlbfs 1G)
+        self.gb = np.zeros(nr // GIB_REGIONS + 1, dtype=bool)  # level-3 entry is a 1 GiB leaf
+        self.gb_wp = np.zeros(nr // GIB_REGIONS + 1, dtype=bool)  # ... write-protected
         self.nr_huge = 0
         self.huge_full_at = -1  # last time every huge-capable region was huge-mapped
         self.tlbs_dirty = False
@@ -91,6 +95,16 @@ class RegionMmu:
             if slot.flags & KVM_MEM_LOG_DIRTY_PAGES:
                 logged[lo - r0 : hi - r0] = True
         return backed, logged
+
+    def _gbv(self, arr: np.ndarray, r0: int, r1: int) -> np.ndarray:
+        """A per-GiB array seen per region over ``[r0, r1)``."""
+        g0, g1 = r0 // GIB_REGIONS, (r1 - 1) // GIB_REGIONS + 1
+        v = np.repeat(arr[g0:g1], GIB_REGIONS)
+        off = r0 - g0 * GIB_REGIONS
+        return v[off : off + r1 - r0]
+
+    def _gibs(self, sl: slice) -> slice:
+        return slice(sl.start // GIB_REGIONS, (sl.stop - 1) // GIB_REGIONS + 1)
 
     def huge_target(self) -> int:
         """Regions that could be huge-mapped: every backed region if the backing allows."""
@@ -136,9 +150,13 @@ class RegionMmu:
         mmu_lock, 3 is not backed (MMIO exits). Also returns (backed, logged)."""
         backed, logged = self._flags(r0, r1)
         huge, pt, n4k = self.huge[r0:r1], self.pt[r0:r1], self.n4k[r0:r1]
-        full = huge | (pt & (n4k == REGION_PAGES))
+        gb = self._gbv(self.gb, r0, r1)
+        full = huge | gb | (pt & (n4k == REGION_PAGES))
         need = np.where(full, 0, 2).astype(np.int8)
         if write:
+            gb_wp = gb & self._gbv(self.gb_wp, r0, r1)
+            need[gb_wp & logged] = 2  # drop the 1 GiB leaf, map 4 KiB
+            need[gb_wp & ~logged] = 1
             wp_huge = huge & self.huge_wp[r0:r1]
             need[wp_huge & logged] = 2  # a logged slot maps 4 KiB: drop the huge leaf
             need[wp_huge & ~logged] = 1  # fast_page_fault restores W on the huge spte
@@ -206,6 +224,9 @@ class RegionMmu:
         huge = self.huge[sl]
         faults = int((huge & self.huge_wp[sl]).sum())
         faults += int((~huge * (self.n4k[sl].astype(np.int64) - self.w4k[sl])).sum())
+        gs = self._gibs(sl)
+        faults += int((self.gb[gs] & self.gb_wp[gs]).sum())
+        self.gb_wp[gs] = False
         self.huge_wp[sl] = False
         self.w4k[sl] = self.n4k[sl]
         self.dirty[sl] = np.where(logged, REGION_PAGES, self.dirty[sl])
@@ -222,6 +243,10 @@ class RegionMmu:
         one fault maps a 2 MiB leaf, replacing a partial 4 KiB table if there is one.
         """
         kvm, c = self.kvm, self.kvm.costs
+        if self.huge_1g and not logged[0]:
+            done = self._fault_1g(vcpu, r0, r1)
+            if done:
+                return done
         goal_huge = self.huge_ok and not logged[0]
         span = FAULT_HUGE_REGIONS if goal_huge else FAULT_4K_REGIONS
         r1 = min(r1, r0 + span)
@@ -249,17 +274,22 @@ class RegionMmu:
                 self.huge_wp[sl] = False
                 self._huge_changed(n)
             else:
+                gs = self._gibs(sl)
+                gbs = np.flatnonzero(self.gb[gs]) + gs.start  # 1 GiB leaves in the way
+                self.gb[gbs] = False
+                self.gb_wp[gbs] = False
+                self._huge_changed(-GIB_REGIONS * len(gbs))
                 was_huge = self.huge[sl].copy()
-                zapped = int(was_huge.sum())
+                zapped = int(was_huge.sum()) + len(gbs)
                 freed = 0
                 flushes = zapped  # one kvm_flush_remote_tlbs_gfn per huge leaf dropped
                 present = np.where(self.pt[sl], self.n4k[sl], 0).astype(np.int64)
-                allocs = int((~self.pt[sl]).sum())
+                allocs = int((~self.pt[sl]).sum()) + len(gbs)
                 faults = int((REGION_PAGES - present).sum())
                 installs = faults
                 self.huge[sl] = False
                 self.huge_wp[sl] = False
-                self._huge_changed(-zapped)
+                self._huge_changed(-int(was_huge.sum()))
                 self.pt[sl] = True
                 self.n4k[sl] = REGION_PAGES
                 self.w4k[sl] = REGION_PAGES  # make_spte maps writable where the host allows
@@ -287,6 +317,44 @@ class RegionMmu:
         kvm.charge(faults * c.fault_exit + n * REGION_PAGES * c.touch_page)
         self._count_faults(vcpu, faults)
         return r1
+
+    def _fault_1g(self, vcpu: Vcpu, r0: int, r1: int) -> int:
+        """One fault maps the 1 GiB leaf over ``r0``'s GiB if one unlogged slot backs all
+        of it, replacing its level-2 table and whatever hangs there. Returns the region
+        after the ones touched, or 0 if a 1 GiB leaf cannot go there."""
+        kvm, c = self.kvm, self.kvm.costs
+        g = r0 // GIB_REGIONS
+        sl = slice(g * GIB_REGIONS, (g + 1) * GIB_REGIONS)
+        if sl.stop > self.nr_regions:
+            return 0
+        backed, logged = self._flags(sl.start, sl.stop)
+        if not backed.all() or logged.any():
+            return 0
+        end = min(r1, sl.stop)
+        with self._fault_lock():
+            nh = int(self.huge[sl].sum())
+            zapped = nh + int(self.n4k[sl].sum(dtype=np.int64))
+            freed = int(self.pt[sl].sum()) + int(self.l2[g])
+            self.huge[sl] = False
+            self.huge_wp[sl] = False
+            self.pt[sl] = False
+            self.n4k[sl] = 0
+            self.w4k[sl] = 0
+            self.gb[g] = True
+            self.gb_wp[g] = False
+            self.l2[g] = False
+            self._huge_changed(GIB_REGIONS - nh)
+            st = kvm.stats.vm
+            st["sptes_zapped"] += zapped
+            st["pt_pages_freed"] += freed
+            cost = c.fault_locked + c.spte_install + zapped * c.zap_leaf + freed * c.pt_free
+            kvm.mmu_lock.work(np.array([cost]), lock_break=False)
+            if zapped:
+                self.tlbs_dirty = True
+                self.flush()
+        kvm.charge(c.fault_exit + (end - r0) * REGION_PAGES * c.touch_page)
+        self._count_faults(vcpu, 1)
+        return end
 
     @contextmanager
     def _fault_lock(self) -> Iterator[None]:
@@ -330,9 +398,10 @@ class RegionMmu:
         while r < r1:
             c1 = min(r1, r + WALK_CHUNK)
             per = cost(slice(r, c1))
-            groups = np.add.reduceat(per, np.arange(0, len(per), WALK_GROUP))
+            group = GIB_REGIONS if self.huge_1g else WALK_GROUP  # a 1 GiB zap is one item
+            groups = np.add.reduceat(per, np.arange(0, len(per), group))
             done = lock.work(groups, lock_break)
-            end = min(c1, r + done * WALK_GROUP)
+            end = min(c1, r + done * group)
             apply(slice(r, end))
             r = end
             if r < r1 and lock_break and lock.needbreak():
@@ -375,11 +444,16 @@ class RegionMmu:
 
         def cost(sl: slice) -> np.ndarray:
             leaves = np.where(self.huge[sl], 1, self.n4k[sl]).astype(np.float64)
+            leaves += self._gbv(self.gb, sl.start, sl.stop) / GIB_REGIONS
             return self._table_walk(sl) + leaves * c.wrprot_spte
 
         def apply(sl: slice) -> None:
+            gs = self._gibs(sl)
             if (self.huge[sl] & ~self.huge_wp[sl]).any() or self.w4k[sl].any():
                 self.tlbs_dirty = True
+            if (self.gb[gs] & ~self.gb_wp[gs]).any():
+                self.tlbs_dirty = True
+            self.gb_wp[gs] |= self.gb[gs]
             self.huge_wp[sl] = self.huge[sl]
             self.w4k[sl] = 0
 
@@ -393,10 +467,21 @@ class RegionMmu:
         r0, r1 = self.slot_regions(slot)
 
         def cost(sl: slice) -> np.ndarray:
-            huge = self.huge[sl]
+            huge = self.huge[sl] + self._gbv(self.gb, sl.start, sl.stop) * (1 + 1 / GIB_REGIONS)
             return c.tdp_walk + huge * (c.pt_alloc + REGION_PAGES * c.split_spte)
 
         def apply(sl: slice) -> None:
+            gs = self._gibs(sl)
+            for g in (np.flatnonzero(self.gb[gs]) + gs.start).tolist():  # 1G -> 2M -> 4K
+                rs = slice(g * GIB_REGIONS, (g + 1) * GIB_REGIONS)
+                self.pt[rs] = True
+                self.n4k[rs] = REGION_PAGES
+                self.w4k[rs] = 0 if self.gb_wp[g] else REGION_PAGES
+                self.gb[g] = self.gb_wp[g] = False
+                self.l2[g] = True
+                self._huge_changed(-GIB_REGIONS)
+                st["pt_pages_allocated"] += GIB_REGIONS + 1
+                st["huge_pages_split"] += 1
             huge = self.huge[sl].copy()
             k = int(huge.sum())
             if not k:
@@ -458,6 +543,13 @@ class RegionMmu:
         def apply(sl: slice) -> None:
             d = self.dirty[sl]
             hit = d > 0
+            gs = self._gibs(sl)
+            hit_g = np.zeros(gs.stop - gs.start, dtype=bool)
+            hit_g[np.unique(np.flatnonzero(hit) + sl.start) // GIB_REGIONS - gs.start] = True
+            wr_gb = self.gb[gs] & ~self.gb_wp[gs] & hit_g  # write-protect 1 GiB leaves
+            if wr_gb.any():
+                self.gb_wp[gs] |= wr_gb
+                self.tlbs_dirty = True
             wr_huge = self.huge[sl] & ~self.huge_wp[sl] & hit
             if split and wr_huge.any():
                 k = int(wr_huge.sum())
@@ -490,22 +582,34 @@ class RegionMmu:
         st = self.kvm.stats.vm
         r0, r1 = self.slot_regions(slot)
 
+        gib = self.huge_1g  # 1 GiB backing: zap whole level-2 tables, 2 MiB leaves too
+
         def cost(sl: slice) -> np.ndarray:
             pt = self.pt[sl]
             n = self.n4k[sl].astype(np.float64)
-            return c.tdp_walk + pt * (c.host_level_lookup + c.pt_free) + n * c.zap_leaf
+            out = c.tdp_walk + pt * (c.host_level_lookup + c.pt_free) + n * c.zap_leaf
+            if gib:
+                l2 = self._gbv(self.l2, sl.start, sl.stop)
+                out = out + self.huge[sl] * c.zap_leaf + l2 * (c.pt_free / GIB_REGIONS)
+            return out
 
         def apply(sl: slice) -> None:
             pt = self.pt[sl]
             k = int(pt.sum())
-            if not k:
+            nh = int(self.huge[sl].sum()) if gib else 0
+            if not k and not nh:
                 return
-            st["sptes_zapped"] += int(self.n4k[sl].sum(dtype=np.int64))
+            st["sptes_zapped"] += int(self.n4k[sl].sum(dtype=np.int64)) + nh
             st["pt_pages_freed"] += k
             st["mmu_shadow_zapped"] += k
             self.pt[sl] = False
             self.n4k[sl] = 0
             self.w4k[sl] = 0
+            if gib:
+                self.huge[sl] = False
+                self.huge_wp[sl] = False
+                self._huge_changed(-nh)
+                self._free_empty_l2(sl)
             self.tlbs_dirty = True
             self._zapped(sl)
 
@@ -526,13 +630,21 @@ class RegionMmu:
         st = self.kvm.stats.vm
         r0, r1 = self.slot_regions(slot)
 
+        gib = self.huge_1g
+
         def cost(sl: slice) -> np.ndarray:
             pt = self.pt[sl]
             n = self.n4k[sl].astype(np.float64)
             per_pt = c.host_level_lookup + c.pt_free + c.spte_install
-            return c.tdp_walk + pt * per_pt + n * c.zap_leaf
+            out = c.tdp_walk + pt * per_pt + n * c.zap_leaf
+            if gib:
+                l2 = self._gbv(self.l2, sl.start, sl.stop)
+                out = out + self.huge[sl] * c.zap_leaf + l2 * (per_pt / GIB_REGIONS)
+            return out
 
         def apply(sl: slice) -> None:
+            if gib:
+                self._recover_1g(sl, r0, r1)
             pt = self.pt[sl].copy()
             k = int(pt.sum())
             if not k:
@@ -550,6 +662,38 @@ class RegionMmu:
         done = self.walk(r0, r1, cost, apply, lock_break=lock_break, alive=alive)
         self.flush_if_dirty()
         return done
+
+    def _recover_1g(self, sl: slice, s0: int, s1: int) -> None:
+        """Install a 1 GiB leaf over each level-2 table wholly inside ``sl`` and the slot
+        ``[s0, s1)``; it keeps any write protection of the leaves it replaces."""
+        st = self.kvm.stats.vm
+        g0 = -(-max(sl.start, s0) // GIB_REGIONS)
+        g1 = min(sl.stop, s1) // GIB_REGIONS
+        for g in range(g0, g1):
+            rs = slice(g * GIB_REGIONS, (g + 1) * GIB_REGIONS)
+            huge, pt = self.huge[rs], self.pt[rs]
+            if self.gb[g] or not (huge.any() or pt.any()):
+                continue
+            nh, npt = int(huge.sum()), int(pt.sum())
+            wp = bool((self.huge_wp[rs] | (pt & (self.w4k[rs] < self.n4k[rs]))).any())
+            self.huge[rs] = self.huge_wp[rs] = self.pt[rs] = False
+            self.n4k[rs] = 0
+            self.w4k[rs] = 0
+            self.gb[g], self.gb_wp[g], self.l2[g] = True, wp, False
+            st["pt_pages_freed"] += npt + 1
+            st["huge_pages_recovered"] += 1
+            self.tlbs_dirty = True
+            self._huge_changed(GIB_REGIONS - nh)
+
+    def _free_empty_l2(self, sl: slice) -> None:
+        """Level-2 tables wholly inside ``sl`` with nothing left under them are freed."""
+        g0 = -(-sl.start // GIB_REGIONS)
+        g1 = sl.stop // GIB_REGIONS
+        for g in range(g0, g1):
+            rs = slice(g * GIB_REGIONS, (g + 1) * GIB_REGIONS)
+            if self.l2[g] and not (self.huge[rs].any() or self.pt[rs].any()):
+                self.l2[g] = False
+                self.kvm.stats.vm["pt_pages_freed"] += 1
 
     # -- zapping and teardown ------------------------------------------------------------------
     def zap_range(
@@ -576,15 +720,31 @@ class RegionMmu:
             huge = self.huge[sl]
             n = self.n4k[sl].astype(np.float64)
             leaves = huge + n
+            gb = self._gbv(self.gb, sl.start, sl.stop)
+            leaves = leaves + gb / GIB_REGIONS  # a 1 GiB leaf's cost, spread over its regions
             out = self._table_walk(sl) + leaves * c.zap_leaf + self.pt[sl] * c.pt_free
             if cmo:
-                nbytes = huge * (REGION_PAGES * page) + n * page
+                nbytes = (huge + gb) * (REGION_PAGES * page) + n * page
                 out = out + nbytes / line * c.cmo_line
             if tlbi_per_ipa:
                 out = out + leaves * c.tlbi_ipa
             return out
 
         def apply(sl: slice) -> None:
+            gs = self._gibs(sl)
+            k = int(self.gb[gs].sum())
+            if k:
+                st["sptes_zapped"] += k
+                if cmo:
+                    st["cmo_bytes"] += k * (GIB_REGIONS * REGION_PAGES) * page
+                if tlbi_per_ipa:
+                    st["tlbi"] += k
+                else:
+                    self.tlbs_dirty = True
+                self.gb[gs] = False
+                self.gb_wp[gs] = False
+                self._huge_changed(-GIB_REGIONS * k)
+                self._zapped(sl)
             huge = self.huge[sl]
             nh = int(huge.sum())
             n = int(self.n4k[sl].sum(dtype=np.int64))
@@ -646,9 +806,11 @@ class RegionMmu:
         st = self.kvm.stats.vm
         out: dict[str, float] = {
             "pages_4k": float(self.n4k.sum(dtype=np.int64)),
-            "pages_2m": float(self.nr_huge),
+            "pages_2m": float(self.huge.sum()),
+            "pages_1g": float(self.gb.sum()),
             "huge_full_at_ns": float(self.huge_full_at),
             "huge_target": float(self.huge_target()),
+            "huge_regions": float(self.nr_huge),  # 2 MiB regions under a 2 MiB or 1 GiB leaf
         }
         for key in (
             "cmo_bytes",
@@ -668,20 +830,27 @@ class RegionMmu:
             raise InvariantViolation(f"after {when}: {msg}")
 
         huge, pt, n4k, w4k = self.huge, self.pt, self.n4k, self.w4k
+        gb = self._gbv(self.gb, 0, self.nr_regions)
+        if (gb & (huge | pt)).any():
+            fail(f"region {int(np.argmax(gb & (huge | pt)))} is under a 1 GiB leaf and mapped")
+        if (self.gb_wp & ~self.gb).any():
+            fail("a write-protect flag on a GiB without a 1 GiB leaf")
         if (huge & pt).any():
             fail(f"region {int(np.argmax(huge & pt))} has both a huge leaf and a table")
         if (~pt & (n4k > 0)).any() or (w4k > n4k).any() or (n4k > REGION_PAGES).any():
             fail("4 KiB leaf counts disagree with the tables")
         if (self.huge_wp & ~huge).any():
             fail("a write-protect flag on a region without a huge leaf")
-        if int(huge.sum()) != self.nr_huge:
-            fail(f"nr_huge {self.nr_huge} but {int(huge.sum())} huge leaves exist")
+        covered = int(huge.sum()) + int(gb.sum())
+        if covered != self.nr_huge:
+            fail(f"nr_huge {self.nr_huge} but huge leaves cover {covered} regions")
         backed, logged = self._flags(0, self.nr_regions)
-        stale = (huge | pt) & ~backed
+        stale = (huge | pt | gb) & ~backed
         if stale.any():
             r = int(np.argmax(stale))
             fail(f"gfn 0x{r << REGION_SHIFT:x} is still mapped but no live memslot backs it")
-        writable = np.where(huge & ~self.huge_wp, REGION_PAGES, w4k)
+        gb_w = gb & ~self._gbv(self.gb_wp, 0, self.nr_regions)
+        writable = np.where((huge & ~self.huge_wp) | gb_w, REGION_PAGES, w4k)
         unlogged = logged & (writable > self.dirty)
         if unlogged.any():
             r = int(np.argmax(unlogged))
@@ -694,4 +863,4 @@ class RegionMmu:
             fail("sptes were zapped or write-protected but remote TLBs were not flushed")
 
     def nr_mapped(self) -> int:
-        return int(self.huge.sum()) + int(self.n4k.sum(dtype=np.int64))
+        return int(self.huge.sum()) + int(self.n4k.sum(dtype=np.int64)) + int(self.gb.sum())

@@ -47,6 +47,7 @@ class SimVm:
             kvm.memslots.check_new(s.id, s.gpa >> PAGE_SHIFT, s.size >> PAGE_SHIFT, f"slot {s.id}")
         self.kvm = kvm
         kvm.huge_pages = spec.huge_pages  # the backing allows huge leaves (TDP, stage-2)
+        kvm.huge_page_size = spec.huge_page_size
         # slots that exist before the guest starts are not timed
         self.engine.spawn("vmm-create", self._create_slots, spec)
         self.engine.run()

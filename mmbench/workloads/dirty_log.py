@@ -26,7 +26,8 @@ SLOT = 0
 CLEAR_CHUNK_PAGES = 1 << 18  # QEMU's clear_bitmap_shift default: clear 1 GiB at a time
 DISABLE_AFTER_NS = 1_000_000  # the guest is running when the VMM stops logging
 ENABLE_MODES = ("wrprot", "eager-split")
-BACKINGS = ("2m", "4k")
+BACKINGS = ("2m", "1g", "4k")
+HUGE_PAGE_SIZE = {"2m": 2 << 20, "1g": 1 << 30, "4k": 4 << 10}
 
 
 def choice(field: str, allowed: tuple[str, ...]):
@@ -111,7 +112,7 @@ class DirtyLog:
             "backing",
             str,
             "2m",
-            "host backing: 2m (THP/hugetlbfs, huge leaves) or 4k",
+            "host backing: 2m (THP/hugetlbfs), 1g (hugetlbfs 1 GiB pages) or 4k",
             parse=choice("--backing", BACKINGS),
         ),
         Param("run_on_s", float, 90.0, "seconds the guest runs on after logging stops", above=0),
@@ -150,7 +151,8 @@ class DirtyLog:
             areas_per_vcpu=tuple((a,) for a in areas),
             pt_gfn=0,
             max_gfn=p.size >> PAGE_SHIFT,
-            huge_pages=p.backing == "2m",
+            huge_pages=p.backing != "4k",
+            huge_page_size=HUGE_PAGE_SIZE[p.backing],
         )
 
     def run(self, vm: VmApi, p: WorkloadSpec) -> dict[str, float]:
@@ -240,7 +242,7 @@ class DirtyLog:
         restored = full_at >= times["disable_at"] and after.get("huge_target", 0) > 0
         out["hugepage_recovery_ms"] = (full_at - times["disable_at"]) / 1e6 if restored else -1.0
         target = max(1.0, after.get("huge_target", 0))
-        out["huge_mapped_pct"] = 100.0 * after.get("pages_2m", 0) / target if target else 0.0
+        out["huge_mapped_pct"] = 100.0 * after.get("huge_regions", 0) / target if target else 0.0
         out["pages_dirtied"] = dirtied
         out["sptes_zapped"] = after["sptes_zapped"]
         return out

@@ -16,7 +16,13 @@ from mmbench.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT
 from mmbench.vmapi import SlotSpec, VmApi, VmSpec
 from mmbench.workloads.base import Metric, Param, WorkloadSpec
-from mmbench.workloads.dirty_log import BACKINGS, check_size, choice, size_param
+from mmbench.workloads.dirty_log import (
+    BACKINGS,
+    HUGE_PAGE_SIZE,
+    check_size,
+    choice,
+    size_param,
+)
 from mmbench.workloads.sizes import REGION, GiB
 
 KERNEL_RESERVE = 16 << 20  # guest kernel and, on x86-shadow, its page tables
@@ -33,7 +39,7 @@ class Teardown:
             "backing",
             str,
             "2m",
-            "host backing: 2m (THP/hugetlbfs, 2 MiB leaves/blocks) or 4k",
+            "host backing: 2m (THP/hugetlbfs), 1g (hugetlbfs 1 GiB pages) or 4k",
             parse=choice("--backing", BACKINGS),
         ),
     )
@@ -66,7 +72,8 @@ class Teardown:
             areas_per_vcpu=tuple((a,) for a in areas),
             pt_gfn=16,
             max_gfn=p.size >> PAGE_SHIFT,
-            huge_pages=p.backing == "2m",
+            huge_pages=p.backing != "4k",
+            huge_page_size=HUGE_PAGE_SIZE[p.backing],
         )
 
     def run(self, vm: VmApi, p: WorkloadSpec) -> dict[str, float]:
