@@ -1,7 +1,7 @@
 """Arch backend ``x86-tdp``: the TDP MMU (EPT/NPT), one paging structure per root.
 
 No rmaps and no shadow pages of guest tables: a range zap walks the tree. Leaves are
-4 KiB or 2 MiB (where the backing allows; 1 GiB leaves are not modelled yet). vCPU faults
+4 KiB, 2 MiB or 1 GiB where the backing allows (``--backing 2m|1g``). vCPU faults
 take mmu_lock for read (since 5.12), so they wait only for a writer; the dirty-log and
 teardown walks of the policies take it for write, as the 2018 code of seed 002 did (the
 TDP MMU later moved collapsing under the read lock too).
@@ -17,10 +17,10 @@ from mmbench_x86.tdp_costs import X86_TDP_BARE_METAL
 
 
 class X86Tdp(RegionArch):
-    """x86 TDP MMU: a tree per root, 4 KiB and 2 MiB leaves, tree walks for range zaps."""
+    """x86 TDP MMU: a tree per root, 4 KiB / 2 MiB / 1 GiB leaves, tree walks for zaps."""
 
     name = "x86-tdp"
-    description = "x86 TDP MMU (EPT/NPT): one tree per root, no rmaps, 4 KiB / 2 MiB leaves"
+    description = "x86 TDP MMU (EPT/NPT): one tree per root, no rmaps, 4K / 2M / 1G leaves"
     costs = X86_TDP_BARE_METAL
     read_faults = True
 
