@@ -44,22 +44,31 @@ ops = st.lists(
 )
 
 
-def make_vm(policy_spec: str, *extra):
+def make_vm(policy_spec: str, *extra, arch_name: str = "x86-tdp"):
+    """A VM on ``arch_name`` with the policies ``policy_spec`` (``+``-separated)."""
     host = get_host()
-    ps = parse_policy(policy_spec, host)
-    arch = host.registry.get("arch", "x86-tdp")()
-    policy = host.registry.get("policy", ps.name)(**dict(ps.options))
+    policies = []
+    for spec in policy_spec.split("+"):
+        ps = parse_policy(spec, host)
+        policies.append(host.registry.get("policy", ps.name)(**dict(ps.options)))
+    arch = host.registry.get("arch", arch_name)()
     inv = host.registry.get("monitor", "invariants")()
-    vm = SimVm(run_manager(arch, *extra, policy, inv).hook, arch, arch.costs)
+    vm = SimVm(run_manager(arch, *extra, *policies, inv).hook, arch, arch.costs)
     return vm, inv
 
 
 def play(
-    policy_spec: str, history, manual: bool, init_set: bool, eager: bool, scale: int = 1
+    policy_spec: str,
+    history,
+    manual: bool,
+    init_set: bool,
+    eager: bool,
+    scale: int = 1,
+    arch: str = "x86-tdp",
 ) -> int:
     """Play ``history`` in units of ``scale`` regions; ``scale`` 128 is a 4 GiB guest
     backed by 1 GiB pages."""
-    vm, inv = make_vm(policy_spec)
+    vm, inv = make_vm(policy_spec, arch_name=arch)
     u = scale * REG  # gfns per unit
     window = (0, NREG * u)
     page = (1 << 30) if scale >= 128 else (2 << 20)
@@ -116,6 +125,22 @@ def test_dirty_log_policy_leaves_nothing_stale(policy, history, manual, init_set
 @given(history=ops, manual=st.booleans(), eager=st.booleans())
 def test_dirty_log_policy_with_1g_pages(policy, history, manual, eager):
     assert play(policy, history, manual, manual, eager, scale=128) >= 3
+
+
+TEARDOWN = [
+    ("arm64", "s2-unmap"),
+    ("arm64", "s2-elide"),
+    ("x86-tdp", "zap-all+recover-in-place"),
+    ("x86-tdp", "zap-all:lock_break=true+lazy-collapse:delay_s=0.0003"),
+]
+
+
+@pytest.mark.parametrize(("arch", "policy"), TEARDOWN)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=ops, manual=st.booleans(), gib=st.booleans())
+def test_teardown_policy_leaves_nothing(arch, policy, history, manual, gib):
+    """Whatever was mapped, logged or split, teardown leaves nothing and flushes."""
+    assert play(policy, history, manual, manual, False, 128 if gib else 1, arch) >= 3
 
 
 def test_lazy_worker_drops_a_slot_deleted_before_it_runs():
