@@ -135,6 +135,8 @@ class Kvm:
         old = self.memslots.get(slot_id)
         new = Memslot(old.id, old.base_gfn, old.npages, flags, old.name)
         toggled = (old.flags ^ flags) & KVM_MEM_LOG_DIRTY_PAGES
+        if toggled and not hasattr(self.mmu, "dirty_log_start"):
+            raise ConfigError("--arch", f"arch {self.arch.name} does not model dirty logging")
         if toggled and flags & KVM_MEM_LOG_DIRTY_PAGES:  # kvm_alloc_dirty_bitmap
             self.charge(old.npages * self.costs.dirty_bitmap_page)
         self.memslots.replace(old, new)

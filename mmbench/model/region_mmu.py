@@ -4,8 +4,8 @@ At 4 TiB a per-gfn array has 1 G entries. What the kernel's cost depends on in t
 dirty-log and teardown paths is counts: whether the level-2 entry of a 2 MiB region is a
 huge leaf (and write-protected), whether a 4 KiB table hangs under it, how many of its 512
 leaves are present and writable, and how many of its pages the dirty bitmap has set. So
-the state is one row per region (2 M rows at 4 TiB, about 20 MB) plus one flag per 1 GiB
-for the level-2 tables; there is no per-gfn array.
+the state is one row per region (2 M rows at 4 TiB, about 20 MB) plus flags per 1 GiB for
+the level-2 table and a 1 GiB leaf (and its write protection); there is no per-gfn array.
 
 The price is granularity: guest accesses, memslots and ``KVM_CLEAR_DIRTY_LOG`` ranges
 are whole 2 MiB regions (the kernel allows 64-page clears). Within a region the counts
@@ -240,7 +240,8 @@ class RegionMmu:
         A logged slot maps 4 KiB leaves (``kvm_mmu_hugepage_adjust``): a huge leaf in the
         way is zapped (and its TLB entries flushed), a table allocated, every page faulted
         in, writable and marked dirty (``make_spte``). Otherwise, if the backing allows,
-        one fault maps a 2 MiB leaf, replacing a partial 4 KiB table if there is one.
+        one fault maps a 1 GiB leaf (``_fault_1g``) or a 2 MiB leaf, replacing the tables
+        and leaves in the way.
         """
         kvm, c = self.kvm, self.kvm.costs
         if self.huge_1g and not logged[0]:

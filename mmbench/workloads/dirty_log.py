@@ -180,8 +180,9 @@ class DirtyLog:
         out["enable_dirty_log_ms"] = times["enable"] / 1e6
         vm.event("phase", phase="enable", ms=out["enable_dirty_log_ms"])
 
+        per_region = REGION >> PAGE_SHIFT
         write_pages = [
-            max(REGION >> PAGE_SHIFT, int((g1 - g0) * p.dirty_percent / 100) // 512 * 512)
+            max(per_region, int((g1 - g0) * p.dirty_percent / 100) // per_region * per_region)
             for g0, g1 in areas
         ]
         dirty_ms, get_ms, clear_ms = [], [], []
