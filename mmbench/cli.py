@@ -85,7 +85,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
             metavar="NAME[:opt=val,...]",
             help="policy to run; repeat to compare (first is the baseline; default: all)",
         )
-        p.add_argument("--arch", default="x86-shadow", help="arch backend (default: x86-shadow)")
+        arch = getattr(wl, "default_arch", "x86-shadow")
+        p.add_argument("--arch", default=arch, help=f"arch backend (default: {arch})")
         p.add_argument(
             "--backend",
             default="sim",

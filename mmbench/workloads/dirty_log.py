@@ -73,6 +73,7 @@ class DirtyLog:
     name = "dirty-log"
     description = "dirty_log_perf_test + migration rollback: populate, log, iterate, stop, run on"
     paths = ("dirty-log-stop",)
+    default_arch = "x86-tdp"
     params = (
         size_param(4 * TiB, "guest memory: 4T, 64G, 512M or bytes (memstress -b, in total)"),
         Param(

@@ -32,6 +32,7 @@ class Teardown:
     name = "teardown"
     description = "destroy a VM with all of --size mapped: kvm_arch_flush_shadow_all"
     paths = ("teardown",)
+    default_arch = "arm64"  # seed 003
     params = (
         size_param(64 * GiB, "guest memory: 64G, 4T, 512M or bytes"),
         Param("vcpus", int, 8, "vCPUs that populate memory", ("-v", "--vcpus"), 1, max=512),
