@@ -53,11 +53,12 @@ def check_shadow_mmu(kvm, when: str) -> None:
         fail("sptes were zapped but remote TLBs were not flushed")
 
 
-def check_mmu(kvm, when: str) -> None:
-    """The arch MMU's own oracle if it has one (``RegionMmu``), else the shadow MMU's."""
+def check_mmu(kvm, when: str, gfns: tuple[int, int] | None = None) -> None:
+    """The arch MMU's own oracle if it has one (``RegionMmu``; it may check only the
+    ``gfns`` an operation touched), else the shadow MMU's."""
     own = getattr(kvm.mmu, "check_invariants", None)
     if own is not None:
-        own(when)
+        own(when, *(gfns or ()))
     else:
         check_shadow_mmu(kvm, when)
 
@@ -85,7 +86,10 @@ class Invariants:
 
     @hookimpl
     def mmbench_dirty_log_cleared(self, kvm, slot, first_page, npages):
-        check_mmu(kvm, f"dirty-log clear of {slot} pages {first_page}+{npages}")
+        gfn0 = slot.base_gfn + first_page
+        check_mmu(
+            kvm, f"dirty-log clear of {slot} pages {first_page}+{npages}", (gfn0, gfn0 + npages)
+        )
         self.checks += 1
 
     @hookimpl
