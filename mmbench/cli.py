@@ -16,6 +16,7 @@ from mmbench import environment, plots, store
 from mmbench.compare import RENDERERS, compare, render_text
 from mmbench.config import load_config
 from mmbench.errors import BackendError, ConfigError, ModelError
+from mmbench.paths import policy_paths
 from mmbench.plugins import get_host
 from mmbench.runner import RunRequest, execute, resolve
 
@@ -43,7 +44,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             obj = reg.get(kind, name)
             extra = ""
             if kind == "policy":
-                extra = f" [archs: {', '.join(obj.archs)}; kind: {getattr(obj, 'kind', 'memslot')}]"
+                extra = f" [archs: {', '.join(obj.archs)}] [paths: {', '.join(policy_paths(obj))}]"
                 if getattr(obj, "options", None):
                     opts = ", ".join(f"{k}={v}" for k, v in obj.options.items())
                     extra += f" [options: {opts}]"
@@ -70,7 +71,7 @@ def _common_run_options(p: argparse.ArgumentParser, sub: bool) -> None:
         metavar="NAME[:opt=val,...]",
         help="policy to run; repeat to compare (first is the baseline; default: all)",
     )
-    p.add_argument("--arch", default=d, help="arch backend (default: x86-shadow)")
+    p.add_argument("--arch", default=d, help="arch backend (default: the workload's)")
     p.add_argument("--backend", default=d, help="backend (default: sim; see mmbench list)")
     p.add_argument(
         "--costs",

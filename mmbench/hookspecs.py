@@ -118,6 +118,30 @@ def mmbench_reclaim(kvm: Kvm, nr_to_zap: int) -> np.ndarray | None:
     """
 
 
+@hookspec(firstresult=True)
+def mmbench_dirty_log_enable(kvm: Kvm, slot: Memslot) -> bool | None:
+    """``kvm_mmu_slot_apply_flags`` when ``KVM_MEM_LOG_DIRTY_PAGES`` is set on ``slot``.
+
+    Called with the new slot installed (flag set, dirty bitmap allocated: all ones if
+    ``kvm.initially_set``) and mmu_lock not held. Typical: split huge pages eagerly if
+    ``kvm.eager_split``, then write-protect the slot unless manual-protect with
+    initially-set defers that to ``KVM_CLEAR_DIRTY_LOG``. Return True once handled. After
+    it returns no writable spte may map a page the dirty bitmap does not have set.
+    """
+
+
+@hookspec(firstresult=True)
+def mmbench_dirty_log_disable(kvm: Kvm, slot: Memslot) -> bool | None:
+    """``kvm_mmu_slot_apply_flags`` when ``KVM_MEM_LOG_DIRTY_PAGES`` is cleared on ``slot``
+    (a live migration completed or rolled back).
+
+    Called with the new slot installed (flag clear) and mmu_lock not held. Nothing is
+    required for correctness; the question is how and when 4 KiB sptes become huge again:
+    zap the collapsible ones now, later from a worker (``kvm.engine.spawn``), or install
+    huge sptes in place. Return True once handled.
+    """
+
+
 # --- observer hooks (per-run manager) ---------------------------------------------------
 
 
@@ -143,6 +167,18 @@ def mmbench_memslot_deleted(kvm: Kvm, slot: Memslot, change: str) -> None:
     Called after the flush completed and the slot left the memslot array: this is where
     invariants about stale mappings are checked.
     """
+
+
+@hookspec
+def mmbench_memslot_flags_changed(kvm: Kvm, slot: Memslot, old: Memslot) -> None:
+    """``KVM_MR_FLAGS_ONLY``: ``slot`` replaced ``old`` (same gfns, new flags) and the
+    dirty-log enable/disable selection hook has returned: where invariants are checked."""
+
+
+@hookspec
+def mmbench_dirty_log_cleared(kvm: Kvm, slot: Memslot, first_page: int, npages: int) -> None:
+    """``KVM_GET_DIRTY_LOG`` (without manual protect: the whole slot) or
+    ``KVM_CLEAR_DIRTY_LOG`` re-armed write protection for a range of ``slot``."""
 
 
 @hookspec

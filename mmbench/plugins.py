@@ -22,6 +22,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mmbench.model.simvm",
     "mmbench.workloads.rom_access",
     "mmbench.workloads.mmu_pressure",
+    "mmbench.workloads.dirty_log",
+    "mmbench.workloads.teardown",
     "mmbench.monitors.invariants",
     "mmbench.plots",
 )

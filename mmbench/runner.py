@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmbench import paths
 from mmbench.errors import ConfigError
 from mmbench.plugins import Host, get_host, run_manager
 from mmbench.workloads.base import WorkloadSpec, resolve_params
@@ -88,11 +89,6 @@ def policy_hooks(cls: Any) -> list[str]:
     ]
 
 
-def policy_kind(cls: Any) -> str:
-    """``memslot`` (answers memslot flushes, the default) or ``reclaim`` (n_max_mmu_pages)."""
-    return getattr(cls, "kind", "memslot")
-
-
 def _parse_one(text: str, host: Host) -> PolicySpec:
     name, _, opts = text.partition(":")
     cls = host.registry.get("policy", name)
@@ -114,7 +110,7 @@ class RunRequest:
     workload: str
     params: dict[str, Any] = field(default_factory=dict)
     policies: list[str] = field(default_factory=list)
-    arch: str = "x86-shadow"
+    arch: str | None = None  # None: the workload's default_arch
     backend: str = "sim"
     costs_file: str | None = None
     check: bool = False  # attach the invariants monitor
@@ -135,66 +131,32 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
     """Check every name and value before anything runs or is written."""
     host = host or get_host()
     workload_cls = host.registry.get("workload", req.workload)
+    req.arch = req.arch or getattr(workload_cls, "default_arch", "x86-shadow")
     arch_cls = host.registry.get("arch", req.arch)
     backend = host.registry.get("backend", req.backend)()
     ok, why = backend.available()
     if not ok:
         raise ConfigError("--backend", f"backend {req.backend!r} is unavailable here: {why}")
     spec = resolve_params(workload_cls.params, req.params)
-    kind = getattr(workload_cls, "policy_kind", "memslot")
     allowed = getattr(workload_cls, "backends", None)
     if allowed and req.backend not in allowed:
         raise ConfigError("--backend", f"{req.workload} runs on: {', '.join(allowed)}")
-    names = req.policies or [
-        n
-        for n in host.registry.names("policy")
-        if req.arch in getattr(host.registry.get("policy", n), "archs", ())
-        and policy_kind(host.registry.get("policy", n)) == kind
-    ]
-    names = sorted(names, key=lambda n: _default_order(n)) if not req.policies else names
+    names = req.policies or paths.default_policies(host.registry, workload_cls, req.arch)
     if not req.policies and hasattr(backend, "supported_policies"):  # kvm: kernel knobs only
         names = backend.supported_policies(names)
     policies = [parse_policy(p, host) for p in names]
-    if not policies:
-        raise ConfigError("--policy", f"no policy applies to arch {req.arch!r}")
     if hasattr(backend, "check_policies"):  # e.g. kvm: only policies with a kernel knob
         backend.check_policies([part.name for pol in policies for part in pol.parts], req.arch)
-    for p in (part for pol in policies for part in pol.parts):
-        archs = getattr(host.registry.get("policy", p.name), "archs", ())
-        if req.arch not in archs:
-            pairs = "; ".join(
-                f"{n}: {', '.join(getattr(host.registry.get('policy', n), 'archs', ()))}"
-                for n in host.registry.names("policy")
-            )
-            raise ConfigError(
-                "--policy", f"{p.name!r} does not apply to arch {req.arch!r} ({pairs})"
-            )
     for pol in policies:
-        if kind not in {policy_kind(host.registry.get("policy", p.name)) for p in pol.parts}:
-            fits = [
-                n
-                for n in host.registry.names("policy")
-                if policy_kind(host.registry.get("policy", n)) == kind
-            ]
-            raise ConfigError(
-                "--policy",
-                f"{req.workload} needs a {kind} policy in {pol.label!r} ({', '.join(fits)});"
-                " compose with + (e.g. zap-slot+lru-scan)",
-            )
+        paths.check_policy(
+            host.registry, workload_cls, req.arch, pol.label, [p.name for p in pol.parts]
+        )
     workload = workload_cls()
     if hasattr(workload, "layout"):
         workload.layout(spec, arch_cls())  # size and address checks, before any run
     if req.costs_file:
         arch_cls.costs.with_overrides(req.costs_file)
     return ResolvedRun(req, workload, spec, policies, arch_cls.name)
-
-
-# The seeds' chronology: the baseline first, as in their Before/After tables.
-_SEED_ORDER = ("zap-all", "fast-invalidate", "zap-slot", "fifo", "skip-roots", "lru-scan")
-
-
-def _default_order(name: str) -> tuple[int, str]:
-    return (_SEED_ORDER.index(name), name) if name in _SEED_ORDER else (len(_SEED_ORDER), name)
 
 
 def run_one(req: RunRequest, policy: PolicySpec, rep: int = 0) -> dict[str, Any]:

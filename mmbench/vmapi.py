@@ -37,7 +37,10 @@ class VmSpec:
     areas_per_vcpu: tuple[tuple[tuple[int, int], ...], ...]
     pt_gfn: int
     max_gfn: int
-    huge_pages: bool = False  # guest maps its areas with 2 MiB pages where aligned
+    # guest maps its areas with 2 MiB pages where aligned; on the x86-tdp and arm64 models,
+    # the host backing (THP/hugetlbfs) allows 2 MiB stage-2/TDP leaves
+    huge_pages: bool = False
+    huge_page_size: int = 2 << 20  # the backing's page size when huge_pages (2 MiB or 1 GiB)
     # Guest processes: with ``nr_vcpus`` set, ``areas_per_vcpu[p]`` is process p's address
     # space and vCPU v starts on process v; ``start_schedule`` switches them. 0: one each.
     nr_vcpus: int = 0
@@ -73,6 +76,12 @@ class VmApi(Protocol):
     ) -> None:
         """A guest scheduler on ``vcpu_id``: for each ``(process, gfn0, gfn1)`` switch CR3
         to the process if needed, then touch the range; one ``PassRecord`` per slice."""
+
+    def start_loop(
+        self, vcpu_id: int, gfn0: int, gfn1: int, until_ns: int, write: bool = False
+    ) -> None:
+        """Like ``start_passes`` but passes repeat until the backend clock reaches
+        ``until_ns`` (a guest that "runs on" across a host operation)."""
         ...
 
     def guests_done(self) -> bool: ...
@@ -89,7 +98,15 @@ class VmApi(Protocol):
 
     # dirty logging (KVM_MEM_LOG_DIRTY_PAGES, GET/CLEAR_DIRTY_LOG, MANUAL_PROTECT2)
     def enable_manual_protect(self, initially_set: bool) -> None: ...
-    def set_dirty_logging(self, slot_id: int, on: bool) -> int: ...
+    def set_eager_page_split(self, on: bool) -> None:
+        """Split huge pages when logging starts: the ``kvm.eager_page_split`` module
+        parameter on x86, ``KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE`` on arm64."""
+        ...
+
+    def set_dirty_logging(self, slot_id: int, on: bool) -> int:
+        """Toggle ``KVM_MEM_LOG_DIRTY_PAGES`` (``KVM_MR_FLAGS_ONLY``); returns ns taken."""
+        ...
+
     def get_dirty_log(self, slot_id: int) -> tuple[int, int]:
         """Returns (ns taken, pages reported dirty)."""
         ...

@@ -21,7 +21,7 @@ from mmbench.workloads.base import resolve_params
 
 def test_list_shows_reclaim_policies_workload_and_plot():
     out = mmbench("list", check=True).stdout
-    for name in ("mmu-pressure", "fifo", "skip-roots", "lru-scan", "plot", "kind: reclaim"):
+    for name in ("mmu-pressure", "fifo", "skip-roots", "lru-scan", "plot", "paths: reclaim"):
         assert name in out
     assert "mmbench_register_commands" in out
 
@@ -38,7 +38,7 @@ def hot_cold(tmp_path_factory) -> dict[str, dict]:
 
 
 def test_defaults_are_the_reclaim_policies_in_seed_order(hot_cold):
-    assert list(hot_cold) == ["fifo", "skip-roots", "lru-scan"]
+    assert list(hot_cold) == ["fifo", "lru-scan", "skip-roots"]  # by year, then name
     for m in hot_cold.values():
         assert m["n_max_mmu_pages"] == 64  # the seed's limit
         assert 0 < m["max_mmu_pages_used"] <= 64

@@ -14,7 +14,7 @@ from mmbench.errors import ConfigError, ModelError
 from mmbench.model.costs import CostTable
 from mmbench.model.engine import Engine
 from mmbench.model.lock import MmuLock
-from mmbench.model.memslots import PAGE_SHIFT, Memslot, Memslots
+from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, Memslot, Memslots
 from mmbench.model.stats import Stats
 from mmbench.model.vcpu import Vcpu
 
@@ -40,6 +40,10 @@ class Kvm:
         self.mmu: Any = None  # built by the arch backend
         self.destroyed = False
         self.trace_faults = bool(hook.mmbench_page_fault.get_hookimpls())
+        # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 and the eager_page_split knob (dirty logging)
+        self.manual_protect = False
+        self.initially_set = False
+        self.eager_split = False
 
     # -- clock -----------------------------------------------------------------------------
     @property
@@ -120,6 +124,67 @@ class Kvm:
         self.charge(self.costs.memslot_update)
         self.hook.mmbench_memslot_created(kvm=self, slot=moved)
         return moved
+
+    # -- dirty logging: KVM_MR_FLAGS_ONLY, KVM_GET_DIRTY_LOG, KVM_CLEAR_DIRTY_LOG ---------------
+    def set_memslot_flags(self, slot_id: int, flags: int) -> Memslot:
+        """``KVM_SET_USER_MEMORY_REGION`` with the same gpa and size and new ``flags``.
+
+        A new slot replaces the old one (the kernel copies ``struct kvm_memory_slot``);
+        toggling ``KVM_MEM_LOG_DIRTY_PAGES`` runs the enable or disable selection hook.
+        """
+        old = self.memslots.get(slot_id)
+        new = Memslot(old.id, old.base_gfn, old.npages, flags, old.name)
+        toggled = (old.flags ^ flags) & KVM_MEM_LOG_DIRTY_PAGES
+        if toggled and not hasattr(self.mmu, "dirty_log_start"):
+            raise ConfigError("--arch", f"arch {self.arch.name} does not model dirty logging")
+        if toggled and flags & KVM_MEM_LOG_DIRTY_PAGES:  # kvm_alloc_dirty_bitmap
+            self.charge(old.npages * self.costs.dirty_bitmap_page)
+        self.memslots.replace(old, new)
+        self.charge(self.costs.memslot_update)
+        if toggled:
+            if flags & KVM_MEM_LOG_DIRTY_PAGES:
+                self.mmu.dirty_log_start(new, self.initially_set)
+                handled = self.hook.mmbench_dirty_log_enable(kvm=self, slot=new)
+            else:
+                self.mmu.dirty_log_stop(new)
+                handled = self.hook.mmbench_dirty_log_disable(kvm=self, slot=new)
+            if not handled:
+                raise ModelError(f"no policy or arch handled the dirty-log change of {new}")
+        self.hook.mmbench_memslot_flags_changed(kvm=self, slot=new, old=old)
+        return new
+
+    def _logged(self, slot_id: int) -> Memslot:
+        slot = self.memslots.get(slot_id)
+        if not slot.flags & KVM_MEM_LOG_DIRTY_PAGES:
+            raise ConfigError("dirty log", f"{slot} does not have KVM_MEM_LOG_DIRTY_PAGES set")
+        return slot
+
+    def get_dirty_log(self, slot_id: int) -> int:
+        """``KVM_GET_DIRTY_LOG``: returns pages reported dirty. Without manual protect the
+        bitmap is also cleared and the dirty pages write-protected again, under mmu_lock."""
+        slot = self._logged(slot_id)
+        dirty = self.mmu.get_dirty_log(slot, protect=not self.manual_protect)
+        if not self.manual_protect:
+            self.hook.mmbench_dirty_log_cleared(
+                kvm=self, slot=slot, first_page=0, npages=slot.npages
+            )
+        return dirty
+
+    def clear_dirty_log(self, slot_id: int, first_page: int, npages: int) -> int:
+        """``KVM_CLEAR_DIRTY_LOG`` (manual protect only): clear and write-protect a range.
+        Returns pages cleared."""
+        slot = self._logged(slot_id)
+        if not self.manual_protect:
+            raise ConfigError("clear_dirty_log", "needs KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2")
+        if first_page < 0 or npages <= 0 or first_page + npages > slot.npages:
+            raise ConfigError(
+                "clear_dirty_log", f"pages {first_page}+{npages} outside {slot} ({slot.npages})"
+            )
+        cleared = self.mmu.clear_dirty_log(slot, first_page, npages)
+        self.hook.mmbench_dirty_log_cleared(
+            kvm=self, slot=slot, first_page=first_page, npages=npages
+        )
+        return cleared
 
     # -- teardown ----------------------------------------------------------------------------
     def destroy(self) -> None:

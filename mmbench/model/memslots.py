@@ -40,13 +40,21 @@ class Memslot:
 
 
 class Memslots:
-    """The VM's memslots and a per-gfn map of the slot that backs each gfn (-1: none)."""
+    """The VM's memslots. Which slot backs a gfn is computed from the (few) slots on
+    demand, so a 4 TiB guest costs no per-gfn array here."""
 
     def __init__(self, max_gfn: int) -> None:
         self.max_gfn = max_gfn
         self.slots: dict[int, Memslot] = {}
-        self.gfn_slot = np.full(max_gfn, -1, dtype=np.int16)
         self.generation = 0
+
+    @property
+    def gfn_slot(self) -> np.ndarray:
+        """Per gfn: the id of the slot that backs it, or -1 (built on each use)."""
+        out = np.full(self.max_gfn, -1, dtype=np.int16)
+        for slot in self.slots.values():
+            out[slot.base_gfn : slot.end_gfn] = slot.id
+        return out
 
     def check_new(self, slot_id: int, base_gfn: int, npages: int, field: str = "memslot") -> None:
         if npages <= 0:
@@ -69,13 +77,25 @@ class Memslots:
             raise ConfigError("memslot", f"slot id {slot.id} already exists")
         self.check_new(slot.id, slot.base_gfn, slot.npages)
         self.slots[slot.id] = slot
-        self.gfn_slot[slot.base_gfn : slot.end_gfn] = slot.id
         self.generation += 1
 
     def remove(self, slot: Memslot) -> None:
         del self.slots[slot.id]
-        self.gfn_slot[slot.base_gfn : slot.end_gfn] = -1
         self.generation += 1
+
+    def replace(self, old: Memslot, new: Memslot) -> None:
+        """``KVM_MR_FLAGS_ONLY``: a new ``struct kvm_memory_slot`` takes the old one's
+        place (same gfns), so whoever still holds ``old`` can tell it changed."""
+        assert self.slots[old.id] is old and (old.base_gfn, old.npages) == (
+            new.base_gfn,
+            new.npages,
+        )
+        self.slots[new.id] = new
+        self.generation += 1
+
+    def is_live(self, slot: Memslot) -> bool:
+        """``slot`` is the current, valid slot of its id (not deleted, moved or changed)."""
+        return self.slots.get(slot.id) is slot and not slot.invalid
 
     def get(self, slot_id: int) -> Memslot:
         try:
@@ -87,12 +107,11 @@ class Memslots:
 
     def backed(self, gfn0: int, gfn1: int) -> np.ndarray:
         """Which gfns of ``[gfn0, gfn1)`` a vCPU may fault in (a valid slot backs them)."""
-        ids = self.gfn_slot[gfn0:gfn1]
-        ok = ids >= 0
+        ok = np.zeros(gfn1 - gfn0, dtype=bool)
         for slot in self.slots.values():
-            if slot.invalid and slot.overlaps(gfn0, gfn1 - gfn0):
+            if not slot.invalid and slot.overlaps(gfn0, gfn1 - gfn0):
                 lo, hi = max(slot.base_gfn, gfn0), min(slot.end_gfn, gfn1)
-                ok[lo - gfn0 : hi - gfn0] = False
+                ok[lo - gfn0 : hi - gfn0] = True
         return ok
 
     def live_mask(self) -> np.ndarray:

@@ -382,6 +382,12 @@ class ShadowMmu:
                     seen_n = self.n
         return zapped
 
+    def kvm_mmu_zap_all(self, *, lock_break: bool = False) -> None:
+        """``kvm_mmu_zap_all`` (caller holds mmu_lock): every sp from the list head; with
+        lock-break the walk restarts and meets the sps vCPUs built meanwhile."""
+        self.zap_pages(self.active_mmu_pages(), lock_break=lock_break, rescan=self.created_since)
+        self.commit_zap_page()
+
     def commit_zap_page(self) -> None:
         """``kvm_mmu_commit_zap_page``: flush remote TLBs, then the zapped sps are free."""
         self.kvm.flush_remote_tlbs_if_dirty()

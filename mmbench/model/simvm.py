@@ -18,7 +18,7 @@ from mmbench.hookspecs import hookimpl
 from mmbench.model.costs import CostTable
 from mmbench.model.engine import Actor, Engine
 from mmbench.model.kvm import Kvm
-from mmbench.model.memslots import PAGE_SHIFT
+from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT
 from mmbench.model.stats import VCPU_STATS, VM_STATS
 from mmbench.vmapi import PassRecord, SlotSpec, VmSpec
 
@@ -46,6 +46,8 @@ class SimVm:
         for s in spec.slots:
             kvm.memslots.check_new(s.id, s.gpa >> PAGE_SHIFT, s.size >> PAGE_SHIFT, f"slot {s.id}")
         self.kvm = kvm
+        kvm.huge_pages = spec.huge_pages  # the backing allows huge leaves (TDP, stage-2)
+        kvm.huge_page_size = spec.huge_page_size
         # slots that exist before the guest starts are not timed
         self.engine.spawn("vmm-create", self._create_slots, spec)
         self.engine.run()
@@ -76,8 +78,12 @@ class SimVm:
                 rec = PassRecord(vcpu_id, i, t0, self.engine.now, vcpu.stats["pf_fixed"] - f0)
                 self.passes.append(rec)
 
+        self._spawn_guest(vcpu_id, guest)
+
+    def _spawn_guest(self, vcpu_id: int, guest: Callable[[], None]) -> None:
+        """Run ``guest`` as the guest thread of ``vcpu_id`` on the timeline."""
         actor = self.engine.spawn(f"vcpu{vcpu_id}", guest)
-        vcpu.actor = actor
+        self.kvm.vcpus[vcpu_id].actor = actor
         self._guest_actors.append(actor)
 
     def start_schedule(
@@ -101,9 +107,24 @@ class SimVm:
                 rec = PassRecord(vcpu_id, i, t0, self.engine.now, vcpu.stats["pf_fixed"] - f0)
                 self.passes.append(rec)
 
-        actor = self.engine.spawn(f"vcpu{vcpu_id}", guest)
-        vcpu.actor = actor
-        self._guest_actors.append(actor)
+        self._spawn_guest(vcpu_id, guest)
+
+    def start_loop(
+        self, vcpu_id: int, gfn0: int, gfn1: int, until_ns: int, write: bool = False
+    ) -> None:
+        """A guest thread on ``vcpu_id`` touching its area in passes until ``until_ns``."""
+        vcpu = self.kvm.vcpus[vcpu_id]
+
+        def guest() -> None:
+            i = 0
+            while self.engine.now < until_ns:
+                t0, f0 = self.engine.now, vcpu.stats["pf_fixed"]
+                vcpu.access(gfn0, gfn1, write=write)
+                rec = PassRecord(vcpu_id, i, t0, self.engine.now, vcpu.stats["pf_fixed"] - f0)
+                self.passes.append(rec)
+                i += 1
+
+        self._spawn_guest(vcpu_id, guest)
 
     def guests_done(self) -> bool:
         return all(a.done for a in self._guest_actors)
@@ -137,6 +158,30 @@ class SimVm:
         self.hook.mmbench_workload_event(kvm=self.kvm, name=name, data=data)
         self.kvm.stats.series[name].append((self.engine.now, data))
 
+    # -- dirty logging -----------------------------------------------------------------------
+    def enable_manual_protect(self, initially_set: bool) -> None:
+        """``KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)``, before logging starts."""
+        self.kvm.manual_protect = True
+        self.kvm.initially_set = initially_set
+
+    def set_eager_page_split(self, on: bool) -> None:
+        """The ``kvm.eager_page_split`` module parameter (x86) / ``KVM_CAP_ARM_EAGER_SPLIT_
+        CHUNK_SIZE`` (arm64): split huge pages when dirty logging starts."""
+        self.kvm.eager_split = on
+
+    def set_dirty_logging(self, slot_id: int, on: bool) -> int:
+        flags = self.kvm.memslots.get(slot_id).flags
+        flags = flags | KVM_MEM_LOG_DIRTY_PAGES if on else flags & ~KVM_MEM_LOG_DIRTY_PAGES
+        return self._timed(lambda: self.kvm.set_memslot_flags(slot_id, flags))
+
+    def get_dirty_log(self, slot_id: int) -> tuple[int, int]:
+        out: list[int] = []
+        ns = self._timed(lambda: out.append(self.kvm.get_dirty_log(slot_id)))
+        return ns, out[0]
+
+    def clear_dirty_log(self, slot_id: int, first_page: int, npages: int) -> int:
+        return self._timed(lambda: self.kvm.clear_dirty_log(slot_id, first_page, npages))
+
     def run_host(self, script: Callable[[], None], name: str = "vmm") -> None:
         """Run ``script`` alongside the guest threads until all of them finish."""
         self.engine.spawn(name, script)
@@ -152,8 +197,8 @@ class SimVm:
     # -- figures -------------------------------------------------------------------------
     def stats(self) -> dict[str, float]:
         kvm = self.kvm
-        guests = [int(a.name[4:]) for a in self._guest_actors]
-        names = [a.name for a in self._guest_actors]
+        guests = sorted({int(a.name[4:]) for a in self._guest_actors})
+        names = sorted({a.name for a in self._guest_actors})  # a vCPU may run several threads
         lock = kvm.mmu_lock
         out: dict[str, float] = {key: kvm.stats.vm[key] for key in VM_STATS}
         for key in VCPU_STATS:
@@ -162,6 +207,8 @@ class SimVm:
         out["vcpu_stall_ns"] = sum(lock.wait_ns.get(n, 0) for n in names)
         out["vcpu_stall_max_ns"] = max((lock.max_wait_ns.get(n, 0) for n in names), default=0)
         out["lock_breaks"] = lock.lock_breaks
+        out["mmu_lock_max_hold_host_ns"] = lock.max_hold_ns(vcpu=False)
+        out.update(getattr(kvm.mmu, "extra_stats", dict)())
         return out
 
     def series(self) -> dict[str, list]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from mmbench.errors import InvariantViolation
 from mmbench.hookspecs import hookimpl
+from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES
 
 
 def check_shadow_mmu(kvm, when: str, memslots: bool = True) -> None:
@@ -63,6 +64,16 @@ def check_shadow_mmu(kvm, when: str, memslots: bool = True) -> None:
         fail(f"{used} sps live, over n_max_mmu_pages {mmu.n_max_mmu_pages}")
 
 
+def check_mmu(kvm, when: str, gfns: tuple[int, int] | None = None) -> None:
+    """The arch MMU's own oracle if it has one (``RegionMmu``; it may check only the
+    ``gfns`` an operation touched), else the shadow MMU's."""
+    own = getattr(kvm.mmu, "check_invariants", None)
+    if own is not None:
+        own(when, *(gfns or ()))
+    else:
+        check_shadow_mmu(kvm, when)
+
+
 class Invariants:
     """Raises ``InvariantViolation`` the moment a policy leaves a stale mapping behind."""
 
@@ -74,7 +85,22 @@ class Invariants:
 
     @hookimpl
     def mmbench_memslot_deleted(self, kvm, slot, change):
-        check_shadow_mmu(kvm, f"memslot {change} of {slot}")
+        check_mmu(kvm, f"memslot {change} of {slot}")
+        self.checks += 1
+
+    @hookimpl
+    def mmbench_memslot_flags_changed(self, kvm, slot, old):
+        """After dirty logging starts or stops: no writable spte maps an unlogged page."""
+        on = "on" if slot.flags & KVM_MEM_LOG_DIRTY_PAGES else "off"
+        check_mmu(kvm, f"dirty logging {on} for {slot}")
+        self.checks += 1
+
+    @hookimpl
+    def mmbench_dirty_log_cleared(self, kvm, slot, first_page, npages):
+        gfn0 = slot.base_gfn + first_page
+        check_mmu(
+            kvm, f"dirty-log clear of {slot} pages {first_page}+{npages}", (gfn0, gfn0 + npages)
+        )
         self.checks += 1
 
     @hookimpl
@@ -85,8 +111,12 @@ class Invariants:
 
     @hookimpl
     def mmbench_vm_destroyed(self, kvm):
-        if kvm.mmu.nr_live_sps():
-            raise InvariantViolation(f"after teardown: {kvm.mmu.nr_live_sps()} sps still live")
+        mmu = kvm.mmu
+        left = mmu.nr_mapped() if hasattr(mmu, "nr_mapped") else mmu.nr_live_sps()
+        if left:
+            raise InvariantViolation(f"after teardown: {left} mappings still live")
+        if getattr(mmu, "tlbs_dirty", False):
+            raise InvariantViolation("after teardown: zapped sptes were never flushed")
         self.checks += 1
 
 

@@ -37,7 +37,7 @@ def _align_up(x: int, a: int) -> int:
 class MmuPressure:
     name = "mmu-pressure"
     description = "many guest processes with a hot and a cold set, at the shadow-page limit"
-    policy_kind = "reclaim"
+    paths = ("reclaim",)
     backends = ("sim",)
     default_plots = ("mmu_used_pages", "mmu_recycled", "pf_fixed")
     params = (

@@ -39,6 +39,7 @@ def _align_up(x: int, a: int) -> int:
 class RomAccess:
     name = "rom-access"
     description = "mmtest -c N -m MB -e ./rom.sh: memory passes while rom.sh remaps a PCI ROM"
+    paths = ("memslot-delete", "reclaim")  # reclaim: with --mmu-pages, composed (+)
     params = (
         Param(
             "threads",
@@ -101,6 +102,10 @@ class RomAccess:
 
     # -- layout --------------------------------------------------------------------------
     def layout(self, p: WorkloadSpec, arch: Any) -> VmSpec:
+        if getattr(arch, "region_granular", False):
+            raise ConfigError(
+                "--arch", "rom-access needs 4 KiB slots and guest page tables: use x86-shadow"
+            )
         thread_pages = p.mb * MiB >> PAGE_SHIFT
         rom_bytes = p.rom_kib * 1024
         if rom_bytes % 4096:

@@ -14,7 +14,8 @@ class Fifo:
     """
 
     name = "fifo"
-    kind = "reclaim"
+
+    year = 2007  # KVM's reclaim from the start
     archs = ("x86-shadow",)
     options: dict = {}
 

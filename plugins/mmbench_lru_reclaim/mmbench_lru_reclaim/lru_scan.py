@@ -20,7 +20,8 @@ class LruScan:
     """
 
     name = "lru-scan"
-    kind = "reclaim"
+
+    year = 2009  # seed 004
     archs = ("x86-shadow",)
     options = {"overscan": 4, "prefer_leaf": True}
 

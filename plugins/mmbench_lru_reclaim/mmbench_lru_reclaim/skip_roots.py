@@ -15,7 +15,8 @@ class SkipRoots:
     """
 
     name = "skip-roots"
-    kind = "reclaim"
+
+    year = 2009  # seed 004
     archs = ("x86-shadow",)
     options: dict = {}
 

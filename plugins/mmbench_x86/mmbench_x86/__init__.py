@@ -1,9 +1,11 @@
-"""x86 arch backends for mmbench: ``x86-shadow`` (shadow paging)."""
+"""x86 arch backends for mmbench: ``x86-shadow`` (shadow paging), ``x86-tdp`` (TDP MMU)."""
 
 from mmbench.hookspecs import hookimpl
 from mmbench_x86.shadow import X86Shadow
+from mmbench_x86.tdp import X86Tdp
 
 
 @hookimpl
 def mmbench_register_archs(register):
     register(X86Shadow)
+    register(X86Tdp)

@@ -12,10 +12,15 @@ class ZapAll:
     needed when zapping all sptes" (Sean Christopherson, 2019, in "Remove fast invalidate
     mechanism"): drop mmu_lock when someone waits and restart the walk from the list head,
     which also meets the sps vCPUs built meanwhile.
+
+    On VM teardown (``kvm_arch_flush_shadow_all``) the same zap frees everything; on
+    ``x86-tdp`` it is ``kvm_tdp_mmu_zap_all``.
     """
 
     name = "zap-all"
-    archs = ("x86-shadow",)
+
+    year = 2008  # kvm_mmu_zap_all on memslot removal, 2008
+    archs = ("x86-shadow", "x86-tdp")
     options = {"lock_break": False}
 
     def __init__(self, lock_break: bool = False) -> None:
@@ -23,12 +28,14 @@ class ZapAll:
 
     @hookimpl
     def mmbench_flush_shadow_memslot(self, kvm, slot):
-        mmu = kvm.mmu
         with kvm.mmu_lock:
-            mmu.zap_pages(
-                mmu.active_mmu_pages(), lock_break=self.lock_break, rescan=mmu.created_since
-            )
-            mmu.commit_zap_page()
+            kvm.mmu.kvm_mmu_zap_all(lock_break=self.lock_break)
+        return True
+
+    @hookimpl
+    def mmbench_flush_shadow_all(self, kvm):
+        with kvm.mmu_lock:
+            kvm.mmu.kvm_mmu_zap_all(lock_break=self.lock_break)
         return True
 
 

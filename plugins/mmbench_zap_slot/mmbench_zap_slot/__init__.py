@@ -13,6 +13,8 @@ class ZapSlot:
     """
 
     name = "zap-slot"
+
+    year = 2019  # seed 001
     archs = ("x86-shadow",)
     options: dict = {}
 

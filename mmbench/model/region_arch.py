@@ -1,0 +1,40 @@
+"""What the x86-tdp and arm64 arch backends share: a ``RegionMmu`` and the kernel's
+default behaviour on dirty-log enable (policies choose what happens on disable)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmbench.model.kvm import Kvm
+from mmbench.model.region_mmu import RegionMmu
+from mmbench.model.vcpu import Vcpu
+
+GiB = 1 << 30
+TiB = 1 << 40
+
+
+class RegionArch:
+    """Base of arch backends whose MMU is one radix tree per VM (TDP MMU, stage-2)."""
+
+    name = ""
+    costs: Any = None
+    max_guest_bytes = 16 * TiB  # per-2 MiB state: ~10 bytes per region, linear wall time
+    dirty_log = True  # implements KVM_MEM_LOG_DIRTY_PAGES, GET/CLEAR_DIRTY_LOG
+    flush_ipis = True
+    read_faults = False  # vCPU faults take mmu_lock for read (rwlock) rather than exclusively
+    region_granular = True  # guest accesses, slots and clears in whole 2 MiB regions
+
+    def setup(self, kvm: Kvm, areas_per_vcpu: list[list[tuple[int, int]]], pt_gfn: int) -> None:
+        huge = bool(getattr(kvm, "huge_pages", False))
+        gib = huge and getattr(kvm, "huge_page_size", 0) >= GiB
+        kvm.mmu = RegionMmu(
+            kvm, kvm.memslots.max_gfn, huge, self.flush_ipis, self.read_faults, huge_1g=gib
+        )
+
+    @staticmethod
+    def page_table_pages(areas_per_vcpu: list[list[tuple[int, int]]]) -> int:
+        """Guest page tables do not matter to a two-dimensional MMU: none reserved."""
+        return 0
+
+    def touch(self, kvm: Kvm, vcpu: Vcpu, gfn0: int, gfn1: int, write: bool) -> None:
+        kvm.mmu.access(vcpu, gfn0, gfn1, write)

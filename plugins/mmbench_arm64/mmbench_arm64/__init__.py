@@ -1,0 +1,57 @@
+"""Arch backend ``arm64``: stage-2 page tables (non-VHE), with CMO and TLBI costs.
+
+Like the TDP MMU, one radix tree per VM maps IPA to host memory, with 4 KiB pages and
+2 MiB blocks where the backing allows. Unmapping a page may need cache maintenance
+(``DC CIVAC`` to the PoC, cost per byte) and a ``TLBI IPAS2E1IS`` per IPA; a whole-VM
+invalidation is one ``TLBI VMALLS12E1IS``. TLB maintenance is broadcast in hardware, so a
+remote flush kicks no vCPU.
+"""
+
+from __future__ import annotations
+
+from mmbench.hookspecs import hookimpl
+from mmbench.model.kvm import Kvm
+from mmbench.model.memslots import Memslot
+from mmbench.model.region_arch import RegionArch
+from mmbench_arm64.costs import ARM64_STAGE2
+
+
+class Arm64(RegionArch):
+    """arm64 stage-2: unmap with or without CMO, per-IPA TLBI or one TLBI VMALL."""
+
+    name = "arm64"
+    description = "arm64 stage-2 (non-VHE): 4 KiB pages / 2 MiB blocks, CMO and TLBI costs"
+    costs = ARM64_STAGE2
+    flush_ipis = False
+
+    @hookimpl
+    def mmbench_flush_shadow_memslot(self, kvm: Kvm, slot: Memslot) -> bool:
+        """``kvm_arch_flush_shadow_memslot`` -> ``unmap_stage2_range`` (CMO + TLBI)."""
+        with kvm.mmu_lock:
+            kvm.mmu.zap_slot(slot, lock_break=True, cmo=True, tlbi_per_ipa=True)
+        return True
+
+    @hookimpl
+    def mmbench_flush_shadow_all(self, kvm: Kvm) -> bool:
+        """Before the series: ``kvm_free_stage2_pgd`` unmaps everything with CMO + TLBI."""
+        mmu = kvm.mmu
+        with kvm.mmu_lock:
+            mmu.zap_range(0, mmu.nr_regions, lock_break=True, cmo=True, tlbi_per_ipa=True)
+            mmu.free_tables()
+        return True
+
+    @hookimpl
+    def mmbench_dirty_log_enable(self, kvm: Kvm, slot: Memslot) -> bool:
+        kvm.mmu.enable_dirty_logging(slot)
+        return True
+
+    @hookimpl
+    def mmbench_dirty_log_disable(self, kvm: Kvm, slot: Memslot) -> bool:
+        """arm64 of the seeds' era does nothing when logging stops: the 4 KiB mappings
+        stay until something unmaps them (no collapse policy exists here yet)."""
+        return True
+
+
+@hookimpl
+def mmbench_register_archs(register):
+    register(Arm64)

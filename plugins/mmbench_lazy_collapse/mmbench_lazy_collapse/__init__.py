@@ -1,0 +1,56 @@
+"""Policy ``lazy-collapse``: a delayed worker zaps collapsible sptes with lock-break."""
+
+from mmbench.hookspecs import hookimpl
+
+KVM_MMU_ZAP_DELAYED_S = 60.0  # 60 * HZ in the patch
+
+
+class LazyCollapse:
+    """ "KVM: MMU: Introduce single thread to zap collapsible sptes" (Wanpeng Li, 2018,
+    seed 002), with the per-slot work list Radim Krčmář asked for in review.
+
+    Disabling logging only queues the slot on ``zap_collapsible_work`` and, if the list
+    was empty, schedules the delayed work: the ioctl returns at once. The worker, after
+    ``delay_s``, takes mmu_lock and zaps each queued slot's collapsible sptes with
+    lock-break. A slot deleted, moved or changed (logging re-enabled) before or while the
+    worker runs is no longer the live slot of its id: the worker drops it untouched
+    (whoever replaced it handled its mappings), which is the race the author feared.
+    """
+
+    name = "lazy-collapse"
+
+    year = 2018  # seed 002
+    description = "delayed worker zaps collapsible sptes with lock-break (seed 002)"
+    archs = ("x86-tdp",)
+    options = {"delay_s": KVM_MMU_ZAP_DELAYED_S}
+
+    def __init__(self, delay_s: float = KVM_MMU_ZAP_DELAYED_S) -> None:
+        self.delay_ns = delay_s * 1e9
+        self.work: list = []  # the per-slot work list; non-empty == work scheduled
+
+    @hookimpl
+    def mmbench_dirty_log_disable(self, kvm, slot):
+        if not self.work:  # schedule_delayed_work()
+            kvm.engine.spawn("kworker/zap_collapsible", self.zap_collapsible_sptes_fn, kvm)
+        self.work.append(slot)
+        return True
+
+    def zap_collapsible_sptes_fn(self, kvm) -> None:
+        kvm.engine.sleep(self.delay_ns)
+        if kvm.destroyed:  # cancel_delayed_work_sync() in kvm_arch_sync_events
+            self.work.clear()
+            return
+        with kvm.mmu_lock:
+            while self.work:
+                slot = self.work.pop(0)
+                if not kvm.memslots.is_live(slot):
+                    kvm.stats.vm["collapse_work_dropped"] += 1
+                    continue
+                kvm.mmu.zap_collapsible_sptes(
+                    slot, lock_break=True, alive=lambda s=slot: kvm.memslots.is_live(s)
+                )
+
+
+@hookimpl
+def mmbench_register_policies(register):
+    register(LazyCollapse)
