@@ -18,8 +18,9 @@ from typing import Any
 from mmbench.errors import ConfigError
 from mmbench.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT
-from mmbench.vmapi import SlotSpec, VmApi, VmSpec
+from mmbench.vmapi import VmApi, VmSpec
 from mmbench.workloads.base import Metric, Param, WorkloadSpec
+from mmbench.workloads.guest_layout import one_slot_guest
 from mmbench.workloads.sizes import REGION, TiB, fmt_size, parse_size
 
 SLOT = 0
@@ -27,7 +28,6 @@ CLEAR_CHUNK_PAGES = 1 << 18  # QEMU's clear_bitmap_shift default: clear 1 GiB at
 DISABLE_AFTER_NS = 1_000_000  # the guest is running when the VMM stops logging
 ENABLE_MODES = ("wrprot", "eager-split")
 BACKINGS = ("2m", "1g", "4k")
-HUGE_PAGE_SIZE = {"2m": 2 << 20, "1g": 1 << 30, "4k": 4 << 10}
 
 
 def choice(field: str, allowed: tuple[str, ...]):
@@ -147,14 +147,7 @@ class DirtyLog:
         if p.initially_set and not p.manual_protect:
             raise ConfigError("--initially-set", "needs --manual-protect true")
         areas = vcpu_areas(p.size, p.vcpus)
-        return VmSpec(
-            slots=(SlotSpec(SLOT, 0, p.size, "guest memory"),),
-            areas_per_vcpu=tuple((a,) for a in areas),
-            pt_gfn=0,
-            max_gfn=p.size >> PAGE_SHIFT,
-            huge_pages=p.backing != "4k",
-            huge_page_size=HUGE_PAGE_SIZE[p.backing],
-        )
+        return one_slot_guest(p.size, areas, 0, p.backing, SLOT)
 
     def run(self, vm: VmApi, p: WorkloadSpec) -> dict[str, float]:
         spec = self.layout(p, vm.arch)

@@ -24,14 +24,9 @@ from mmbench.model.memslots import PAGE_SHIFT
 from mmbench.model.shadow_mmu import KVM_MIN_ALLOC_MMU_PAGES
 from mmbench.vmapi import SlotSpec, VmApi, VmSpec
 from mmbench.workloads.base import Metric, Param, WorkloadSpec
+from mmbench.workloads.guest_layout import KERNEL_RESERVE, REGION_PAGES, align_up
 
 MiB = 1 << 20
-REGION_PAGES = 512
-KERNEL_RESERVE = 16 * MiB  # guest kernel image and data besides its page tables
-
-
-def _align_up(x: int, a: int) -> int:
-    return (x + a - 1) // a * a
 
 
 class MmuPressure:
@@ -110,19 +105,19 @@ class MmuPressure:
             raise ConfigError("--process-mb", f"{total >> 30} GiB exceeds what {arch.name} models")
         pages = p.process_mb * MiB >> PAGE_SHIFT
         shared = p.shared_mb * MiB >> PAGE_SHIFT
-        top = p.processes * _align_up(pages, REGION_PAGES)
+        top = p.processes * align_up(pages, REGION_PAGES)
         probe = [
             [(i * pages, (i + 1) * pages)] + ([(top, top + shared)] if shared else [])
             for i in range(p.processes)
         ]
         pt_pages = arch.page_table_pages(probe)
-        gfn = _align_up((KERNEL_RESERVE >> PAGE_SHIFT) + pt_pages, REGION_PAGES)
+        gfn = align_up((KERNEL_RESERVE >> PAGE_SHIFT) + pt_pages, REGION_PAGES)
         own = []
         for _ in range(p.processes):
             own.append((gfn, gfn + pages))
-            gfn = _align_up(gfn + pages, REGION_PAGES)
+            gfn = align_up(gfn + pages, REGION_PAGES)
         common = ((gfn, gfn + shared),) if shared else ()
-        gfn = _align_up(gfn + shared, REGION_PAGES)
+        gfn = align_up(gfn + shared, REGION_PAGES)
         areas = tuple((area, *common) for area in own)
         return VmSpec(
             slots=(SlotSpec(0, 0, gfn << PAGE_SHIFT, "pc.ram"),),

@@ -22,18 +22,13 @@ from mmbench.model.memslots import PAGE_SHIFT, Memslot, Memslots
 from mmbench.model.shadow_mmu import KVM_MIN_ALLOC_MMU_PAGES
 from mmbench.vmapi import SlotSpec, VmApi, VmSpec
 from mmbench.workloads.base import Metric, Param, WorkloadSpec, parse_int_auto
+from mmbench.workloads.guest_layout import KERNEL_RESERVE, REGION_PAGES, align_up
 
 MiB = 1 << 20
 GiB = 1 << 30
 LOW_RAM_END = 3 * GiB  # pc machine: RAM above this moves above 4 GiB
 HIGH_RAM_START = 4 * GiB
-REGION_PAGES = 512
 ROM_SLOT = 2
-KERNEL_RESERVE = 16 * MiB  # guest kernel image and data besides its page tables
-
-
-def _align_up(x: int, a: int) -> int:
-    return (x + a - 1) // a * a
 
 
 class RomAccess:
@@ -131,13 +126,13 @@ class RomAccess:
         areas: list[tuple[int, int]] = []
         probe = [[(i * thread_pages, (i + 1) * thread_pages)] for i in range(p.threads)]
         pt_pages = arch.page_table_pages([*probe, [rom_area]])
-        gfn = _align_up((KERNEL_RESERVE >> PAGE_SHIFT) + pt_pages, REGION_PAGES)
+        gfn = align_up((KERNEL_RESERVE >> PAGE_SHIFT) + pt_pages, REGION_PAGES)
         low_end, high_start = LOW_RAM_END >> PAGE_SHIFT, HIGH_RAM_START >> PAGE_SHIFT
         for _ in range(p.threads):
             if gfn < high_start and gfn + thread_pages > low_end:
                 gfn = high_start
             areas.append((gfn, gfn + thread_pages))
-            gfn = _align_up(gfn + thread_pages, REGION_PAGES)
+            gfn = align_up(gfn + thread_pages, REGION_PAGES)
         top = max(a[1] for a in areas)
         slots = [SlotSpec(0, 0, min(top, low_end) << PAGE_SHIFT, "pc.ram")]
         if top > high_start:

@@ -14,18 +14,16 @@ from typing import Any
 from mmbench.errors import ConfigError
 from mmbench.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT
-from mmbench.vmapi import SlotSpec, VmApi, VmSpec
+from mmbench.vmapi import VmApi, VmSpec
 from mmbench.workloads.base import Metric, Param, WorkloadSpec
 from mmbench.workloads.dirty_log import (
     BACKINGS,
-    HUGE_PAGE_SIZE,
     check_size,
     choice,
     size_param,
 )
+from mmbench.workloads.guest_layout import KERNEL_RESERVE, align_up, one_slot_guest
 from mmbench.workloads.sizes import REGION, GiB
-
-KERNEL_RESERVE = 16 << 20  # guest kernel and, on x86-shadow, its page tables
 
 
 class Teardown:
@@ -61,21 +59,14 @@ class Teardown:
             raise ConfigError("--size", f"must be a multiple of 2 MiB (got {p.size})")
         n = (p.size >> PAGE_SHIFT) // p.vcpus  # an upper bound on each vCPU's slice
         pt_pages = arch.page_table_pages([[(v * n, (v + 1) * n)] for v in range(p.vcpus)]) + 16
-        reserve = (KERNEL_RESERVE + (pt_pages << PAGE_SHIFT) + REGION - 1) // REGION * REGION
+        reserve = align_up(KERNEL_RESERVE + (pt_pages << PAGE_SHIFT), REGION)
         per = (p.size - reserve) // p.vcpus // REGION * REGION
         if per < REGION:
             raise ConfigError("--size", f"too small for {p.vcpus} vCPUs")
         pages = per >> PAGE_SHIFT
         base = reserve >> PAGE_SHIFT
         areas = [(base + v * pages, base + (v + 1) * pages) for v in range(p.vcpus)]
-        return VmSpec(
-            slots=(SlotSpec(0, 0, p.size, "guest memory"),),
-            areas_per_vcpu=tuple((a,) for a in areas),
-            pt_gfn=16,
-            max_gfn=p.size >> PAGE_SHIFT,
-            huge_pages=p.backing != "4k",
-            huge_page_size=HUGE_PAGE_SIZE[p.backing],
-        )
+        return one_slot_guest(p.size, areas, 16, p.backing)
 
     def run(self, vm: VmApi, p: WorkloadSpec) -> dict[str, float]:
         spec = self.layout(p, vm.arch)

@@ -13,7 +13,6 @@ class CollapseSync:
     """
 
     name = "collapse-sync"
-
     year = 2015  # kvm_mmu_zap_collapsible_sptes, 2015
     description = "zap collapsible sptes under mmu_lock on dirty-log stop (2018 baseline)"
     archs = ("x86-tdp",)

@@ -15,7 +15,6 @@ class FastInvalidate:
     """
 
     name = "fast-invalidate"
-
     year = 2013  # seed 000
     archs = ("x86-shadow",)
     options = {"batch": BATCH_ZAP_PAGES}

@@ -18,7 +18,6 @@ class LazyCollapse:
     """
 
     name = "lazy-collapse"
-
     year = 2018  # seed 002
     description = "delayed worker zaps collapsible sptes with lock-break (seed 002)"
     archs = ("x86-tdp",)

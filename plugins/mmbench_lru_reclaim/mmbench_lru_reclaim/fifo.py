@@ -14,7 +14,6 @@ class Fifo:
     """
 
     name = "fifo"
-
     year = 2007  # KVM's reclaim from the start
     archs = ("x86-shadow",)
     options: dict = {}

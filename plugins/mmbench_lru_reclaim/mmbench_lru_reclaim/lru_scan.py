@@ -20,7 +20,6 @@ class LruScan:
     """
 
     name = "lru-scan"
-
     year = 2009  # seed 004
     archs = ("x86-shadow",)
     options = {"overscan": 4, "prefer_leaf": True}

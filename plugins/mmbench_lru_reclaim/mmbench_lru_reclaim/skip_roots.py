@@ -15,7 +15,6 @@ class SkipRoots:
     """
 
     name = "skip-roots"
-
     year = 2009  # seed 004
     archs = ("x86-shadow",)
     options: dict = {}

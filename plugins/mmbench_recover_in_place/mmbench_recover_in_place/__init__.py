@@ -13,7 +13,6 @@ class RecoverInPlace:
     """
 
     name = "recover-in-place"
-
     year = 2022  # in-place huge page recovery in the TDP MMU, 2022
     description = "install huge sptes over 4 KiB tables in place, no refault (6.13)"
     archs = ("x86-tdp",)

@@ -10,7 +10,6 @@ class S2Elide:
     ``TLBI VMALLS12E1IS`` for the VMID."""
 
     name = "s2-elide"
-
     year = 2019  # seed 003
     description = "arm64 teardown without CMO, one TLBI VMALL (seed 003)"
     archs = ("arm64",)

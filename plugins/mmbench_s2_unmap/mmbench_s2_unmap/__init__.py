@@ -10,7 +10,6 @@ class S2Unmap:
     (``kvm_tlb_flush_vmid_ipa``), with ``cond_resched_lock`` between blocks."""
 
     name = "s2-unmap"
-
     year = 2013  # arm64 stage-2 unmap since KVM/arm's merge
     description = "arm64 teardown with per-page CMO and per-IPA TLBI (before 2019)"
     archs = ("arm64",)

@@ -18,7 +18,6 @@ class ZapAll:
     """
 
     name = "zap-all"
-
     year = 2008  # kvm_mmu_zap_all on memslot removal, 2008
     archs = ("x86-shadow", "x86-tdp")
     options = {"lock_break": False}

@@ -13,7 +13,6 @@ class ZapSlot:
     """
 
     name = "zap-slot"
-
     year = 2019  # seed 001
     archs = ("x86-shadow",)
     options: dict = {}
