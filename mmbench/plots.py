@@ -23,7 +23,7 @@ from mmbench import store
 from mmbench.errors import ConfigError
 from mmbench.hookspecs import hookimpl
 
-KINDS = ("line", "hist")
+KINDS = ("line", "hist", "bars")
 
 # what a KVM developer calls each series, and its unit
 LABELS: dict[str, tuple[str, str]] = {
@@ -131,6 +131,8 @@ def plot_runs(
     out = check_out(out)
     if kind not in KINDS:
         raise ConfigError("--kind", f"{kind!r}: one of {', '.join(KINDS)}")
+    if kind == "bars":
+        return plot_phases(records, series, out, title)
     series = series or default_series(records[0])
     if not series:
         raise ConfigError("--series", f"run {records[0].get('name')!r} stored no time series")
@@ -249,16 +251,7 @@ def _draw(records, panels, out: Path, kind: str, title: str | None, x: str | Non
             ax.set_xlabel(x or f"time (ms, {_clock(records)})")
     heading = title or _title(records)
     fig.suptitle("\n".join(textwrap.fill(line, 120) for line in heading.split("\n")), fontsize=10)
-    fd, tmp = tempfile.mkstemp(suffix=".png", prefix=".tmp-", dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return _save(fig, out)
 
 
 def _clock(records) -> str:
@@ -277,6 +270,80 @@ def _title(records) -> str:
     return f"{rec['workload']} {params}\n{first['arch']} on {first['backend']}; run {runs}"
 
 
+def phase_metrics(record: dict[str, Any]) -> list[str]:
+    """The workload's ``phases`` (its per-phase timings, in order), else every ``*_ms``."""
+    from mmbench.plugins import get_host
+
+    wl = get_host().registry.entries["workload"].get(record["workload"])
+    have = record["results"][0]["metrics"]
+    declared = [m for m in getattr(wl, "phases", ()) if m in have]
+    return declared or [m for m in have if m.endswith("_ms")]
+
+
+def plot_phases(
+    records: list[dict[str, Any]], metrics: list[str] | None, out: Path, title: str | None
+) -> Path:
+    """Per-phase bars: one group per phase, one bar per run and policy (mean of reps, with
+    the standard deviation as an error bar). Log scale: phases span many decades."""
+    import numpy as np
+
+    metrics = metrics or phase_metrics(records[0])
+    cols = [(rec, res) for rec in records for res in rec["results"]]
+    for m in metrics:
+        if any(m not in res["metrics"] for _, res in cols):
+            known = ", ".join(sorted(cols[0][1]["metrics"]))
+            raise ConfigError("--series", f"no metric {m!r} in every run (metrics: {known})")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(
+        figsize=(max(8, 1.4 * len(metrics) * max(1, len(cols)) / 2), 5), layout="constrained"
+    )
+    width = 0.8 / len(cols)
+    x = np.arange(len(metrics))
+    for i, (rec, res) in enumerate(cols):
+        reps = res.get("reps") or [res["metrics"]]
+        vals = np.array([[r[m] for m in metrics] for r in reps], dtype=float)
+        label = res["policy"] if len(records) == 1 else f"{rec['name']}: {res['policy']}"
+        mean = vals.mean(axis=0)
+        err = vals.std(axis=0, ddof=1) if len(vals) > 1 else None
+        ax.bar(
+            x + (i - (len(cols) - 1) / 2) * width,
+            np.maximum(mean, 1e-6),
+            width,
+            yerr=err,
+            label=label,
+            capsize=2,
+        )
+    ax.set_xticks(x, [m.removesuffix("_ms") for m in metrics], rotation=20, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("ms (log scale)")
+    ax.set_title("Per-phase times")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=9)
+    heading = title or _title(records)
+    fig.suptitle("\n".join(textwrap.fill(line, 120) for line in heading.split("\n")), fontsize=10)
+    return _save(fig, out)
+
+
+def _save(fig, out: Path) -> Path:
+    """Write the PNG whole or not at all."""
+    import matplotlib.pyplot as plt
+
+    fd, tmp = tempfile.mkstemp(suffix=".png", prefix=".tmp-", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
 class PlotCommand:
     """Draw stored runs' time series (sp count, faults, time per pass...) to a PNG."""
 
@@ -293,7 +360,12 @@ class PlotCommand:
             " mmu_used_pages and pf_fixed for mmu-pressure); repeat for more",
         )
         parser.add_argument("--out", required=True, metavar="FILE.png", help="PNG to write")
-        parser.add_argument("--kind", default="line", help="line (over time) or hist")
+        parser.add_argument(
+            "--kind",
+            default="line",
+            help="line (over time), hist (a distribution) or bars (per-phase times; --series"
+            " names metrics, default: the workload's phases)",
+        )
         parser.add_argument("--title", help="figure title (default: workload and parameters)")
         parser.add_argument("--window", metavar="START:END", help="only this time span (ms)")
         parser.add_argument(

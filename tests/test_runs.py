@@ -138,3 +138,16 @@ def test_shipped_configs_are_valid(path):
 
     req = load_config(path)
     assert req.workload and req.policies
+
+
+def test_per_phase_bars_and_lock_hold_plots(tmp_path, runs_dir):
+    run_json("teardown", "--size", "1G", "--reps", "2", "--name", "td")
+    out = tmp_path / "phases.png"
+    mmbench("plot", "td", "--kind", "bars", "--out", str(out), check=True)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    bad = mmbench("plot", "td", "--kind", "bars", "--series", "nope_ms", "--out", str(out))
+    assert bad.returncode == 2 and "nope_ms" in bad.stderr
+    run_json("rom-access", *SMALL, "--name", "ra")
+    hist = tmp_path / "rom.png"
+    mmbench("plot", "ra", "--out", str(hist), check=True)  # pass times, deletes, lock holds
+    assert hist.stat().st_size > 10_000

@@ -73,6 +73,15 @@ class DirtyLog:
     name = "dirty-log"
     description = "dirty_log_perf_test + migration rollback: populate, log, iterate, stop, run on"
     paths = ("dirty-log-stop",)
+    phases = (
+        "populate_ms",
+        "enable_dirty_log_ms",
+        "dirty_memory_ms",
+        "get_dirty_log_ms",
+        "clear_dirty_log_ms",
+        "disable_dirty_log_ms",
+        "hugepage_recovery_ms",
+    )
     default_arch = "x86-tdp"
     params = (
         size_param(4 * TiB, "guest memory: 4T, 64G, 512M or bytes (memstress -b, in total)"),
