@@ -131,22 +131,30 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
     """Check every name and value before anything runs or is written."""
     host = host or get_host()
     workload_cls = host.registry.get("workload", req.workload)
-    req.arch = req.arch or getattr(workload_cls, "default_arch", "x86-shadow")
-    arch_cls = host.registry.get("arch", req.arch)
     backend = host.registry.get("backend", req.backend)()
     ok, why = backend.available()
     if not ok:
         raise ConfigError("--backend", f"backend {req.backend!r} is unavailable here: {why}")
+    if not req.arch:  # a real kernel runs its own MMU; the model, the workload's default
+        default = getattr(backend, "default_arch", None)
+        req.arch = default() if default else getattr(workload_cls, "default_arch", "x86-shadow")
+    arch_cls = host.registry.get("arch", req.arch)
     spec = resolve_params(workload_cls.params, req.params)
     allowed = getattr(workload_cls, "backends", None)
     if allowed and req.backend not in allowed:
         raise ConfigError("--backend", f"{req.workload} runs on: {', '.join(allowed)}")
     names = req.policies or paths.default_policies(host.registry, workload_cls, req.arch)
+    on = paths.workload_paths(workload_cls)
     if not req.policies and hasattr(backend, "supported_policies"):  # kvm: kernel knobs only
-        names = backend.supported_policies(names)
+        names = backend.supported_policies(names, on)
+    if not names:
+        raise ConfigError(
+            "--policy", f"backend {req.backend!r} has no policy for {req.workload} on {req.arch}"
+        )
     policies = [parse_policy(p, host) for p in names]
     if hasattr(backend, "check_policies"):  # e.g. kvm: only policies with a kernel knob
-        backend.check_policies([part.name for pol in policies for part in pol.parts], req.arch)
+        parts = [part.name for pol in policies for part in pol.parts]
+        backend.check_policies(parts, req.arch, on)
     for pol in policies:
         paths.check_policy(
             host.registry, workload_cls, req.arch, pol.label, [p.name for p in pol.parts]

@@ -21,14 +21,26 @@ def test_policies_map_to_the_slot_zap_all_quirk():
     every = k.KVM_X86_QUIRK_SLOT_ZAP_ALL | k.QUIRKS["OUT_7E_INC_RIP"]
     assert knobs.resolve("fast-invalidate", every).quirks_off == 0
     assert knobs.resolve("zap-slot", every).quirks_off == k.KVM_X86_QUIRK_SLOT_ZAP_ALL
-    # a kernel older than the quirk still does fast invalidate, and nothing else
-    assert [p.name for p in knobs.supported(0)] == ["fast-invalidate"]
+    # a kernel older than the quirk still does fast invalidate on memslot delete
+    delete = ("memslot-delete",)
+    assert [p.name for p in knobs.supported(0, paths=delete)] == ["fast-invalidate"]
     with pytest.raises(ConfigError) as ei:
-        knobs.resolve("zap-slot", 0)
+        knobs.resolve("zap-slot", 0, paths=delete)
     assert ei.value.field == "--policy" and "cannot disable" in ei.value.message
+    # zap-all is the kernel's teardown, not a memslot-delete knob
     with pytest.raises(ConfigError) as ei:
-        knobs.resolve("zap-all", every)
-    assert "no kernel knob" in ei.value.message and "zap-slot" in ei.value.message
+        knobs.resolve("zap-all", every, paths=delete)
+    assert "teardown path" in ei.value.message and "zap-slot" in ei.value.message
+    assert knobs.resolve("zap-all", every, paths=("teardown",)).name == "zap-all"
+    # dirty-log stop: the shadow MMU zaps collapsible sptes synchronously
+    stop = ("dirty-log-stop",)
+    assert knobs.resolve("collapse-sync", every, tdp_mmu=False, paths=stop).quirks_off == 0
+    with pytest.raises(ConfigError) as ei:
+        knobs.resolve("collapse-sync", every, tdp_mmu=True, paths=stop)
+    assert "tdp_mmu=N" in ei.value.message
+    with pytest.raises(ConfigError) as ei:
+        knobs.resolve("lru-scan", every)
+    assert "no kernel knob" in ei.value.message
 
 
 def test_bad_calibrate_and_validate_input_is_one_line_exit_2(tmp_path):

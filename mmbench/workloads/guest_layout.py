@@ -3,9 +3,12 @@ RAM (guest kernel and page tables), 2 MiB alignment, and one-slot guests on a ba
 
 from __future__ import annotations
 
+from typing import Any
+
+from mmbench.errors import ConfigError
 from mmbench.model.memslots import PAGE_SHIFT
 from mmbench.vmapi import SlotSpec, VmSpec
-from mmbench.workloads.sizes import MiB
+from mmbench.workloads.sizes import REGION, MiB
 
 REGION_PAGES = 512  # 4 KiB pages per 2 MiB: one leaf table, one huge page
 KERNEL_RESERVE = 16 * MiB  # guest kernel image and data besides its page tables
@@ -28,3 +31,21 @@ def one_slot_guest(
         huge_pages=backing != "4k",
         huge_page_size=HUGE_PAGE_SIZE[backing],
     )
+
+
+def vcpu_slices(
+    size: int, vcpus: int, arch: Any, reserve_kernel: bool = True
+) -> list[tuple[int, int]]:
+    """Each vCPU's 2 MiB-aligned slice of guest memory (memstress style), above a reserve
+    for the guest kernel and its page tables when ``reserve_kernel``: a real guest
+    (--backend kvm) needs them, and shadow paging shadows them."""
+    reserve = 0
+    if reserve_kernel:
+        n = (size >> PAGE_SHIFT) // vcpus  # an upper bound on each vCPU's slice
+        pt_pages = arch.page_table_pages([[(v * n, (v + 1) * n)] for v in range(vcpus)]) + 16
+        reserve = align_up(KERNEL_RESERVE + (pt_pages << PAGE_SHIFT), REGION)
+    per = (size - reserve) // vcpus // REGION * REGION
+    if per < REGION:
+        raise ConfigError("--size", f"too small for {vcpus} vCPUs")
+    pages, base = per >> PAGE_SHIFT, reserve >> PAGE_SHIFT
+    return [(base + v * pages, base + (v + 1) * pages) for v in range(vcpus)]

@@ -13,7 +13,6 @@ from typing import Any
 
 from mmbench.errors import ConfigError
 from mmbench.hookspecs import hookimpl
-from mmbench.model.memslots import PAGE_SHIFT
 from mmbench.vmapi import VmApi, VmSpec
 from mmbench.workloads.base import Metric, Param, WorkloadSpec
 from mmbench.workloads.dirty_log import (
@@ -22,7 +21,7 @@ from mmbench.workloads.dirty_log import (
     choice,
     size_param,
 )
-from mmbench.workloads.guest_layout import KERNEL_RESERVE, align_up, one_slot_guest
+from mmbench.workloads.guest_layout import one_slot_guest, vcpu_slices
 from mmbench.workloads.sizes import REGION, GiB
 
 
@@ -58,16 +57,7 @@ class Teardown:
         check_size(p.size, arch)
         if p.size % REGION:
             raise ConfigError("--size", f"must be a multiple of 2 MiB (got {p.size})")
-        n = (p.size >> PAGE_SHIFT) // p.vcpus  # an upper bound on each vCPU's slice
-        pt_pages = arch.page_table_pages([[(v * n, (v + 1) * n)] for v in range(p.vcpus)]) + 16
-        reserve = align_up(KERNEL_RESERVE + (pt_pages << PAGE_SHIFT), REGION)
-        per = (p.size - reserve) // p.vcpus // REGION * REGION
-        if per < REGION:
-            raise ConfigError("--size", f"too small for {p.vcpus} vCPUs")
-        pages = per >> PAGE_SHIFT
-        base = reserve >> PAGE_SHIFT
-        areas = [(base + v * pages, base + (v + 1) * pages) for v in range(p.vcpus)]
-        return one_slot_guest(p.size, areas, 16, p.backing)
+        return one_slot_guest(p.size, vcpu_slices(p.size, p.vcpus, arch), 16, p.backing)
 
     def run(self, vm: VmApi, p: WorkloadSpec) -> dict[str, float]:
         spec = self.layout(p, vm.arch)

@@ -314,3 +314,34 @@ def test_single_stat_read_matches_the_full_read():
             assert reader.read_one(name) == full[name]
     finally:
         vm.close()
+
+
+def test_teardown_and_dirty_log_run_on_the_kernel(tmp_path):
+    """Both headline paths on /dev/kvm, with per-phase times and kernel counters."""
+    env = {"MMBENCH_RUNS_DIR": str(tmp_path)}
+    td = json.loads(
+        mmbench(
+            "run", "teardown", "--backend", "kvm", "--size", "256M", "--json", env=env, check=True
+        ).stdout
+    )
+    (res,) = td["results"]
+    assert res["policy"] == "zap-all" and res["arch"] in ("x86-shadow", "x86-tdp")
+    assert res["metrics"]["teardown_ms"] > 0 and res["metrics"]["sptes_zapped"] > 0
+    dl = json.loads(
+        mmbench(
+            "run",
+            "dirty-log",
+            "--backend",
+            "kvm",
+            "--size",
+            "256M",
+            "--run-on-s",
+            "0.5",
+            "--json",
+            env=env,
+            check=True,
+        ).stdout
+    )
+    m = dl["results"][0]["metrics"]
+    assert m["disable_dirty_log_ms"] > 0 and m["pages_dirtied"] > 0
+    assert "iter1_clear_dirty_log_ms" in m and "vcpu_stall_ms" not in m  # kernel: no lock view

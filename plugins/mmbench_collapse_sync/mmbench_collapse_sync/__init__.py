@@ -15,7 +15,7 @@ class CollapseSync:
     name = "collapse-sync"
     year = 2015  # kvm_mmu_zap_collapsible_sptes, 2015
     description = "zap collapsible sptes under mmu_lock on dirty-log stop (2018 baseline)"
-    archs = ("x86-tdp",)
+    archs = ("x86-tdp", "x86-shadow")  # x86-shadow: on --backend kvm (tdp_mmu=N)
     options = {"lock_break": False}
 
     def __init__(self, lock_break: bool = False) -> None:

@@ -49,6 +49,7 @@ PAGE_SHIFT = 12
 # 1 spte per fault takes ~5 us/page here) plus a fixed margin
 PASS_NS_PER_PAGE = 20_000
 JOIN_MARGIN_S = 30.0
+LOOP_PASSES = 1 << 31  # an open-ended guest loop (start_loop); kicked out at its deadline
 # a guest that runs natively emulates next to nothing: only the `out` of each pass exit
 MAX_EMULATED_PER_PAGE = 0.01
 HOST_MEM_HEADROOM = 0.8  # use at most this share of MemAvailable for guest memory
@@ -149,6 +150,7 @@ class KvmVm:
         self.vm: Vm | None = None
         self.passes: list[PassRecord] = []
         self._pending: dict[int, tuple[int, int, int, bool]] = {}
+        self._until: dict[int, int] = {}  # loop guests: stop at this run-clock time (ns)
         self._threads: dict[int, _PassThread] = {}
         self._t0 = time.perf_counter_ns()
         self._series: defaultdict[str, list] = defaultdict(list)
@@ -225,6 +227,32 @@ class KvmVm:
         """Arm a guest thread; it starts with the host script in ``run_host``."""
         self._pending[vcpu_id] = (gfn0, gfn1, passes, write)
 
+    def start_loop(
+        self, vcpu_id: int, gfn0: int, gfn1: int, until_ns: int, write: bool = False
+    ) -> None:
+        """Arm a guest thread that makes passes until the run's clock reaches ``until_ns``:
+        the guest runs an open-ended loop and is kicked out of KVM_RUN then."""
+        self._pending[vcpu_id] = (gfn0, gfn1, LOOP_PASSES, write)
+        self._until[vcpu_id] = until_ns
+
+    def set_eager_page_split(self, on: bool) -> None:
+        """``kvm.eager_page_split`` is a module parameter of the TDP MMU: check, never set
+        (it is host-wide); refuse what this kernel would not do."""
+        if not on:
+            return
+        if not self.system.tdp_mmu:
+            raise ConfigError(
+                "--enable",
+                "eager-split is a TDP MMU feature; this kernel runs the shadow MMU"
+                " (kvm.tdp_mmu=N): use --enable wrprot",
+            )
+        if self.system.param("eager_page_split") not in ("Y", "1"):
+            raise ConfigError(
+                "--enable",
+                "kvm.eager_page_split is N on this host; set it with"
+                " 'echo Y > /sys/module/kvm/parameters/eager_page_split' or use --enable wrprot",
+            )
+
     def guests_done(self) -> bool:
         return all(not t.is_alive() for t in self._threads.values())
 
@@ -233,11 +261,14 @@ class KvmVm:
         vm = self._vm()
         budget_s = JOIN_MARGIN_S
         new: dict[int, _PassThread] = {}
+        loops = dict(self._until)
+        self._until.clear()
         for vid, (g0, g1, passes, write) in self._pending.items():
             vcpu = vm.vcpus[vid]
             vcpu.set_touch(g0 << PAGE_SHIFT, g1 << PAGE_SHIFT, passes=passes, write=write)
             new[vid] = self._threads[vid] = _PassThread(vcpu, f"vcpu{vid}")
-            budget_s += passes * (g1 - g0) * PASS_NS_PER_PAGE / 1e9
+            if vid not in loops:
+                budget_s += passes * (g1 - g0) * PASS_NS_PER_PAGE / 1e9
             self.npages_touched += g1 - g0
         self._pending.clear()
         for v in vm.vcpus:  # the script's own vCPUs pay the KVM_RUN pid switch now
@@ -247,8 +278,12 @@ class KvmVm:
             self._t0 = time.perf_counter_ns()
         for t in new.values():
             t.start()
+        started = list(new)
         try:
             script()
+            for vid, until in sorted(loops.items(), key=lambda kv: kv[1]):
+                time.sleep(max(0.0, (until - self.now_ns()) / 1e9))
+                new.pop(vid).stop()  # its complete passes are in pass_ns
             deadline = time.monotonic() + budget_s
             for t in new.values():
                 t.join(max(0.1, deadline - time.monotonic()))
@@ -258,7 +293,8 @@ class KvmVm:
         except BaseException:
             self._stop_threads()
             raise
-        for vid, t in new.items():
+        for vid in started:
+            t = self._threads[vid]
             edges = [t.start_ns, *t.pass_ns]
             pfs = [t.pf0, *t.pf]
             for i in range(len(t.pass_ns)):
@@ -379,9 +415,16 @@ class KvmVm:
     def destroy(self) -> int:
         """Teardown time: the close() of the VM fd that drops the last reference."""
         if self.teardown_ns is None:
-            self._final = self.stats()
             self._stop_threads()
+            final = self.stats()
             self.teardown_ns = self._vm().close()
+            # The stats die with the VM, but destroy frees every live spte and sp: the
+            # kernel's own counts just before the close() say how many.
+            live = sum(final.get(k, 0) for k in ("pages_4k", "pages_2m", "pages_1g"))
+            final["sptes_zapped"] = final.get("sptes_zapped", 0) + live
+            sps = final.get("mmu_cache_miss", 0) - final.get("mmu_shadow_zapped", 0)
+            final["mmu_shadow_zapped"] = final.get("mmu_shadow_zapped", 0) + max(0, sps)
+            self._final = final
         return self.teardown_ns
 
     def close(self) -> None:
@@ -437,23 +480,28 @@ class KvmBackend:
         mmu = "TDP MMU (tdp_mmu=Y)" if tdp else "shadow MMU (tdp_mmu=N)"
         return True, f"/dev/kvm usable, {mmu}"
 
-    def supported_policies(self, names: list[str]) -> list[str]:
-        """Of ``names``, those this kernel has a knob for (the default policy list)."""
+    def default_arch(self) -> str:
+        """The arch this kernel runs: its MMU, not a workload's modelled default."""
         with KvmSystem() as s:
-            ok = {p.name for p in knobs.supported(s.supported_quirks)}
+            return "x86-tdp" if s.tdp_mmu else "x86-shadow"
+
+    def supported_policies(self, names: list[str], paths: tuple[str, ...] = ()) -> list[str]:
+        """Of ``names``, those this kernel has a knob for on ``paths`` (the defaults)."""
+        with KvmSystem() as s:
+            ok = {p.name for p in knobs.supported(s.supported_quirks, s.tdp_mmu, paths)}
         return [n for n in names if n in ok]
 
-    def check_policies(self, names: list[str], arch: str) -> None:
+    def check_policies(self, names: list[str], arch: str, paths: tuple[str, ...] = ()) -> None:
         """Refuse, before anything runs, what this kernel cannot do."""
         with KvmSystem() as s:
-            mask = s.supported_quirks
-            here = "x86-tdp" if s.tdp_mmu else "x86-shadow"
+            mask, tdp = s.supported_quirks, s.tdp_mmu
+        here = "x86-tdp" if tdp else "x86-shadow"
         if arch != here:
             raise ConfigError(
                 "--arch", f"this kernel's MMU is {here} (kvm.tdp_mmu), so backend kvm runs {here}"
             )
         for n in names:
-            knobs.resolve(n, mask)
+            knobs.resolve(n, mask, tdp, paths)
 
     def create_vm(self, hook: pluggy.HookRelay, arch: Any, costs: Any) -> KvmVm:
         monitors = run_monitors(hook)
