@@ -217,19 +217,20 @@ def execute(
     if getattr(get_host().registry.get("backend", req.backend), "exclusive", False):
         jobs = 1  # real-time backends: one run after another, or they skew the timings
     done: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def finished(label: str, i: int, result: dict[str, Any]) -> None:
+        done[(label, i)] = result
+        if progress:
+            progress(f"{label} rep {i + 1}/{req.reps}")
+
     if jobs <= 1 or len(tasks) == 1:
         for p, i in tasks:
-            done[(p.label, i)] = run_one(req, p, i)
-            if progress:
-                progress(f"{p.label} rep {i + 1}/{req.reps}")
+            finished(p.label, i, run_one(req, p, i))
     else:
         with ProcessPoolExecutor(max_workers=jobs, initializer=_die_with_parent) as pool:
             futures = {pool.submit(run_one, req, p, i): (p.label, i) for p, i in tasks}
             for fut in as_completed(futures):
-                done[futures[fut]] = fut.result()
-                if progress:
-                    label, i = futures[fut]
-                    progress(f"{label} rep {i + 1}/{req.reps}")
+                finished(*futures[fut], fut.result())
     return [_aggregate([done[(p.label, i)] for i in range(req.reps)]) for p in run.policies]
 
 

@@ -73,12 +73,16 @@ class SimVm:
 
         def guest() -> None:
             for i in range(passes):
-                t0, f0 = self.engine.now, vcpu.stats["pf_fixed"]
-                vcpu.access(gfn0, gfn1, write=write)
-                rec = PassRecord(vcpu_id, i, t0, self.engine.now, vcpu.stats["pf_fixed"] - f0)
-                self.passes.append(rec)
+                self._timed_pass(vcpu_id, i, lambda: vcpu.access(gfn0, gfn1, write=write))
 
         self._spawn_guest(vcpu_id, guest)
+
+    def _timed_pass(self, vcpu_id: int, index: int, body: Callable[[], None]) -> None:
+        """Run one pass (or slice) of a guest thread and record its time and faults."""
+        stats = self.kvm.vcpus[vcpu_id].stats
+        t0, f0 = self.engine.now, stats["pf_fixed"]
+        body()
+        self.passes.append(PassRecord(vcpu_id, index, t0, self.engine.now, stats["pf_fixed"] - f0))
 
     def _spawn_guest(self, vcpu_id: int, guest: Callable[[], None]) -> None:
         """Run ``guest`` as the guest thread of ``vcpu_id`` on the timeline."""
@@ -95,17 +99,18 @@ class SimVm:
 
         def guest() -> None:
             for i, (process, gfn0, gfn1) in enumerate(slices):
-                t0, f0 = self.engine.now, vcpu.stats["pf_fixed"]
-                if process != int(kvm.mmu.vcpu_process[vcpu_id]):
-                    # a CR3 load exits under shadow paging and flushes the vCPU's TLB
-                    vcpu.stats["exits"] += 1
-                    kvm.charge(kvm.costs.vcpu_flush_exit)
-                    with kvm.mmu_lock:
-                        freed = kvm.mmu.kvm_mmu_new_cr3(vcpu_id, process)
-                        kvm.charge(kvm.costs.root_reload + freed * kvm.costs.zap_sp)
-                vcpu.access(gfn0, gfn1, write=write)
-                rec = PassRecord(vcpu_id, i, t0, self.engine.now, vcpu.stats["pf_fixed"] - f0)
-                self.passes.append(rec)
+
+                def slice_(process: int = process, gfn0: int = gfn0, gfn1: int = gfn1) -> None:
+                    if process != int(kvm.mmu.vcpu_process[vcpu_id]):
+                        # a CR3 load exits under shadow paging and flushes the vCPU's TLB
+                        vcpu.stats["exits"] += 1
+                        kvm.charge(kvm.costs.vcpu_flush_exit)
+                        with kvm.mmu_lock:
+                            freed = kvm.mmu.kvm_mmu_new_cr3(vcpu_id, process)
+                            kvm.charge(kvm.costs.root_reload + freed * kvm.costs.zap_sp)
+                    vcpu.access(gfn0, gfn1, write=write)
+
+                self._timed_pass(vcpu_id, i, slice_)
 
         self._spawn_guest(vcpu_id, guest)
 
@@ -118,10 +123,7 @@ class SimVm:
         def guest() -> None:
             i = 0
             while self.engine.now < until_ns:
-                t0, f0 = self.engine.now, vcpu.stats["pf_fixed"]
-                vcpu.access(gfn0, gfn1, write=write)
-                rec = PassRecord(vcpu_id, i, t0, self.engine.now, vcpu.stats["pf_fixed"] - f0)
-                self.passes.append(rec)
+                self._timed_pass(vcpu_id, i, lambda: vcpu.access(gfn0, gfn1, write=write))
                 i += 1
 
         self._spawn_guest(vcpu_id, guest)
