@@ -29,7 +29,7 @@ def run(workload: str, arch: str, policy: str, size: str, extra: list[str]) -> d
             "-v",
             sys.executable,
             "-m",
-            "mmbench.cli",
+            "mmbench",
             "run",
             workload,
             "--arch",

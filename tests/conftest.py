@@ -25,7 +25,7 @@ def mmbench(*args: str, env: dict | None = None, check: bool = False):
     """Run the installed ``mmbench`` console script in a subprocess."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "mmbench.cli", *args],
+        [sys.executable, "-m", "mmbench", *args],
         capture_output=True,
         text=True,
         env=full_env,

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mmbench import hookimpl
+from mmbench.backends.sim import SimVm, SlotSpec, VmSpec
 from mmbench.errors import ConfigError, InvariantViolation
-from mmbench.hookspecs import hookimpl
-from mmbench.model.simvm import SimVm, SlotSpec, VmSpec
-from mmbench.plugins import get_host, run_manager
+from mmbench.host.manager import get_host, run_manager
 
 MiB = 1 << 20
 WIN0, WIN1 = (8 * MiB) >> 12, (32 * MiB) >> 12  # the mapped window, in gfns
@@ -38,7 +38,7 @@ ops = st.lists(
 
 def make_vm(policy_spec: str):
     host = get_host()
-    from mmbench.runner import parse_policy
+    from mmbench.run.runner import parse_policy
 
     ps = parse_policy(policy_spec, host)
     arch = host.registry.get("arch", "x86-shadow")()

@@ -14,8 +14,8 @@ from conftest import SMALL, mmbench, run_json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmbench.plugins import get_host, run_manager
-from mmbench.runner import parse_policy
+from mmbench.host.manager import get_host, run_manager
+from mmbench.run.runner import parse_policy
 from mmbench.workloads.base import resolve_params
 
 

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mmbench import hookimpl
+from mmbench.backends.sim import SimVm, SlotSpec, VmSpec
 from mmbench.errors import ConfigError, InvariantViolation
-from mmbench.hookspecs import hookimpl
-from mmbench.model.simvm import SimVm, SlotSpec, VmSpec
-from mmbench.plugins import get_host, run_manager
-from mmbench.runner import parse_policy
+from mmbench.host.manager import get_host, run_manager
+from mmbench.run.runner import parse_policy
 
 REG = 512  # gfns per 2 MiB
 NREG = 16  # units of the window; a unit is ``scale`` regions

@@ -99,7 +99,7 @@ def test_bad_config_names_the_field(tmp_path, runs_dir, text, message):
 def _start(runs_dir, name):
     env = {**os.environ, "MMBENCH_RUNS_DIR": str(runs_dir)}
     return subprocess.Popen(
-        [sys.executable, "-m", "mmbench.cli", "run", "rom-access", "--name", name],
+        [sys.executable, "-m", "mmbench", "run", "rom-access", "--name", name],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -134,7 +134,7 @@ def test_json_output_is_clean(runs_dir):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
-    from mmbench.config import load_config
+    from mmbench.run.config import load_config
 
     req = load_config(path)
     assert req.workload and req.policies

@@ -13,7 +13,7 @@ from conftest import SMALL, mmbench
 
 POLICY = '''
 """Zap only the slot, but flush the whole TLB twice (a third party's idea)."""
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 
 
 class ZapSlotDoubleFlush:

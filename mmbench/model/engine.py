@@ -28,7 +28,6 @@ class Actor:
         self.name = name
         self.done = False
         self.result: Any = None
-        self.joiners: list[Actor] = []
         self._token = 0  # invalidates stale heap entries when a sleep is cut short
         self._wake_at: int | None = None
         self.interrupt_hook: Callable[[int], int] | None = None
@@ -38,8 +37,6 @@ class Actor:
                 self.result = fn(*args)
             finally:
                 self.done = True
-                for joiner in self.joiners:
-                    engine.wake(joiner)
 
         self.glet = greenlet.greenlet(body, parent=engine.loop_glet)
 
@@ -117,23 +114,11 @@ class Engine:
     def wake(self, actor: Actor, at: int | None = None) -> None:
         self._push(self.now if at is None else at, actor)
 
-    def join(self, actors: list[Actor]) -> None:
-        """Block the current actor until every one of ``actors`` has finished."""
-        me = self.current
-        assert me is not None
-        for actor in actors:
-            while not actor.done:
-                actor.joiners.append(me)
-                self.block()
-
     # -- the loop ------------------------------------------------------------------------
-    def run(self, until: int | None = None) -> None:
-        """Run until no actor is runnable (or virtual time ``until``)."""
+    def run(self) -> None:
+        """Run until no actor is runnable; an actor still blocked then is a deadlock."""
         while self._heap:
-            t, _, token, actor = self._heap[0]
-            if until is not None and t > until:
-                break
-            heapq.heappop(self._heap)
+            t, _, token, actor = heapq.heappop(self._heap)
             if token != actor._token or actor.done:
                 continue
             self.now = t
@@ -142,5 +127,5 @@ class Engine:
             actor.glet.switch()
             self.current = None
         stuck = [a.name for a in self.actors if not a.done]
-        if stuck and until is None:
+        if stuck:
             raise ModelError(f"deadlock: actors blocked forever: {', '.join(stuck)}")

@@ -118,5 +118,3 @@ class MmuLock:
         holds = [h for _, h, v in self.holds if vcpu is None or v == vcpu]
         return max(holds, default=0)
 
-    def total_wait_ns(self, prefix: str = "vcpu") -> int:
-        return sum(v for k, v in self.wait_ns.items() if k.startswith(prefix))

@@ -46,15 +46,6 @@ class Memslots:
     def __init__(self, max_gfn: int) -> None:
         self.max_gfn = max_gfn
         self.slots: dict[int, Memslot] = {}
-        self.generation = 0
-
-    @property
-    def gfn_slot(self) -> np.ndarray:
-        """Per gfn: the id of the slot that backs it, or -1 (built on each use)."""
-        out = np.full(self.max_gfn, -1, dtype=np.int16)
-        for slot in self.slots.values():
-            out[slot.base_gfn : slot.end_gfn] = slot.id
-        return out
 
     def check_new(self, slot_id: int, base_gfn: int, npages: int, field: str = "memslot") -> None:
         if npages <= 0:
@@ -77,11 +68,9 @@ class Memslots:
             raise ConfigError("memslot", f"slot id {slot.id} already exists")
         self.check_new(slot.id, slot.base_gfn, slot.npages)
         self.slots[slot.id] = slot
-        self.generation += 1
 
     def remove(self, slot: Memslot) -> None:
         del self.slots[slot.id]
-        self.generation += 1
 
     def replace(self, old: Memslot, new: Memslot) -> None:
         """``KVM_MR_FLAGS_ONLY``: a new ``struct kvm_memory_slot`` takes the old one's
@@ -91,7 +80,6 @@ class Memslots:
             new.npages,
         )
         self.slots[new.id] = new
-        self.generation += 1
 
     def is_live(self, slot: Memslot) -> bool:
         """``slot`` is the current, valid slot of its id (not deleted, moved or changed)."""

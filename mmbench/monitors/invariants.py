@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmbench.errors import InvariantViolation
-from mmbench.hookspecs import hookimpl
+from mmbench.host.hookspecs import hookimpl
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES
 
 

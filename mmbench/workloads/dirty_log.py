@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmbench.backends.vmapi import VmApi, VmSpec
 from mmbench.errors import ConfigError
-from mmbench.hookspecs import hookimpl
+from mmbench.host.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT
-from mmbench.vmapi import VmApi, VmSpec
 from mmbench.workloads.base import Metric, Param, WorkloadSpec
 from mmbench.workloads.guest_layout import one_slot_guest, vcpu_slices
 from mmbench.workloads.sizes import REGION, TiB, fmt_size, parse_size

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmbench.backends.vmapi import SlotSpec, VmSpec
 from mmbench.errors import ConfigError
 from mmbench.model.memslots import PAGE_SHIFT
-from mmbench.vmapi import SlotSpec, VmSpec
 from mmbench.workloads.sizes import REGION, MiB
 
 REGION_PAGES = 512  # 4 KiB pages per 2 MiB: one leaf table, one huge page

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmbench.backends.vmapi import VmApi, VmSpec
 from mmbench.errors import ConfigError
-from mmbench.hookspecs import hookimpl
-from mmbench.vmapi import VmApi, VmSpec
+from mmbench.host.hookspecs import hookimpl
 from mmbench.workloads.base import Metric, Param, WorkloadSpec
 from mmbench.workloads.dirty_log import (
     BACKINGS,

@@ -26,9 +26,9 @@ except OSError as exc:
 
 from mmbench_kvm import backend as kvm_backend  # noqa: E402
 
+from mmbench.backends.vmapi import SlotSpec, VmSpec  # noqa: E402
 from mmbench.errors import BackendError, ConfigError  # noqa: E402
-from mmbench.plugins import get_host, run_manager  # noqa: E402
-from mmbench.vmapi import SlotSpec, VmSpec  # noqa: E402
+from mmbench.host.manager import get_host, run_manager  # noqa: E402
 
 MiB = 1 << 20
 KVM_SMALL = ["-c", "2", "-m", "16", "--passes", "20", "--rom-interval-ms", "2"]

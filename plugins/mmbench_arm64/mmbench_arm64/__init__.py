@@ -9,10 +9,10 @@ remote flush kicks no vCPU.
 
 from __future__ import annotations
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
-from mmbench.model.region_arch import RegionArch
+from mmbench.model.region.arch import RegionArch
 from mmbench_arm64.costs import ARM64_STAGE2
 
 

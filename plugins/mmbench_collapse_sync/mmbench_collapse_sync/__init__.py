@@ -1,6 +1,6 @@
 """Policy ``collapse-sync``: zap collapsible sptes synchronously on dirty-log stop."""
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 
 
 class CollapseSync:

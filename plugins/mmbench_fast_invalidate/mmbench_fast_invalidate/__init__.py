@@ -1,6 +1,6 @@
 """Policy ``fast-invalidate``: the 2013 mmu_valid_gen scheme."""
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 
 BATCH_ZAP_PAGES = 10
 

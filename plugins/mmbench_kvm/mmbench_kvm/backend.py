@@ -1,4 +1,4 @@
-"""Backend ``kvm``: the VM API (``mmbench.vmapi``) on /dev/kvm, in real time.
+"""Backend ``kvm``: the VM API (``mmbench.backends.vmapi``) on /dev/kvm, in real time.
 
 A workload's VmSpec maps onto the driver like this: every slot of the spec becomes a memslot
 of private anonymous host memory (THP advised); one set of identity page tables (4 KiB
@@ -26,9 +26,9 @@ from typing import Any
 
 import pluggy
 
+from mmbench import hookimpl
+from mmbench.backends.vmapi import PassRecord, VmSpec
 from mmbench.errors import BackendError, ConfigError
-from mmbench.hookspecs import hookimpl
-from mmbench.vmapi import PassRecord, VmSpec
 
 from . import knobs
 from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
@@ -138,7 +138,7 @@ class _PassThread(VcpuThread):
 
 
 class KvmVm:
-    """``VmApi`` on /dev/kvm (see ``mmbench.vmapi``); ``close()`` frees everything."""
+    """``VmApi`` on /dev/kvm (see ``mmbench.backends.vmapi``); ``close()`` frees everything."""
 
     backend = "kvm"
     costs_name = "none (real kernel)"

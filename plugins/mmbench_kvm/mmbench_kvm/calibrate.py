@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from mmbench.environment import collect as collect_environment
 from mmbench.errors import ConfigError
+from mmbench.report.environment import collect as collect_environment
 
 from . import ioctls as k
 from .backend import check_host_memory
@@ -270,7 +270,7 @@ class Calibrate:
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from mmbench.plugins import get_host
+        from mmbench.host.manager import get_host
 
         from .backend import KvmBackend
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 
 from .calibrate import Calibrate
 from .doctor import Doctor

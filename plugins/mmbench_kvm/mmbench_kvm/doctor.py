@@ -8,7 +8,7 @@ import os
 import platform
 from typing import Any
 
-from mmbench.environment import kvm_modules_loaded
+from mmbench.report.environment import kvm_modules_loaded
 
 from . import ioctls as k
 from . import knobs

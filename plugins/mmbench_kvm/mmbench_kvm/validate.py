@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mmbench.backends.vmapi import VmApi
 from mmbench.errors import ConfigError
-from mmbench.plugins import get_host, run_manager
-from mmbench.vmapi import VmApi
+from mmbench.host.manager import get_host, run_manager
 from mmbench.workloads.base import resolve_params
 from mmbench.workloads.rom_access import ROM_SLOT, RomAccess
 

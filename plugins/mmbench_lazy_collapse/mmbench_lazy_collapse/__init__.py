@@ -1,6 +1,6 @@
 """Policy ``lazy-collapse``: a delayed worker zaps collapsible sptes with lock-break."""
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 
 KVM_MMU_ZAP_DELAYED_S = 60.0  # 60 * HZ in the patch
 

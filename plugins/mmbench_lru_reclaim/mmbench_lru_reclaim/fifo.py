@@ -1,6 +1,6 @@
 """Policy ``fifo``: zap the oldest shadow page, as KVM did in 2009."""
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 
 
 class Fifo:

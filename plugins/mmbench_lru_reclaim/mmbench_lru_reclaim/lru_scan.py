@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 
 
 class LruScan:

@@ -1,6 +1,6 @@
 """Policy ``skip-roots``: FIFO that never zaps a root in use."""
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 
 
 class SkipRoots:

@@ -1,6 +1,6 @@
 """Policy ``recover-in-place``: install huge sptes over 4 KiB tables on dirty-log stop."""
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 
 
 class RecoverInPlace:

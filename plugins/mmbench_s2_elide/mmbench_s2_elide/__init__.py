@@ -1,6 +1,6 @@
 """Policy ``s2-elide``: arm64 teardown without CMOs and with one TLBI VMALL."""
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 
 
 class S2Elide:

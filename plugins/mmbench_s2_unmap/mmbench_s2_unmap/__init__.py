@@ -1,6 +1,6 @@
 """Policy ``s2-unmap``: arm64 stage-2 teardown with per-page CMO and per-IPA TLBI."""
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 
 
 class S2Unmap:

@@ -1,6 +1,6 @@
 """x86 arch backends for mmbench: ``x86-shadow`` (shadow paging), ``x86-tdp`` (TDP MMU)."""
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 from mmbench_x86.shadow import X86Shadow
 from mmbench_x86.tdp import X86Tdp
 

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmbench.hookspecs import hookimpl
-from mmbench.model.guest import LEVEL_SHIFT, PTES_PER_TABLE, build_identity_page_tables
+from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
-from mmbench.model.shadow_mmu import KVM_MIN_FREE_MMU_PAGES, ShadowMmu
+from mmbench.model.shadow.guest_tables import (
+    LEVEL_SHIFT,
+    PTES_PER_TABLE,
+    build_identity_page_tables,
+)
+from mmbench.model.shadow.mmu import KVM_MIN_FREE_MMU_PAGES, ShadowMmu
 from mmbench.model.vcpu import Vcpu
 from mmbench_x86.costs import X86_SHADOW_BARE_METAL
 

@@ -9,10 +9,10 @@ TDP MMU later moved collapsing under the read lock too).
 
 from __future__ import annotations
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
-from mmbench.model.region_arch import RegionArch
+from mmbench.model.region.arch import RegionArch
 from mmbench_x86.tdp_costs import X86_TDP_BARE_METAL
 
 

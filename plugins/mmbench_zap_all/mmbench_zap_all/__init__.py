@@ -1,6 +1,6 @@
 """Policy ``zap-all``: kvm_mmu_zap_all on memslot delete, optionally with lock-break."""
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 
 
 class ZapAll:

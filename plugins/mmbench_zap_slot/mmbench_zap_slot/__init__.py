@@ -1,6 +1,6 @@
 """Policy ``zap-slot``: zap only what maps the deleted memslot (2019)."""
 
-from mmbench.hookspecs import hookimpl
+from mmbench import hookimpl
 
 
 class ZapSlot:

@@ -49,9 +49,6 @@ class GuestPageTables:
                 return area
         raise KeyError(f"vcpu {vcpu} does not map gfn 0x{gfn:x}")
 
-    def l1_of(self, area: Area, gfn: int) -> int:
-        return area.first_l1 + (gfn >> LEVEL_SHIFT) - area.region0
-
     def path(self, l1: int) -> list[int]:
         """gpt ids from the root down to ``l1``."""
         out = [l1]

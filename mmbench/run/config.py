@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 
 from mmbench.errors import ConfigError
-from mmbench.plugins import Host, get_host
-from mmbench.runner import RunRequest, parse_policy, resolve
+from mmbench.host.manager import Host, get_host
+from mmbench.run.runner import RunRequest, parse_policy, resolve
 from mmbench.workloads.base import resolve_params
 
 KEYS = {

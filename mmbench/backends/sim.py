@@ -14,19 +14,19 @@ from typing import Any
 import numpy as np
 import pluggy
 
-from mmbench.hookspecs import hookimpl
+from mmbench.backends.vmapi import PassRecord, SlotSpec, VmSpec
+from mmbench.host.hookspecs import hookimpl
 from mmbench.model.costs import CostTable
 from mmbench.model.engine import Actor, Engine
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT
 from mmbench.model.stats import VCPU_STATS, VM_STATS
-from mmbench.vmapi import PassRecord, SlotSpec, VmSpec
 
 __all__ = ["PassRecord", "SimBackend", "SimVm", "SlotSpec", "VmSpec"]
 
 
 class SimVm:
-    """``VmApi`` on the model (see ``mmbench.vmapi``)."""
+    """``VmApi`` on the model (see ``mmbench.backends.vmapi``)."""
 
     backend = "sim"
 

@@ -15,17 +15,17 @@ from typing import Any
 
 import pluggy
 
-from mmbench import hookspecs
 from mmbench.errors import ConfigError
+from mmbench.host import hookspecs
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "mmbench.model.simvm",
+    "mmbench.backends.sim",
     "mmbench.workloads.rom_access",
     "mmbench.workloads.mmu_pressure",
     "mmbench.workloads.dirty_log",
     "mmbench.workloads.teardown",
     "mmbench.monitors.invariants",
-    "mmbench.plots",
+    "mmbench.report.plots",
 )
 BLOCK_ENV = "MMBENCH_BLOCK_PLUGINS"
 KINDS = ("policy", "arch", "workload", "monitor", "backend", "command")

@@ -3,8 +3,8 @@
 One row per shadow page (``struct kvm_mmu_page``), indexed by creation order, which is
 also ``active_mmu_pages`` order (the newest sp sits at the list head). Leaf sptes are a
 ``[sp, 512]`` bitmap; the rmap is kept as a per-gfn count of leaf sptes, and the sps that
-map a gfn are found from ``map_base`` (see ``mmbench.model.guest``). ``parent_ptes`` is a
-single parent link, as each guest table here has one parent.
+map a gfn are found from ``map_base`` (see ``mmbench.model.shadow.guest_tables``).
+``parent_ptes`` is a single parent link, as each guest table here has one parent.
 
 Primitives charge the arch backend's cost table to the calling actor's clock; the ones
 that walk many pages take ``lock_break`` and give mmu_lock away at item boundaries when a
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mmbench.model.guest import LEVEL_SHIFT, PTES_PER_TABLE, GuestPageTables
+from mmbench.model.shadow.guest_tables import LEVEL_SHIFT, PTES_PER_TABLE, GuestPageTables
 
 if TYPE_CHECKING:
     from mmbench.model.kvm import Kvm
@@ -560,7 +560,3 @@ class ShadowMmu:
     def nr_live_sps(self) -> int:
         return int(self.sp_alive[: self.n].sum())
 
-    def nr_leaf_sptes(self) -> int:
-        return int(
-            self.sp_nr[: self.n][self.sp_alive[: self.n] & (self.sp_level[: self.n] == 1)].sum()
-        )

@@ -2,7 +2,7 @@
 
 Two kinds of hook, on two kinds of plugin manager:
 
-* **Registration hooks** run once on the host manager (``mmbench.plugins``). Each receives a
+* **Registration hooks** run once on the host manager (``mmbench.host.manager``). Each receives a
   ``register`` callback, as in ``llm``: the host keeps the registry, rejects duplicate
   names and remembers which plugin provided what.
 * **Event hooks** run on a per-run manager that holds only that run's arch backend, policy
@@ -68,7 +68,7 @@ def mmbench_register_monitors(register: Callable[[Any], None]) -> None:
 @hookspec
 def mmbench_register_backends(register: Callable[[Any], None]) -> None:
     """Register backends: ``register(BackendClass)`` with ``name``, ``available() ->
-    (bool, reason)`` and ``create_vm(hook, arch, costs) -> VmApi`` (``mmbench.vmapi``).
+    (bool, reason)`` and ``create_vm(hook, arch, costs) -> VmApi`` (``mmbench.backends.vmapi``).
 
     Optional, for real-time backends such as ``kvm``: ``exclusive = True`` (the runner
     runs policies one after another), ``supported_policies(names) -> names`` (the default

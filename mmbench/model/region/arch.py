@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmbench.model.kvm import Kvm
-from mmbench.model.region_mmu import RegionMmu
+from mmbench.model.region.mmu import RegionMmu
 from mmbench.model.vcpu import Vcpu
 
 GiB = 1 << 30

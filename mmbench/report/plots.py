@@ -19,9 +19,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from mmbench import store
 from mmbench.errors import ConfigError
-from mmbench.hookspecs import hookimpl
+from mmbench.host.hookspecs import hookimpl
+from mmbench.report import store
 
 KINDS = ("line", "hist", "bars")
 
@@ -100,7 +100,7 @@ def _is_num(x: Any) -> bool:
 
 def default_series(record: dict[str, Any]) -> list[str]:
     """The workload's ``default_plots`` if it has them, else every numeric series."""
-    from mmbench.plugins import get_host
+    from mmbench.host.manager import get_host
 
     wl = get_host().registry.entries["workload"].get(record["workload"])
     names = set().union(*(r.get("series", {}) for r in record["results"]))
@@ -272,7 +272,7 @@ def _title(records) -> str:
 
 def phase_metrics(record: dict[str, Any]) -> list[str]:
     """The workload's ``phases`` (its per-phase timings, in order), else every ``*_ms``."""
-    from mmbench.plugins import get_host
+    from mmbench.host.manager import get_host
 
     wl = get_host().registry.entries["workload"].get(record["workload"])
     have = record["results"][0]["metrics"]

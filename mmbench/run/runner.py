@@ -16,9 +16,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmbench import paths
 from mmbench.errors import ConfigError
-from mmbench.plugins import Host, get_host, run_manager
+from mmbench.host.manager import Host, get_host, run_manager
+from mmbench.run import paths
 from mmbench.workloads.base import WorkloadSpec, resolve_params
 
 

@@ -1,0 +1,62 @@
+"""``mmbench runs``, ``show`` and ``compare``: reading stored runs back."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from mmbench.host.manager import get_host
+from mmbench.report import store
+from mmbench.report.compare import RENDERERS, compare, render_text
+
+
+def params_line(record: dict[str, Any]) -> str:
+    params = " ".join(
+        f"{k}=0x{v:x}" if k.endswith("gpa") and isinstance(v, int) else f"{k}={v}"
+        for k, v in record.get("params", {}).items()
+    )
+    first = record["results"][0]
+    return (
+        f"{record['workload']} {params}\nrun {record['name']}: arch {first['arch']},"
+        f" backend {first['backend']}, costs '{first.get('costs', '-')}',"
+        f" reps {record.get('reps', 1)}"
+    )
+
+
+def _metric_info(records: list[dict[str, Any]]) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    for rec in records:
+        wl = get_host().registry.entries["workload"].get(rec["workload"])
+        if wl is not None:
+            info.update(wl.metrics)
+    return info
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    root = store.runs_dir(args.runs_dir)
+    records = [store.load(root, name) for name in args.runs]
+    cmp = compare(records, _metric_info(records))
+    print(RENDERERS[args.format](cmp))
+    return 0
+
+
+# -- runs / show -------------------------------------------------------------------------
+def cmd_runs(args: argparse.Namespace) -> int:
+    root = store.runs_dir(args.runs_dir)
+    for name in store.list_runs(root):
+        rec = store.load(root, name)
+        pols = ", ".join(r["policy"] for r in rec["results"])
+        print(f"{name:<40} {rec['created']:<26} {rec['workload']:<12} {pols}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    root = store.runs_dir(args.runs_dir)
+    rec = store.load(root, args.run)
+    if args.json:
+        print(json.dumps(rec, indent=1))
+        return 0
+    print(params_line(rec))
+    print(render_text(compare([rec], _metric_info([rec]))))
+    return 0
