@@ -6,7 +6,7 @@ clock and dispatch to the run's policy through the event hooks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pluggy
 
@@ -18,8 +18,13 @@ from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, Memslot,
 from mmbench.model.stats import Stats
 from mmbench.model.vcpu import Vcpu
 
+MmuT = TypeVar("MmuT")
 
-class Kvm:
+
+class Kvm(Generic[MmuT]):
+    """One VM. ``Kvm[ShadowMmu]`` or ``Kvm[RegionMmu]``: the arch backend builds ``mmu``,
+    so a policy states in its hook signature which MMU family it drives."""
+
     def __init__(
         self,
         engine: Engine,
@@ -37,7 +42,7 @@ class Kvm:
         self.mmu_lock = MmuLock(engine, costs.lock_handoff)
         self.memslots = Memslots(max_gfn)
         self.vcpus = [Vcpu(self, i) for i in range(nr_vcpus)]
-        self.mmu: Any = None  # built by the arch backend
+        self.mmu: MmuT = None  # type: ignore[assignment]  # built by the arch's setup()
         self.destroyed = False
         self.trace_faults = bool(hook.mmbench_page_fault.get_hookimpls())
         # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 and the eager_page_split knob (dirty logging)

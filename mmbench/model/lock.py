@@ -117,4 +117,3 @@ class MmuLock:
     def max_hold_ns(self, vcpu: bool | None = None) -> int:
         holds = [h for _, h, v in self.holds if vcpu is None or v == vcpu]
         return max(holds, default=0)
-

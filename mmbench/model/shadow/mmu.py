@@ -559,4 +559,3 @@ class ShadowMmu:
     # -- figures ---------------------------------------------------------------------------
     def nr_live_sps(self) -> int:
         return int(self.sp_alive[: self.n].sum())
-
