@@ -95,3 +95,23 @@ def key_in(d: dict[str, Any], key: str) -> bool:
 def parse_int_auto(text: str) -> int:
     """Integers in decimal or 0x-hex, as a KVM developer writes gpas."""
     return int(text, 0)
+
+
+def choice(field: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser for a parameter with a fixed set of values."""
+
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ConfigError(field, f"expected one of {', '.join(allowed)} (got {text!r})")
+        return text
+
+    return parse
+
+
+def parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
