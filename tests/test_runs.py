@@ -186,3 +186,11 @@ def test_ctrl_c_stops_a_parallel_run_within_a_second(runs_dir):
     assert (runs_dir / "earlier" / "result.json").read_bytes() == before
     assert mmbench("runs", check=True).stdout.split()[0] == "earlier"
     assert not list(runs_dir.glob(".tmp-*")) and not list(runs_dir.glob(".reserved-*"))
+
+
+def test_identical_repetitions_are_said_so_not_shown_as_zero_spread(runs_dir):
+    out = mmbench("run", "teardown", "--size", "1G", "--reps", "3", check=True).stdout
+    assert "±0" not in out
+    assert "repetitions identical" in out and "s2-unmap (3)" in out
+    seeded = mmbench("run", "rom-access", *SMALL, "--policy", "zap-slot", "--reps", "3").stdout
+    assert "repetitions identical" not in seeded  # rom.sh's jitter varies with the seed
