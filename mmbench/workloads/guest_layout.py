@@ -9,7 +9,7 @@ from mmbench.backends.vmapi import SlotSpec, VmSpec
 from mmbench.errors import ConfigError
 from mmbench.model.memslots import PAGE_SHIFT
 from mmbench.workloads.base import Param, choice
-from mmbench.workloads.sizes import REGION, MiB, fmt_size, parse_size
+from mmbench.workloads.sizes import REGION, MiB, parse_size, size_text
 
 REGION_PAGES = 512  # 4 KiB pages per 2 MiB: one leaf table, one huge page
 KERNEL_RESERVE = 16 * MiB  # guest kernel image and data besides its page tables
@@ -54,14 +54,17 @@ def vcpu_slices(
 
 
 def size_param(default: int, help: str) -> Param:
-    return Param("size", int, default, help, ("-b", "--size"), min=REGION, parse=parse_size)
+    return Param(
+        "size", int, default, help, ("-b", "--size"), min=REGION, parse=parse_size, unit="size"
+    )
 
 
 def check_size(size: int, arch: Any) -> None:
     limit = getattr(arch, "max_guest_bytes", None)
     if limit is not None and size > limit:
         raise ConfigError(
-            "--size", f"{fmt_size(size)} exceeds what arch {arch.name} models ({fmt_size(limit)})"
+            "--size",
+            f"{size_text(size)} exceeds what arch {arch.name} models ({size_text(limit)})",
         )
 
 
