@@ -76,10 +76,11 @@ class MmuLock:
         """``read_lock(&kvm->mmu_lock)`` for MMUs whose vCPU faults take the lock for read
         (x86 TDP MMU since 5.12, ``kvm_tdp_mmu_map`` under ``read_lock``).
 
-        Readers do not exclude each other and are not recorded as holders; a reader only
-        waits for a writer holding or queued for the lock, by queueing behind it and
-        passing straight through once the writer's lock-break or release lets it in. Not
-        yet the kernel's qrwlock (no reader count a writer waits for, no fairness).
+        Readers do not exclude each other and hold nothing while they fault; a reader
+        only waits for a writer holding or queued for the lock, by queueing behind it and
+        passing straight through (a zero-length hold) once the writer's lock-break or
+        release lets it in. Not yet the kernel's qrwlock: a writer does not wait for the
+        readers inside, and readers queue with writers in one FIFO.
         """
         if self.holder is not None or self.waiters:
             self.acquire()  # queue behind the writer; its lock-break lets us in

@@ -107,7 +107,8 @@ class RegionFaults(RegionState):
         self._count_faults(vcpu, faults)
 
     def _locked_faults(self, vcpu: Vcpu, r0: int, r1: int, logged: np.ndarray) -> int:
-        """Page faults over ``[r0, r1)`` under mmu_lock, one lock section per batch.
+        """Page faults over ``[r0, r1)`` under mmu_lock, one lock section per batch
+        (x86 ``kvm_tdp_mmu_map``, arm64 ``user_mem_abort``).
 
         A logged slot maps 4 KiB leaves (``kvm_mmu_hugepage_adjust``): a huge leaf in the
         way is zapped (and its TLB entries flushed), a table allocated, every page faulted
