@@ -60,7 +60,6 @@ class ShadowFault(ShadowReclaim):
         new = np.arange(self.n, self.n + k, dtype=np.int32)
         self.n += k
         g = gpts[need]
-        self.sp_gpt[new] = g
         self.sp_gfn[new] = self.gpt.gfn[g]
         self.sp_level[new] = self.gpt.level[g]
         self.sp_gen[new] = self.mmu_valid_gen

@@ -6,6 +6,8 @@ After a memslot delete or move completes, the slot's rmaps are gone, so:
 * every vCPU runs on a root of the current generation, or has a reload pending;
 * no zapped spte may still sit in a TLB: the remote flush must have happened;
 * rmaps and per-sp spte counts agree with the sptes themselves;
+* each 2 MiB region's lpage_info disallow count is the number of sps accounted in it
+  (``account_shadowed``; ``kvm_clear_all_lpage_info`` resets both);
 * the live sp count matches ``n_used_mmu_pages`` and stays within ``n_max_mmu_pages``
   (also checked after every reclaim at the limit).
 """
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mmbench.errors import InvariantViolation
+from mmbench.model.shadow.guest_tables import LEVEL_SHIFT
 
 if TYPE_CHECKING:
     from mmbench.model.shadow.mmu import ShadowMmu
@@ -44,6 +47,15 @@ def check_shadow_mmu(mmu: ShadowMmu, when: str, memslots: bool = True) -> None:
     wrong = leaves[per_sp != mmu.sp_nr[leaves]]
     if len(wrong):
         fail(f"sp {wrong[0]} counts {mmu.sp_nr[wrong[0]]} sptes, has {per_sp[leaves == wrong[0]]}")
+    accounted = mmu.sp_gfn[:n][mmu.sp_accounted[:n]] >> LEVEL_SHIFT
+    disallow = np.bincount(accounted, minlength=len(mmu.lpage_disallow))
+    bad = np.flatnonzero(disallow != mmu.lpage_disallow)
+    if len(bad):
+        r = int(bad[0])
+        fail(
+            f"lpage_info of gfn 0x{r << LEVEL_SHIFT:x} counts {mmu.lpage_disallow[r]} sps, "
+            f"{disallow[r]} are accounted"
+        )
     live = kvm.memslots.live_mask() if memslots else np.ones(mmu.max_gfn, dtype=bool)
     stale = gfns[~live[gfns]]
     if len(stale):

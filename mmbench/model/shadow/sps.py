@@ -74,7 +74,6 @@ class SpTable:
         "no sp" (-1) needs no special case in vectorized lookups."""
         self.cap = cap
         cap += 1
-        self.sp_gpt = np.full(cap, -1, dtype=np.int32)
         self.sp_gfn = np.zeros(cap, dtype=np.int64)
         self.sp_level = np.zeros(cap, dtype=np.int8)
         self.sp_gen = np.zeros(cap, dtype=np.int64)
