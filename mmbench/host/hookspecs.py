@@ -4,13 +4,21 @@ Two kinds of hook, on two kinds of plugin manager:
 
 * **Registration hooks** run once on the host manager (``mmbench.host.manager``). Each receives a
   ``register`` callback, as in ``llm``: the host keeps the registry, rejects duplicate
-  names and remembers which plugin provided what.
+  names and remembers which plugin provided what. What a registered class must provide is
+  in ``mmbench.host.contracts``; registration checks it and refuses, naming the plugin, a
+  class with an ``mmbench_*`` attribute that lacks ``@hookimpl`` or names no hook.
 * **Event hooks** run on a per-run manager that holds only that run's arch backend, policy
-  and monitors. Selection hooks are ``firstresult``: the policy is registered after the
-  arch backend, so its implementation is tried first and the arch's is the fallback.
-  Observer hooks (monitors, the invariant checker) see every event.
+  and monitors. Selection hooks are ``firstresult``: an arch backend implements them as
+  ``@hookimpl(trylast=True)``, the kernel's default, so a policy's implementation answers
+  first whatever the registration order. Observer hooks (monitors, the invariant checker)
+  see every event. Callers use the typed facade ``mmbench.host.hooks.RunHooks``.
 
 All hooks are called with keyword arguments only (pluggy's rule).
+
+**Tracing.** ``MMBENCH_TRACE_HOOKS=1`` prints every hook call to stderr, on the host manager
+(registrations: which plugin registered what) and on every per-run manager: the hook, its
+arguments in brief, the result, and the plugin that answered (for ``firstresult`` hooks)
+or every plugin that was called.
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ if TYPE_CHECKING:
 PROJECT = "mmbench"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+# the attribute pluggy's marker sets on a decorated function (what pluggy looks for)
+IMPL_MARK = f"{PROJECT}_impl"
+SPEC_MARK = f"{PROJECT}_spec"
+TRACE_ENV = "MMBENCH_TRACE_HOOKS"
 
 
 # --- registration hooks (host manager) ------------------------------------------------
