@@ -30,6 +30,8 @@ def brief(value: Any) -> str:
     """A short rendering of a hook argument or result (never a whole bitmap)."""
     if value is None or isinstance(value, bool | int | float | str):
         return repr(value)
+    if isinstance(value, list):  # every implementation's result
+        return "[" + ", ".join(brief(v) for v in value) + "]"
     if isinstance(value, np.ndarray):
         return f"ndarray[{value.size}]"
     ident = getattr(value, "id", None)
