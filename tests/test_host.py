@@ -235,3 +235,11 @@ def test_trace_hooks_shows_the_arch_default_answering(runs_dir):
     assert enable and all("answered by x86-tdp (X86Tdp)" in ln for ln in enable)
     disable = [ln for ln in lines if "mmbench_dirty_log_disable(" in ln]
     assert disable and all("answered by collapse-sync (CollapseSync)" in ln for ln in disable)
+
+
+def test_the_kvm_backend_finds_the_runs_policy_through_the_facade():
+    from mmbench_kvm.backend import run_monitors, run_policy_name
+
+    run = assemble("zap-slot", check=True)  # the sim VM; only the run's hooks matter here
+    assert run_policy_name(run.hooks) == "zap-slot"
+    assert run_monitors(run.hooks) == ["invariants"]

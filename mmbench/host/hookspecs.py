@@ -52,8 +52,10 @@ def mmbench_register_policies(register: Callable[[Any], None]) -> None:
     """Register invalidation policies: ``register(PolicyClass)``.
 
     A policy class has ``name`` (CLI name), ``archs`` (arch backend names it applies to),
-    ``options`` (a dict of option name to default, settable as ``--policy NAME:opt=val``)
-    and event-hook implementations. The host instantiates it once per run.
+    optionally ``options`` (a dict of option name to default, settable as ``--policy
+    NAME:opt=val``), ``year`` and ``paths``, and ``@hookimpl`` methods for the selection
+    hooks; the full contract is ``mmbench.host.contracts.Policy``. The host instantiates it
+    once per run.
     """
 
 
@@ -62,25 +64,29 @@ def mmbench_register_archs(register: Callable[[Any], None]) -> None:
     """Register arch backends: ``register(ArchClass)``.
 
     An arch backend builds the MMU model and the guest's page tables for a VM, handles
-    vCPU memory accesses (faults, prefetch) and carries the cost table. It may implement
-    the selection hooks below as the default behaviour when a policy does not.
+    vCPU memory accesses (faults, prefetch) and carries the cost table
+    (``contracts.Arch``). It may implement the selection hooks below, as
+    ``@hookimpl(trylast=True)``, for the kernel's default when a policy does not.
     """
 
 
 @hookspec
 def mmbench_register_workloads(register: Callable[[Any], None]) -> None:
-    """Register workloads: ``register(WorkloadClass)`` (``name``, ``params``, ``run``)."""
+    """Register workloads: ``register(WorkloadClass)`` (``name``, ``params``, ``metrics``,
+    ``layout``, ``run``...: ``contracts.Workload``)."""
 
 
 @hookspec
 def mmbench_register_monitors(register: Callable[[Any], None]) -> None:
-    """Register monitors: ``register(MonitorClass)``; observers of a run's event hooks."""
+    """Register monitors: ``register(MonitorClass)``; observers of a run's event hooks
+    (``contracts.Monitor``)."""
 
 
 @hookspec
 def mmbench_register_backends(register: Callable[[Any], None]) -> None:
     """Register backends: ``register(BackendClass)`` with ``name``, ``available() ->
-    (bool, reason)`` and ``create_vm(hook, arch, costs) -> VmApi`` (``mmbench.backends.vmapi``).
+    (bool, reason)`` and ``create_vm(hook, arch, costs) -> VmApi`` (``mmbench.backends.vmapi``;
+    ``hook`` is the run's ``RunHooks``); the contract is ``contracts.Backend``.
 
     Optional, for real-time backends such as ``kvm``: ``exclusive = True`` (the runner
     runs policies one after another), ``supported_policies(names) -> names`` (the default
@@ -92,7 +98,7 @@ def mmbench_register_backends(register: Callable[[Any], None]) -> None:
 @hookspec
 def mmbench_register_commands(register: Callable[[Any], None]) -> None:
     """Register CLI subcommands: ``register(CommandClass)`` with ``name``, ``help``,
-    ``add_arguments(parser)`` and ``run(args) -> int`` (exit status)."""
+    ``add_arguments(parser)`` and ``run(args) -> int`` (exit status): ``contracts.Command``."""
 
 
 # --- selection hooks (per-run manager, firstresult) -------------------------------------
