@@ -77,9 +77,7 @@ class Registry:
     provider: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def add(self, kind: str, obj: Any, plugin: str) -> None:
-        name = getattr(obj, "name", None)
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"{plugin}: registered {kind} {obj!r} has no 'name'")
+        name = obj.name  # a str: the contract was checked
         if name in self.entries[kind]:
             first = self.provider[(kind, name)]
             raise ConfigError(
