@@ -243,3 +243,13 @@ def test_the_kvm_backend_finds_the_runs_policy_through_the_facade():
     run = assemble("zap-slot", check=True)  # the sim VM; only the run's hooks matter here
     assert run_policy_name(run.hooks) == "zap-slot"
     assert run_monitors(run.hooks) == ["invariants"]
+
+
+def test_list_shows_each_plugins_distribution_or_built_in():
+    out = mmbench("list", check=True).stdout
+    plugins = out.split("Plugins loaded:")[1].splitlines()
+    assert "  mmbench.backends.sim (built-in): mmbench_register_backends" in plugins
+    x86 = [ln for ln in plugins if ln.startswith("  x86 (")]
+    assert x86 and "entry point x86 = mmbench_x86" in x86[0]
+    dist = x86[0].split("(")[1].split(",")[0].split()
+    assert len(dist) == 2 and dist[0].startswith("mmbench")  # name and version

@@ -204,7 +204,7 @@ def members(proto: type) -> tuple[dict[str, Any], dict[str, Callable[..., Any]]]
     methods = {
         k: v
         for k, v in proto.__dict__.items()
-        if callable(v) and not k.startswith("__") or k == "__getitem__"
+        if callable(v) and (not k.startswith("__") or k == "__getitem__")
     }
     return attrs, methods
 
