@@ -11,6 +11,7 @@ Nothing here imports the model at run time: annotations of attributes are real t
 (checked), those of methods are strings (documentation for type checkers).
 """
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType, UnionType
@@ -285,6 +286,7 @@ def _label(cls: Any) -> str:
 
 
 # -- the hook marker --------------------------------------------------------------------
+@functools.cache
 def hook_specs() -> dict[str, inspect.Signature]:
     """Every hookspec's name and signature."""
     return {
