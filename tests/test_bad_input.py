@@ -59,6 +59,19 @@ FLAGS = [
     (["rom-access", "--bogus"], "unrecognized arguments: --bogus"),
     (["dirty-log", "-b"], "-b/--size: expected one argument"),
     (["nope"], "WORKLOAD: invalid choice: 'nope'"),
+    # policy options: declared types and ranges, each given once; each policy once
+    (["rom-access", "--policy", "fast-invalidate:batch=-5"], "batch: must be >= 1 (got -5)"),
+    (["rom-access", "--policy", "fast-invalidate:batch=0"], "batch: must be >= 1 (got 0)"),
+    (["rom-access", "--policy", "fast-invalidate:batch=2.5"], "batch: expected int"),
+    (["rom-access", "--policy", "zap-all:lock_break=maybe"], "lock_break: expected bool"),
+    (["rom-access", "--policy", "zap-all:lock_break=1,lock_break=0"], "lock_break: given twice"),
+    (["rom-access", "--policy", "zap-all:lock_break"], "option 'lock_break' must be key=value"),
+    (["rom-access", "--policy", "zap-slot:x=1"], "unknown option 'x' (options: none)"),
+    (["rom-access", "--policy", "zap-all", "--policy", "zap-all"], "'zap-all' given twice"),
+    (["rom-access", "--policy", "zap-slot+zap-all"], "both answer mmbench_flush_shadow_memslot"),
+    (["dirty-log", "--policy", "lazy-collapse:delay_s=-1"], "delay_s: must be >= 0 (got -1)"),
+    (["dirty-log", "--policy", "lazy-collapse:delay_s=nan"], "delay_s: must be a finite number"),
+    (["mmu-pressure", "--policy", "lru-scan:overscan=-3"], "overscan: must be >= 1 (got -3)"),
 ]
 
 # (arguments after `mmbench`, text the one line must contain)

@@ -6,6 +6,8 @@ import argparse
 
 from mmbench.host.manager import get_host
 from mmbench.run.paths import policy_paths
+from mmbench.run.policy_spec import option_params
+from mmbench.workloads.base import Param
 
 
 # -- list --------------------------------------------------------------------------------
@@ -28,7 +30,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             if kind == "policy":
                 extra = f" [archs: {', '.join(obj.archs)}] [paths: {', '.join(policy_paths(obj))}]"
                 if obj.options:
-                    opts = ", ".join(f"{k}={v}" for k, v in obj.options.items())
+                    opts = ", ".join(option_text(p) for p in option_params(obj).values())
                     extra += f" [options: {opts}]"
             provider = reg.provider[(kind, name)]
             out.append(f"  {name:<18} {obj.description}{extra}  (from {provider})")
@@ -38,3 +40,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         out.append(f"  {origin.plugin} ({origin.source}{where}): {', '.join(hooks)}")
     print("\n".join(out))
     return 0
+
+
+def option_text(p: Param) -> str:
+    """``batch=10 (int >= 1)``: the default as typed, then the type and its bounds."""
+    bounds = ((">=", p.min), (">", p.above), ("<=", p.max))
+    rule = " ".join([p.type.__name__, *(f"{op} {p.show(v)}" for op, v in bounds if v is not None)])
+    return f"{p.name}={p.show(p.default)} ({rule})"

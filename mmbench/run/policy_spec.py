@@ -3,12 +3,13 @@ registry (names, options and their types, composition of policies of different k
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mmbench.errors import ConfigError
 from mmbench.host.contracts import implemented_hooks
 from mmbench.host.manager import Host
+from mmbench.workloads.base import Param
 
 
 @dataclass(frozen=True)
@@ -36,19 +37,17 @@ def _fmt(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def _convert_option(name: str, key: str, raw: str, default: Any) -> Any:
-    field_name = f"--policy {name}:{key}"
-    if isinstance(default, bool):
-        low = raw.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(field_name, f"expected true or false, got {raw!r}")
-    try:
-        return type(default)(raw)
-    except ValueError:
-        raise ConfigError(field_name, f"expected {type(default).__name__}, got {raw!r}") from None
+def option_params(cls: Any) -> dict[str, Param]:
+    """A policy's options as declarations. ``options`` maps each name to a ``Param``
+    (type, default, bounds, help) or, in the short form, to its default alone (type
+    inferred, no bounds)."""
+    out = {}
+    for key, decl in cls.options.items():
+        if isinstance(decl, Param):
+            out[key] = decl
+        else:
+            out[key] = Param(key, type(decl), decl, "")
+    return out
 
 
 def parse_policy(text: str, host: Host) -> PolicySpec:
@@ -77,8 +76,8 @@ def policy_hooks(cls: Any) -> list[str]:
 def _parse_one(text: str, host: Host) -> PolicySpec:
     name, _, opts = text.partition(":")
     cls = host.registry.get("policy", name)
-    known: dict[str, Any] = dict(cls.options)
-    options = []
+    known = option_params(cls)
+    options: dict[str, Any] = {}
     for item in filter(None, opts.split(",")):
         key, eq, raw = item.partition("=")
         if not eq:
@@ -86,5 +85,8 @@ def _parse_one(text: str, host: Host) -> PolicySpec:
         if key not in known:
             allowed = ", ".join(sorted(known)) or "none"
             raise ConfigError(f"--policy {name}", f"unknown option {key!r} (options: {allowed})")
-        options.append((key, _convert_option(name, key, raw, known[key])))
-    return PolicySpec(name, tuple(options))
+        if key in options:
+            raise ConfigError(f"--policy {name}:{key}", "given twice")
+        field = replace(known[key], flags=(f"--policy {name}:{key}",))
+        options[key] = field.convert(raw)
+    return PolicySpec(name, tuple(options.items()))

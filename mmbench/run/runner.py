@@ -73,6 +73,10 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
             "--policy", f"backend {req.backend!r} has no policy for {req.workload} on {req.arch}"
         )
     policies = [parse_policy(p, host) for p in names]
+    labels = [p.label for p in policies]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ConfigError("--policy", f"{twice[0]!r} given twice (each policy runs once a run)")
     parts = [part.name for pol in policies for part in pol.parts]
     backend.check_policies(parts, req.arch, on)  # e.g. kvm: only policies with a kernel knob
     for pol in policies:

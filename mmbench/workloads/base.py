@@ -66,8 +66,9 @@ class Param:
         expects = UNITS_HELP if self.unit == "size" else self.type.__name__
         value = raw
         if isinstance(raw, str) and (self.parse or self.type is not str):
+            parse = self.parse or (parse_bool if self.type is bool else self.type)
             try:
-                value = self.parse(raw) if self.parse else self.type(raw)
+                value = parse(raw)
             except (TypeError, ValueError, OverflowError):
                 raise ConfigError(self.field, f"expected {expects}, got {raw!r}") from None
         try:

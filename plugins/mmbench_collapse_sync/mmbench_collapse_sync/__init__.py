@@ -15,6 +15,7 @@ from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
 from mmbench.model.region.mmu import RegionMmu
 from mmbench.model.region.state import GIB_REGIONS
+from mmbench.workloads.base import Param
 
 
 def kvm_tdp_mmu_zap_collapsible_sptes(
@@ -69,7 +70,7 @@ class CollapseSync:
     year = 2015  # kvm_mmu_zap_collapsible_sptes, 2015
     description = "zap collapsible sptes under mmu_lock on dirty-log stop (2018 baseline)"
     archs = ("x86-tdp", "x86-shadow")  # x86-shadow: on --backend kvm (tdp_mmu=N)
-    options = {"lock_break": False}
+    options = {"lock_break": Param("lock_break", bool, False, "drop mmu_lock when someone waits")}
 
     def __init__(self, lock_break: bool = False) -> None:
         self.lock_break = lock_break

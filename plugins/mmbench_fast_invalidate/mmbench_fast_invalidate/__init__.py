@@ -8,6 +8,7 @@ from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
 from mmbench.model.shadow.mmu import ShadowMmu
+from mmbench.workloads.base import Param
 
 BATCH_ZAP_PAGES = 10
 
@@ -24,7 +25,11 @@ class FastInvalidate:
     name = "fast-invalidate"
     year = 2013  # seed 000
     archs = ("x86-shadow",)
-    options = {"batch": BATCH_ZAP_PAGES}
+    options = {
+        "batch": Param(
+            "batch", int, BATCH_ZAP_PAGES, "obsolete sps zapped between lock-break checks", min=1
+        )
+    }
 
     def __init__(self, batch: int = BATCH_ZAP_PAGES) -> None:
         self.batch = batch

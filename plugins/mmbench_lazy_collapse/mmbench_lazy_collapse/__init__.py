@@ -14,6 +14,7 @@ from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
 from mmbench.model.region.mmu import RegionMmu
+from mmbench.workloads.base import Param
 
 KVM_MMU_ZAP_DELAYED_S = 60.0  # 60 * HZ in the patch
 
@@ -35,7 +36,11 @@ class LazyCollapse:
     year = 2018  # seed 002
     description = "delayed worker zaps collapsible sptes with lock-break (seed 002)"
     archs = ("x86-tdp",)
-    options = {"delay_s": KVM_MMU_ZAP_DELAYED_S}
+    options = {
+        "delay_s": Param(
+            "delay_s", float, KVM_MMU_ZAP_DELAYED_S, "seconds before the worker zaps", min=0
+        )
+    }
 
     def __init__(self, delay_s: float = KVM_MMU_ZAP_DELAYED_S) -> None:
         self.delay_ns = delay_s * 1e9

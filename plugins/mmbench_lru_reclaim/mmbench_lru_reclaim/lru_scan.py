@@ -9,6 +9,7 @@ import numpy as np
 from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.shadow.mmu import ShadowMmu
+from mmbench.workloads.base import Param
 
 
 class LruScan:
@@ -28,10 +29,15 @@ class LruScan:
     name = "lru-scan"
     year = 2009  # seed 004
     archs = ("x86-shadow",)
-    options = {"overscan": 4, "prefer_leaf": True}
+    options = {
+        "overscan": Param(
+            "overscan", int, 4, "scan at most n_used_mmu_pages / overscan accessed sps", min=1
+        ),
+        "prefer_leaf": Param("prefer_leaf", bool, True, "zap a leaf sp first when overscanning"),
+    }
 
     def __init__(self, overscan: int = 4, prefer_leaf: bool = True) -> None:
-        self.overscan = max(1, overscan)
+        self.overscan = overscan
         self.prefer_leaf = prefer_leaf
         self.scan_hand = 0  # kvm->arch.scan_hand: the sp index the next scan starts at
 

@@ -9,6 +9,7 @@ from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
 from mmbench.model.region.mmu import RegionMmu
 from mmbench.model.shadow.mmu import ShadowMmu
+from mmbench.workloads.base import Param
 
 
 class ZapAll:
@@ -29,7 +30,7 @@ class ZapAll:
     name = "zap-all"
     year = 2008  # kvm_mmu_zap_all on memslot removal, 2008
     archs = ("x86-shadow", "x86-tdp")
-    options = {"lock_break": False}
+    options = {"lock_break": Param("lock_break", bool, False, "drop mmu_lock when someone waits")}
 
     def __init__(self, lock_break: bool = False) -> None:
         self.lock_break = lock_break
