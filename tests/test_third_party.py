@@ -105,10 +105,48 @@ def test_a_hook_without_hookimpl_is_refused_at_start(tmp_path, runs_dir, args):
     assert not runs_dir.exists()
 
 
-def test_an_entry_point_that_fails_to_import_is_named(tmp_path, runs_dir):
-    env = make_dist(tmp_path, "import mmbench_no_such_module\n")
-    proc = mmbench("list", env=env)
-    assert proc.returncode == 2
-    (line,) = proc.stderr.splitlines()
-    assert "mmbench-thirdparty 1.2.3 (entry point thirdparty = mmbench_thirdparty)" in line
-    assert "failed to import: ModuleNotFoundError" in line
+RAISES_ON_REGISTER = POLICY.replace(
+    "    register(ZapSlotDoubleFlush)",
+    "    register(ZapSlotDoubleFlush)\n    raise RuntimeError('no luck')",
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "why"),
+    [
+        ("import mmbench_no_such_module\n", "failed to import: ModuleNotFoundError"),
+        (RAISES_ON_REGISTER, "mmbench_register_policies raised: RuntimeError: no luck"),
+    ],
+    ids=["import-fails", "registration-raises"],
+)
+def test_a_plugin_that_crashes_is_skipped_with_one_warning(tmp_path, runs_dir, source, why):
+    env = make_dist(tmp_path, source)
+    listed = mmbench("list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    (line,) = listed.stderr.splitlines()
+    assert line.startswith("mmbench: warning: plugin mmbench-thirdparty 1.2.3")
+    assert "(entry point thirdparty = mmbench_thirdparty) skipped" in line and why in line
+    assert "MMBENCH_BLOCK_PLUGINS=thirdparty" in line
+    assert "zap-slot-double-flush" not in listed.stdout  # nothing it half-registered
+    assert "zap-slot " in listed.stdout  # everything else is there
+    run = mmbench("run", "rom-access", *SMALL, "--policy", "zap-slot", "--json", env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines() == [line]
+    assert json.loads(run.stdout)["results"][0]["policy"] == "zap-slot"
+
+
+@pytest.mark.parametrize("block", ["thirdparty", "mmbench-thirdparty"])
+def test_block_plugins_takes_entry_point_or_distribution_names(tmp_path, runs_dir, block):
+    env = {**make_dist(tmp_path, "import mmbench_no_such_module\n"), "MMBENCH_BLOCK_PLUGINS": block}
+    listed = mmbench("list", env=env, check=True)
+    assert listed.stderr == ""  # blocked: not even imported
+    assert "mmbench_thirdparty" not in listed.stdout
+
+
+def test_block_plugins_warns_about_unknown_names(runs_dir):
+    proc = mmbench("list", env={"MMBENCH_BLOCK_PLUGINS": "zap_slot,no-such-plugin"}, check=True)
+    assert proc.stderr.strip() == (
+        "mmbench: warning: MMBENCH_BLOCK_PLUGINS: no plugin or distribution is named"
+        " 'no-such-plugin'"
+    )
+    assert "zap-slot " not in proc.stdout and "zap-all" in proc.stdout

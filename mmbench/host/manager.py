@@ -6,10 +6,16 @@ entry-point group a third-party distribution uses. Load order is explicit: built
 entry points in ``importlib.metadata`` order, then plugins the caller passes.
 
 Every plugin is named by where it came from (``Origin``): its distribution, version and
-entry point, or the built-in module. A plugin that fails to import or to register, or
-registers a class that breaks its contract (``mmbench.host.contracts``: a missing attribute,
-an ``mmbench_*`` method without ``@hookimpl`` or naming no hook), is refused with one line
-naming it (``plugin_failed``), and ``mmbench`` exits 2.
+entry point, or the built-in module. Two kinds of fault, two outcomes:
+- a plugin that *crashes* (fails to import, or its registration hook raises) is skipped
+  with one warning line naming it and how to block it (``plugin_skipped``): someone else's
+  broken install must not stop ``mmbench list`` or a run of the other plugins;
+- a plugin that registers a class breaking its contract (``mmbench.host.contracts``: a
+  missing attribute, an ``mmbench_*`` method without ``@hookimpl`` or naming no hook) is
+  refused with one line naming it (``plugin_failed``), and ``mmbench`` exits 2: run
+  without it, its policy's name would silently run something else.
+``MMBENCH_BLOCK_PLUGINS`` takes entry-point or distribution names (comma separated) and
+warns about a name that matches no plugin.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -62,11 +69,23 @@ class Origin:
         return f"{self.source} plugin {self.plugin}"
 
 
-def plugin_failed(origin: Origin, what: str, exc: BaseException | None = None) -> NoReturn:
-    """A plugin could not be loaded or registered: the one place that decides what then
-    happens (refuse, exit 2); ``exc`` is shown in one line."""
+def _one_line(what: str, exc: BaseException | None) -> str:
     why = f": {type(exc).__name__}: {exc}" if exc is not None else ""
-    raise ConfigError(str(origin), " ".join(f"{what}{why}".split()))
+    return " ".join(f"{what}{why}".split())
+
+
+def plugin_failed(origin: Origin, what: str, exc: BaseException | None = None) -> NoReturn:
+    """A plugin breaks its contract: refuse it (one line, exit 2)."""
+    raise ConfigError(str(origin), _one_line(what, exc))
+
+
+def plugin_skipped(origin: Origin, what: str, exc: BaseException | None = None) -> None:
+    """A plugin crashed while loading or registering: go on without it, saying so once."""
+    warn(f"{origin} skipped: {_one_line(what, exc)} (to block it: {BLOCK_ENV}={origin.plugin})")
+
+
+def warn(message: str) -> None:
+    print(f"mmbench: warning: {message}", file=sys.stderr)
 
 
 @dataclass
@@ -113,12 +132,18 @@ class Host:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.origins: dict[str, Origin] = {}
-        for name in blocked_names():
+        self.blocked = blocked_names()
+        self._block_matched: set[str] = set()
+        for name in self.blocked:
             self.pm.set_blocked(name)
         for modname in DEFAULT_PLUGINS:
-            if not self.pm.is_blocked(modname):
+            if self.pm.is_blocked(modname):
+                self._block_matched.add(modname)
+            else:
                 self._load(Origin(modname), lambda m=modname: importlib.import_module(m))
         self._load_entry_points()
+        for name in sorted(self.blocked - self._block_matched):
+            warn(f"{BLOCK_ENV}: no plugin or distribution is named {name!r}")
         for i, plugin in enumerate(extra_plugins):
             self._register(plugin, Origin(getattr(plugin, "__name__", f"caller-{i}")))
         self.pm.check_pending()
@@ -131,19 +156,25 @@ class Host:
         """Group ``mmbench`` of every installed distribution, as pluggy's
         ``load_setuptools_entrypoints`` does, but each plugin keeps its origin."""
         for dist in importlib.metadata.distributions():
+            dist_name = dist.metadata["Name"]
             for ep in dist.entry_points:
-                if ep.group != hookspecs.PROJECT or self.pm.is_blocked(ep.name):
+                if ep.group != hookspecs.PROJECT:
+                    continue
+                hit = self.blocked & {ep.name, dist_name}
+                if hit:
+                    self._block_matched |= hit
                     continue
                 if self.pm.get_plugin(ep.name) is not None:
                     continue  # the same distribution seen twice on sys.path
-                label = f"{dist.metadata['Name']} {dist.version}"
+                label = f"{dist_name} {dist.version}"
                 self._load(Origin(ep.name, label, f"{ep.name} = {ep.value}"), ep.load)
 
     def _load(self, origin: Origin, load: Callable[[], object]) -> None:
         try:
             plugin = load()
         except Exception as exc:
-            plugin_failed(origin, "failed to import", exc)
+            plugin_skipped(origin, "failed to import", exc)
+            return
         self._register(plugin, origin)
 
     def _register(self, plugin: object, origin: Origin) -> None:
@@ -162,7 +193,9 @@ class Host:
     def _collect(self, kind: str) -> None:
         """Call each plugin's registration hook for ``kind``, checking what it registers."""
         for impl in getattr(self.pm.hook, REGISTER_HOOKS[kind]).get_hookimpls():
-            origin = self.origins[impl.plugin_name]
+            origin = self.origins.get(impl.plugin_name)
+            if origin is None:  # skipped while registering another kind
+                continue
 
             def register(obj: Any, _origin: Origin = origin) -> None:
                 self._admit(kind, obj, _origin)
@@ -172,7 +205,19 @@ class Host:
             except ConfigError:
                 raise
             except Exception as exc:
-                plugin_failed(origin, f"{REGISTER_HOOKS[kind]} raised", exc)
+                self._drop(origin)
+                plugin_skipped(origin, f"{REGISTER_HOOKS[kind]} raised", exc)
+
+    def _drop(self, origin: Origin) -> None:
+        """Forget a plugin whose registration crashed, and whatever it registered so far."""
+        for (kind, name), provider in list(self.registry.provider.items()):
+            if provider == origin.plugin:
+                del self.registry.provider[(kind, name)]
+                del self.registry.entries[kind][name]
+        plugin = self.pm.get_plugin(origin.plugin)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        del self.origins[origin.plugin]
 
     def _admit(self, kind: str, obj: Any, origin: Origin) -> None:
         """One registered class: its contract, its hook markers, then the registry."""

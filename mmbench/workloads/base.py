@@ -63,7 +63,9 @@ class Param:
 
     def convert(self, raw: Any) -> Any:
         """Check and convert a value from the CLI (str) or a config file (typed)."""
-        expects = UNITS_HELP if self.unit == "size" else self.type.__name__
+        expects = {"size": UNITS_HELP}.get(self.unit) or (
+            "true or false" if self.type is bool else self.type.__name__
+        )
         value = raw
         if isinstance(raw, str) and (self.parse or self.type is not str):
             parse = self.parse or (parse_bool if self.type is bool else self.type)
