@@ -150,3 +150,35 @@ def test_block_plugins_warns_about_unknown_names(runs_dir):
         " 'no-such-plugin'"
     )
     assert "zap-slot " not in proc.stdout and "zap-all" in proc.stdout
+
+
+BOOM = POLICY.replace(
+    "        mmu = kvm.mmu\n",
+    "        raise ValueError('gfn out of my depth')\n        mmu = kvm.mmu\n",
+)
+
+
+def test_a_hook_that_raises_fails_its_policy_alone(tmp_path, runs_dir):
+    env = make_dist(tmp_path, BOOM)
+    args = ["rom-access", *SMALL, "--name", "mixed", "--policy", "zap-slot"]
+    proc = mmbench("run", *args, "--policy", "zap-slot-double-flush", "--json", env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line == (
+        "mmbench: policy zap-slot-double-flush failed: raised in mmbench_flush_shadow_memslot"
+        " of zap-slot-double-flush: ValueError: gfn out of my depth"
+    )
+    doc = json.loads(proc.stdout)
+    ok, bad = doc["results"]
+    assert ok["policy"] == "zap-slot" and ok["metrics"]["pass_time_ms"] > 0
+    assert bad["failed"].endswith("ValueError: gfn out of my depth") and "metrics" not in bad
+    stored = json.loads((runs_dir / "mixed" / "result.json").read_text())
+    assert [("failed" in r) for r in stored["results"]] == [False, True]
+    listed = mmbench("runs", env=env, check=True).stdout
+    assert "zap-slot, zap-slot-double-flush (failed)" in listed
+    shown = mmbench("show", "mixed", env=env, check=True).stdout
+    assert "pass_time_ms" in shown
+    alone = mmbench("run", "rom-access", *SMALL, "--policy", "zap-slot-double-flush", env=env)
+    assert alone.returncode == 1
+    assert alone.stderr.splitlines()[-1] == "mmbench: every policy failed; nothing was saved"

@@ -194,21 +194,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             "environment": environment.collect(),
             "results": results,
         }
+        failed = [r for r in results if "failed" in r]
+        if len(failed) == len(results):  # nothing to store
+            for r in failed:
+                print(f"mmbench: policy {r['policy']} failed: {r['failed']}", file=sys.stderr)
+            print("mmbench: every policy failed; nothing was saved", file=sys.stderr)
+            return 1
         run_dir = slot.save(record)
     if plot_to:
         plots.plot_runs([record], None, plot_to)
     if as_json:
+        keys = ("policy", "arch", "backend", "metrics", "reps", "failed")
         doc = {
             "workload": record["workload"],
             "name": name,
             "params": record["params"],
-            "results": [
-                {k: r[k] for k in ("policy", "arch", "backend", "metrics", "reps")} for r in results
-            ],
+            "results": [{k: r[k] for k in keys if k in r} for r in results],
         }
         print(json.dumps(doc, indent=1))
     else:
         print(params_line(record))
         print(render_text(compare([record], resolved.workload.metrics)))
         print(f"saved: {run_dir}")
-    return 0
+    for r in failed:  # the others were stored; the run says which failed, and exits 1
+        print(f"mmbench: policy {r['policy']} failed: {r['failed']}", file=sys.stderr)
+    return 1 if failed else 0

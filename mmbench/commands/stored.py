@@ -56,7 +56,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
         except store.DamagedRun as exc:  # shown, never hiding the runs after it
             print(f"{name:<40} DAMAGED: {exc.reason}")
             continue
-        pols = ", ".join(r["policy"] for r in rec["results"])
+        pols = ", ".join(
+            r["policy"] + (" (failed)" if "failed" in r else "") for r in rec["results"]
+        )
         print(f"{name:<40} {rec['created']:<26} {rec['workload']:<12} {pols}")
     return 0
 

@@ -86,6 +86,21 @@ class RunHooks:
         """The run's plugin objects: arch backend, policies, monitors."""
         return list(self.pm.get_plugins())
 
+    def raised_in(self, exc: BaseException) -> str | None:
+        """Which plugin's hook raised ``exc``: the innermost hookimpl frame of its
+        traceback, as ``"mmbench_flush_shadow_memslot of zap-slot"``; None if no hook did."""
+        impls = {}
+        for name in declared():
+            for impl in getattr(self.pm.hook, name).get_hookimpls():
+                who = getattr(impl.plugin, "name", None) or type(impl.plugin).__name__
+                impls[impl.function.__code__] = f"{name} of {who}"
+        where = None
+        tb = exc.__traceback__
+        while tb is not None:
+            where = impls.get(tb.tb_frame.f_code, where)
+            tb = tb.tb_next
+        return where
+
 
 def declared() -> dict[str, bool]:
     """Every hook the facade declares, with whether it is ``firstresult``."""

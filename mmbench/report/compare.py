@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from mmbench.errors import ConfigError
+
 SIGNIFICANCE = 0.05  # p below this marks a difference '*'; below 0.01, '**'
 
 
@@ -85,6 +87,8 @@ def columns_of(records: list[dict[str, Any]]) -> list[Column]:
     single = len(records) == 1
     for rec in records:
         for res in rec["results"]:
+            if "failed" in res:  # a policy that failed has no figures to compare
+                continue
             reps = res.get("reps") or [res["metrics"]]
             label = res["policy"] if single else f"{rec['name']}/{res['policy']}"
             cols.append(
@@ -97,6 +101,8 @@ def compare(records: list[dict[str, Any]], metric_info: dict[str, Any] | None = 
     """Set every policy of every run side by side; the first column is the baseline."""
     metric_info = metric_info or {}
     cols = columns_of(records)
+    if not cols:
+        raise ConfigError("RUN", "every policy of these runs failed: nothing to compare")
     metrics = [m for m in cols[0].reps[0] if all(m in c.reps[0] for c in cols)]
     units = {m: getattr(metric_info.get(m), "unit", "") for m in metrics}
     workloads = sorted({r["workload"] for r in records})

@@ -128,6 +128,11 @@ def plot_runs(
     one panel per series, one line (or histogram) per run and policy (a saw-tooth level
     gets a panel per policy), optionally only ``window`` (ms). Checks everything
     before writing; the file appears whole or not at all."""
+    records = [  # a policy that failed has nothing to draw
+        {**rec, "results": [r for r in rec["results"] if "failed" not in r]} for rec in records
+    ]
+    if not any(rec["results"] for rec in records):
+        raise ConfigError("RUN", "every policy of these runs failed: nothing to plot")
     out = check_out(out)
     if kind not in KINDS:
         raise ConfigError("--kind", f"{kind!r}: one of {', '.join(KINDS)}")

@@ -109,7 +109,13 @@ def run_once(
         policy, arch=arch, costs_file=costs_file, check=check, backend=backend, host=host
     )
     with run:
-        metrics = wl.run(run.vm, spec)
+        try:
+            metrics = wl.run(run.vm, spec)
+        except Exception as exc:  # say whose hook it was: the runner records it per policy
+            where = run.hooks.raised_in(exc)
+            if where:
+                exc.add_note(f"raised in {where}")
+            raise
         series = run.vm.series()
     return {
         "policy": run.label,

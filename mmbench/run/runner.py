@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmbench.errors import ConfigError
+from mmbench.errors import BackendError, ConfigError, ModelError
 from mmbench.host.manager import Host, get_host
 from mmbench.run import paths
 from mmbench.run.assemble import run_once
@@ -123,18 +123,36 @@ def execute(
 
     if jobs <= 1 or len(tasks) == 1:
         for p, i in tasks:
-            finished(p.label, i, run_one(req, p, i))
+            finished(p.label, i, attempt(req, p, i))
     else:
         pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
         try:
-            futures = {pool.submit(run_one, req, p, i): (p.label, i) for p, i in tasks}
+            futures = {pool.submit(attempt, req, p, i): (p.label, i) for p, i in tasks}
             for fut in as_completed(futures):
                 finished(*futures[fut], fut.result())
-        except BaseException:  # Ctrl-C or a failed policy: stop the others now
+        except BaseException:  # Ctrl-C or bad input: stop the others now
             _terminate_workers(pool)
             raise
         pool.shutdown()
     return [_aggregate([done[(p.label, i)] for i in range(req.reps)]) for p in run.policies]
+
+
+def attempt(req: RunRequest, policy: PolicySpec, rep: int = 0) -> dict[str, Any]:
+    """``run_one``, but a policy that fails (a hook raised, or the model found a state the
+    kernel could not reach, e.g. an invariant broken under ``--check``) fails alone: its
+    result says why in one line, and the other policies' results stand. Bad input
+    (ConfigError) and the kernel backend's errors still end the whole run."""
+    try:
+        return run_one(req, policy, rep)
+    except (ConfigError, BackendError):
+        raise
+    except Exception as exc:
+        notes = [n for n in getattr(exc, "__notes__", ()) if n.startswith("raised in ")]
+        if not notes and not isinstance(exc, ModelError):
+            raise  # a bug of mmbench's own: the traceback is for us
+        where = f"{notes[-1]}: " if notes else ""
+        reason = " ".join(f"{where}{type(exc).__name__}: {exc}".split())
+        return {"policy": policy.label, "arch": req.arch, "backend": req.backend, "failed": reason}
 
 
 def _worker_init() -> None:
@@ -158,8 +176,13 @@ def _terminate_workers(pool: ProcessPoolExecutor) -> None:
 
 
 def _aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
-    """One policy's result: metrics are means over repetitions; each rep is kept."""
+    """One policy's result: metrics are means over repetitions; each rep is kept. A
+    policy with a failed repetition has failed (the first failure says why)."""
     first = reps[0]
+    failed = [r for r in reps if "failed" in r]
+    if failed:
+        rep = f"repetition {reps.index(failed[0]) + 1}: " if len(reps) > 1 else ""
+        return {**failed[0], "failed": rep + failed[0]["failed"]}
     keys = list(first["metrics"])
     out = {k: first[k] for k in ("policy", "arch", "backend", "costs")}
     out["metrics"] = {k: float(sum(r["metrics"][k] for r in reps) / len(reps)) for k in keys}
