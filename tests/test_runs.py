@@ -151,3 +151,46 @@ def test_per_phase_bars_and_lock_hold_plots(tmp_path, runs_dir):
     hist = tmp_path / "rom.png"
     mmbench("plot", "ra", "--out", str(hist), check=True)  # pass times, deletes, lock holds
     assert hist.stat().st_size > 10_000
+
+
+def test_ctrl_c_stops_a_parallel_run_within_a_second(runs_dir):
+    """A terminal's Ctrl-C: SIGINT to the whole foreground process group."""
+    run_json("rom-access", *SMALL, "--policy", "zap-slot", "--name", "earlier")
+    before = (runs_dir / "earlier" / "result.json").read_bytes()
+    env = {**os.environ, "MMBENCH_RUNS_DIR": str(runs_dir)}
+    proc = subprocess.Popen(
+        # the default run (3 policies on 2 worker processes) with many passes: minutes
+        [sys.executable, "-m", "mmbench", "run", "rom-access", "--passes", "400", "--jobs", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    time.sleep(4)  # imports done, both workers deep in their policies' runs
+    assert proc.poll() is None
+    workers = subprocess.run(
+        ["pgrep", "-g", str(proc.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert len(workers) >= 3, workers  # the parent and its two workers
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 130, err
+    assert elapsed < 1.0, f"took {elapsed:.2f} s to stop"
+    assert err.strip().splitlines() == ["mmbench: interrupted; nothing was saved"], err
+    time.sleep(0.2)
+    left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
+    assert not left.stdout.split(), "worker processes outlived the run"
+    assert (runs_dir / "earlier" / "result.json").read_bytes() == before
+    assert mmbench("runs", check=True).stdout.split()[0] == "earlier"
+    assert not list(runs_dir.glob(".tmp-*")) and not list(runs_dir.glob(".reserved-*"))
+
+
+def test_identical_repetitions_are_said_so_not_shown_as_zero_spread(runs_dir):
+    out = mmbench("run", "teardown", "--size", "1G", "--reps", "3", check=True).stdout
+    assert "±0" not in out
+    assert "repetitions identical" in out and "s2-unmap (3)" in out
+    seeded = mmbench("run", "rom-access", *SMALL, "--policy", "zap-slot", "--reps", "3").stdout
+    assert "repetitions identical" not in seeded  # rom.sh's jitter varies with the seed

@@ -156,29 +156,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     resolved = resolve(req)
     root = store.runs_dir(getattr(args, "runs_dir", None))
     name = getattr(args, "name", None) or (f"{req.workload}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}")
-    store.check_name(name, root)
     plot_to = getattr(args, "plot", None)
     if plot_to:
         plots.check_out(plot_to, "--plot")
     as_json = bool(getattr(args, "json", False))
-    bar, tick = _progress(len(resolved.policies) * req.reps, enabled=not as_json)
-    if bar:
-        with bar:
-            results = execute(resolved, tick)
-    else:
-        results = execute(resolved)
-    record = {
-        "mmbench": 1,
-        "name": name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "workload": req.workload,
-        "params": resolved.spec.values,
-        "config": args.config,
-        "reps": req.reps,
-        "environment": environment.collect(),
-        "results": results,
-    }
-    run_dir = store.save(root, name, record)
+    with store.reserve(root, name) as slot:  # name and runs dir checked before the run
+        bar, tick = _progress(len(resolved.policies) * req.reps, enabled=not as_json)
+        if bar:
+            with bar:
+                results = execute(resolved, tick)
+        else:
+            results = execute(resolved)
+        record = {
+            "name": name,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "workload": req.workload,
+            "params": resolved.spec.values,
+            "config": args.config,
+            "reps": req.reps,
+            "environment": environment.collect(),
+            "results": results,
+        }
+        run_dir = slot.save(record)
     if plot_to:
         plots.plot_runs([record], None, plot_to)
     if as_json:

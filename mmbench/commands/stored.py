@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from mmbench.errors import ConfigError
 from mmbench.host.manager import get_host
 from mmbench.report import store
 from mmbench.report.compare import RENDERERS, compare, render_text
@@ -36,6 +37,11 @@ def _metric_info(records: list[dict[str, Any]]) -> dict[str, Any]:
 def cmd_compare(args: argparse.Namespace) -> int:
     root = store.runs_dir(args.runs_dir)
     records = [store.load(root, name) for name in args.runs]
+    workloads = {r["workload"] for r in records}
+    if len(workloads) > 1:
+        raise ConfigError(
+            "RUN", f"runs of different workloads cannot be compared: {', '.join(sorted(workloads))}"
+        )
     cmp = compare(records, _metric_info(records))
     print(RENDERERS[args.format](cmp))
     return 0
@@ -45,7 +51,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     root = store.runs_dir(args.runs_dir)
     for name in store.list_runs(root):
-        rec = store.load(root, name)
+        try:
+            rec = store.load(root, name)
+        except store.DamagedRun as exc:  # shown, never hiding the runs after it
+            print(f"{name:<40} DAMAGED: {exc.reason}")
+            continue
         pols = ", ".join(r["policy"] for r in rec["results"])
         print(f"{name:<40} {rec['created']:<26} {rec['workload']:<12} {pols}")
     return 0

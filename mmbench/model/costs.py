@@ -7,6 +7,7 @@ figure, or an explicit estimate. ``mmbench calibrate`` writes tables in the same
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from mmbench.errors import ConfigError
+from mmbench.yamlfile import load_yaml
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,7 @@ class CostTable:
     def with_overrides(self, path: str | Path) -> CostTable:
         """This table with the costs in a YAML file (from ``mmbench calibrate``) applied."""
         p = Path(path)
-        try:
-            doc = yaml.safe_load(p.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError("--costs", f"cannot read cost table {p}: {exc}") from None
+        doc = load_yaml(p, "--costs")
         entries = (doc or {}).get("costs") if isinstance(doc, dict) else None
         if not isinstance(entries, dict):
             raise ConfigError("--costs", f"{p}: expected a mapping 'costs: {{name: ...}}'")
@@ -60,8 +59,10 @@ class CostTable:
                 ns, prov = val.get("ns"), str(val.get("provenance", f"file {p}"))
             else:
                 ns, prov = val, f"file {p}"
-            if not isinstance(ns, int | float) or isinstance(ns, bool) or ns < 0:
-                raise ConfigError(f"--costs {p}: costs.{key}", "must be a number >= 0 (ns)")
+            if not isinstance(ns, int | float) or isinstance(ns, bool) or not 0 <= ns < math.inf:
+                raise ConfigError(
+                    f"--costs {p}: costs.{key}", f"must be a finite number >= 0 (ns), got {ns!r}"
+                )
             merged[key] = Cost(float(ns), prov, merged[key].doc)
         name = str(doc.get("name", f"{self.name}+{p.name}"))
         return CostTable(name, merged)

@@ -27,6 +27,12 @@ class Column:
     arch: str
     backend: str
 
+    @property
+    def identical_reps(self) -> bool:
+        """Several repetitions, all alike: a seedless workload on the deterministic model
+        repeats itself exactly, and a ``±0`` would read as a measured spread."""
+        return len(self.reps) > 1 and all(r == self.reps[0] for r in self.reps[1:])
+
 
 @dataclass
 class Cell:
@@ -127,7 +133,7 @@ def _num(v: float) -> str:
 
 def _cell_text(c: Cell) -> str:
     s = _num(c.mean)
-    if c.n > 1:
+    if c.n > 1 and c.std:
         s += f" ±{_num(c.std)}"
     if c.change_pct is not None:
         s += f" ({c.change_pct:+.2f}%){c.mark}"
@@ -150,7 +156,15 @@ def render_text(cmp: Comparison) -> str:
         lines.append(
             f"{name:<{name_w}}" + "".join(f"  {c:>{w}}" for c, w in zip(row, widths, strict=True))
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, *_notes(cmp)])
+
+
+def _notes(cmp: Comparison) -> list[str]:
+    same = [c for c in cmp.columns if c.identical_reps]
+    if not same:
+        return []
+    which = ", ".join(f"{c.label} ({len(c.reps)})" for c in same)
+    return [f"repetitions identical (no seed varies them; the model is deterministic): {which}"]
 
 
 def render_markdown(cmp: Comparison) -> str:
@@ -160,7 +174,8 @@ def render_markdown(cmp: Comparison) -> str:
     for m in cmp.metrics:
         unit = f" ({cmp.units[m]})" if cmp.units.get(m) else ""
         lines.append(f"| {m}{unit} | " + " | ".join(_cell_text(c) for c in cmp.cells[m]) + " |")
-    return "\n".join(lines)
+    notes = _notes(cmp)
+    return "\n".join([*lines, *([""] + notes if notes else [])])
 
 
 def render_json(cmp: Comparison) -> str:
@@ -175,6 +190,7 @@ def render_json(cmp: Comparison) -> str:
                 "arch": c.arch,
                 "backend": c.backend,
                 "reps": len(c.reps),
+                "identical_reps": c.identical_reps,
             }
             for c in cmp.columns
         ],

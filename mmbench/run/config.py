@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mmbench.errors import ConfigError
 from mmbench.host.manager import Host, get_host
 from mmbench.run.runner import RunRequest, parse_policy, resolve
 from mmbench.workloads.base import resolve_params
+from mmbench.yamlfile import load_yaml
 
 KEYS = {
     "workload": "workload name (required)",
@@ -32,12 +31,7 @@ def load_config(path: str | Path, host: Host | None = None) -> RunRequest:
     host = host or get_host()
     p = Path(path)
     where = str(p)
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except OSError as exc:
-        raise ConfigError("--config", f"cannot read {where}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(where, f"not valid YAML: {exc}".splitlines()[0]) from None
+    doc = load_yaml(p, "--config")
     if not isinstance(doc, dict):
         raise ConfigError(where, "expected a mapping with keys: " + ", ".join(KEYS))
 

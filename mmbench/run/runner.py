@@ -8,6 +8,7 @@ the model, so they go to separate processes when there are cores for it.
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import signal
 import sys
@@ -227,18 +228,36 @@ def execute(
         for p, i in tasks:
             finished(p.label, i, run_one(req, p, i))
     else:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_die_with_parent) as pool:
+        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
+        try:
             futures = {pool.submit(run_one, req, p, i): (p.label, i) for p, i in tasks}
             for fut in as_completed(futures):
                 finished(*futures[fut], fut.result())
+        except BaseException:  # Ctrl-C or a failed policy: stop the others now
+            _terminate_workers(pool)
+            raise
+        pool.shutdown()
     return [_aggregate([done[(p.label, i)] for i in range(req.reps)]) for p in run.policies]
 
 
-def _die_with_parent() -> None:
-    """Worker processes must not outlive a killed ``mmbench run`` (SIGKILL, OOM)."""
+def _worker_init() -> None:
+    """A worker must not outlive a killed ``mmbench run`` (SIGKILL, OOM), and Ctrl-C is
+    the parent's to handle: a terminal sends SIGINT to the whole process group, and a
+    worker that caught it would only report a KeyboardInterrupt and take the next task."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform == "linux":
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Drop the queued tasks and end the running ones at once: their results would be
+    thrown away (nothing of an interrupted run is saved), so waiting only delays exit."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for child in multiprocessing.active_children():
+        child.terminate()
+    for child in multiprocessing.active_children():
+        child.join(timeout=5)
 
 
 def _aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Annotated, Any
+
+from pydantic import Field, TypeAdapter, ValidationError
 
 from mmbench.errors import ConfigError
+from mmbench.workloads.sizes import UNITS_HELP, size_text
 
 
 @dataclass(frozen=True)
 class Param:
-    """One workload parameter; ``flags`` are its CLI spellings (first is the canonical)."""
+    """One workload parameter; ``flags`` are its CLI spellings (first is the canonical).
+
+    Values are checked by a pydantic validator built from the declaration (type, bounds,
+    finite floats, non-empty strings), the same for CLI flags and config files; ``unit``
+    ``"size"`` reads and shows bytes as ``4T``/``64G``, ``"gpa"`` shows addresses in hex.
+    """
 
     name: str
     type: type
@@ -22,6 +31,7 @@ class Param:
     above: float | None = None  # exclusive lower bound
     max: float | None = None
     parse: Callable[[str], Any] | None = None
+    unit: str = ""  # "size" (bytes, shown as 4T) or "gpa" (shown in hex)
 
     @property
     def cli(self) -> tuple[str, ...]:
@@ -31,28 +41,50 @@ class Param:
     def field(self) -> str:
         return "/".join(self.cli)
 
+    @cached_property
+    def _validator(self) -> TypeAdapter:
+        bounds = {"ge": self.min, "gt": self.above, "le": self.max}
+        rules: dict[str, Any] = {k: v for k, v in bounds.items() if v is not None}
+        if self.type is float:
+            rules["allow_inf_nan"] = False
+        if self.type is str:
+            rules["min_length"] = 1
+        return TypeAdapter(Annotated[self.type, Field(strict=True, **rules)])
+
+    def show(self, value: Any) -> str:
+        """A value as the user would type it: sizes with units, addresses in hex."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return str(value)
+        if self.unit == "size" and float(value).is_integer():
+            return size_text(int(value))
+        if self.unit == "gpa" and float(value).is_integer():
+            return f"{int(value):#x}"
+        return f"{value:g}"
+
     def convert(self, raw: Any) -> Any:
         """Check and convert a value from the CLI (str) or a config file (typed)."""
-        try:
-            if isinstance(raw, str):
+        expects = UNITS_HELP if self.unit == "size" else self.type.__name__
+        value = raw
+        if isinstance(raw, str) and (self.parse or self.type is not str):
+            try:
                 value = self.parse(raw) if self.parse else self.type(raw)
-            elif self.type is float and isinstance(raw, int) and not isinstance(raw, bool):
-                value = float(raw)
-            elif isinstance(raw, self.type) and not (
-                isinstance(raw, bool) and self.type is not bool
-            ):
-                value = raw
-            else:
-                raise TypeError
-        except (TypeError, ValueError):
-            raise ConfigError(self.field, f"expected {self.type.__name__}, got {raw!r}") from None
-        if self.min is not None and value < self.min:
-            raise ConfigError(self.field, f"must be >= {self.min:g} (got {value})")
-        if self.above is not None and value <= self.above:
-            raise ConfigError(self.field, f"must be > {self.above:g} (got {value})")
-        if self.max is not None and value > self.max:
-            raise ConfigError(self.field, f"must be <= {self.max:g} (got {value})")
-        return value
+            except (TypeError, ValueError, OverflowError):
+                raise ConfigError(self.field, f"expected {expects}, got {raw!r}") from None
+        try:
+            return self._validator.validate_python(value)
+        except ValidationError as exc:
+            raise ConfigError(self.field, self._reason(exc.errors()[0], value, expects)) from None
+
+    def _reason(self, err: Any, value: Any, expects: str) -> str:
+        ctx = err.get("ctx") or {}
+        for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if key in ctx:
+                return f"must be {op} {self.show(ctx[key])} (got {self.show(value)})"
+        if err["type"] == "finite_number":
+            return f"must be a finite number (got {value})"
+        if err["type"] == "string_too_short":
+            return "must not be empty"
+        return f"expected {expects}, got {value!r}"
 
 
 @dataclass(frozen=True)
@@ -95,3 +127,23 @@ def key_in(d: dict[str, Any], key: str) -> bool:
 def parse_int_auto(text: str) -> int:
     """Integers in decimal or 0x-hex, as a KVM developer writes gpas."""
     return int(text, 0)
+
+
+def choice(field: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser for a parameter with a fixed set of values."""
+
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ConfigError(field, f"expected one of {', '.join(allowed)} (got {text!r})")
+        return text
+
+    return parse
+
+
+def parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)

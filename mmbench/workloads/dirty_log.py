@@ -19,45 +19,20 @@ from mmbench.backends.vmapi import VmApi, VmSpec
 from mmbench.errors import ConfigError
 from mmbench.host.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT
-from mmbench.workloads.base import Metric, Param, WorkloadSpec
-from mmbench.workloads.guest_layout import one_slot_guest, vcpu_slices
-from mmbench.workloads.sizes import REGION, TiB, fmt_size, parse_size
+from mmbench.workloads.base import Metric, Param, WorkloadSpec, choice, parse_bool
+from mmbench.workloads.guest_layout import (
+    backing_param,
+    check_size,
+    one_slot_guest,
+    size_param,
+    vcpu_slices,
+)
+from mmbench.workloads.sizes import REGION, TiB
 
 SLOT = 0
 CLEAR_CHUNK_PAGES = 1 << 18  # QEMU's clear_bitmap_shift default: clear 1 GiB at a time
 DISABLE_AFTER_NS = 1_000_000  # the guest is running when the VMM stops logging
 ENABLE_MODES = ("wrprot", "eager-split")
-BACKINGS = ("2m", "1g", "4k")
-
-
-def choice(field: str, allowed: tuple[str, ...]):
-    def parse(text: str) -> str:
-        if text not in allowed:
-            raise ConfigError(field, f"expected one of {', '.join(allowed)} (got {text!r})")
-        return text
-
-    return parse
-
-
-def parse_bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
-def size_param(default: int, help: str) -> Param:
-    return Param("size", int, default, help, ("-b", "--size"), min=REGION, parse=parse_size)
-
-
-def check_size(size: int, arch: Any) -> None:
-    limit = getattr(arch, "max_guest_bytes", None)
-    if limit is not None and size > limit:
-        raise ConfigError(
-            "--size", f"{fmt_size(size)} exceeds what arch {arch.name} models ({fmt_size(limit)})"
-        )
 
 
 class DirtyLog:
@@ -109,13 +84,7 @@ class DirtyLog:
             "KVM_DIRTY_LOG_INITIALLY_SET (with manual protect)",
             parse=parse_bool,
         ),
-        Param(
-            "backing",
-            str,
-            "2m",
-            "host backing: 2m (THP/hugetlbfs), 1g (hugetlbfs 1 GiB pages) or 4k",
-            parse=choice("--backing", BACKINGS),
-        ),
+        backing_param(),
         Param("run_on_s", float, 90.0, "seconds the guest runs on after logging stops", above=0),
     )
     metrics = {

@@ -8,11 +8,13 @@ from typing import Any
 from mmbench.backends.vmapi import SlotSpec, VmSpec
 from mmbench.errors import ConfigError
 from mmbench.model.memslots import PAGE_SHIFT
-from mmbench.workloads.sizes import REGION, MiB
+from mmbench.workloads.base import Param, choice
+from mmbench.workloads.sizes import REGION, MiB, parse_size, size_text
 
 REGION_PAGES = 512  # 4 KiB pages per 2 MiB: one leaf table, one huge page
 KERNEL_RESERVE = 16 * MiB  # guest kernel image and data besides its page tables
 HUGE_PAGE_SIZE = {"2m": 2 << 20, "1g": 1 << 30, "4k": 4 << 10}  # host backing's page
+BACKINGS = ("2m", "1g", "4k")
 
 
 def align_up(x: int, a: int) -> int:
@@ -49,3 +51,29 @@ def vcpu_slices(
         raise ConfigError("--size", f"too small for {vcpus} vCPUs")
     pages, base = per >> PAGE_SHIFT, reserve >> PAGE_SHIFT
     return [(base + v * pages, base + (v + 1) * pages) for v in range(vcpus)]
+
+
+def size_param(default: int, help: str) -> Param:
+    return Param(
+        "size", int, default, help, ("-b", "--size"), min=REGION, parse=parse_size, unit="size"
+    )
+
+
+def check_size(size: int, arch: Any) -> None:
+    limit = getattr(arch, "max_guest_bytes", None)
+    if limit is not None and size > limit:
+        raise ConfigError(
+            "--size",
+            f"{size_text(size)} exceeds what arch {arch.name} models ({size_text(limit)})",
+        )
+
+
+def backing_param() -> Param:
+    """``--backing``: the host memory behind guest RAM, which bounds the leaf size."""
+    return Param(
+        "backing",
+        str,
+        "2m",
+        "host backing: 2m (THP/hugetlbfs), 1g (hugetlbfs 1 GiB pages) or 4k",
+        parse=choice("--backing", BACKINGS),
+    )

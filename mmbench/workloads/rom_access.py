@@ -23,6 +23,7 @@ from mmbench.model.memslots import PAGE_SHIFT, Memslot, Memslots
 from mmbench.model.shadow.mmu import KVM_MIN_ALLOC_MMU_PAGES
 from mmbench.workloads.base import Metric, Param, WorkloadSpec, parse_int_auto
 from mmbench.workloads.guest_layout import KERNEL_RESERVE, REGION_PAGES, align_up
+from mmbench.workloads.sizes import size_text
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -65,6 +66,7 @@ class RomAccess:
             "guest-physical address of the ROM BAR",
             parse=parse_int_auto,
             min=0,
+            unit="gpa",
         ),
         Param(
             "mmu_pages",
@@ -107,6 +109,13 @@ class RomAccess:
             raise ConfigError("--rom-kib", f"must be a multiple of 4 (got {p.rom_kib})")
         if p.rom_gpa % 4096:
             raise ConfigError("--rom-gpa", f"must be 4 KiB aligned (got 0x{p.rom_gpa:x})")
+        if p.rom_gpa + rom_bytes > arch.max_guest_bytes:  # per-gfn state up to the ROM's end
+            raise ConfigError(
+                "--rom-gpa",
+                f"0x{p.rom_gpa:x} + {size_text(rom_bytes)} lies beyond the"
+                f" {size_text(arch.max_guest_bytes)} of guest-physical space arch {arch.name}"
+                " models",
+            )
         total = p.threads * p.mb * MiB
         if total > arch.max_guest_bytes:
             raise ConfigError(

@@ -15,13 +15,13 @@ from mmbench.backends.vmapi import VmApi, VmSpec
 from mmbench.errors import ConfigError
 from mmbench.host.hookspecs import hookimpl
 from mmbench.workloads.base import Metric, Param, WorkloadSpec
-from mmbench.workloads.dirty_log import (
-    BACKINGS,
+from mmbench.workloads.guest_layout import (
+    backing_param,
     check_size,
-    choice,
+    one_slot_guest,
     size_param,
+    vcpu_slices,
 )
-from mmbench.workloads.guest_layout import one_slot_guest, vcpu_slices
 from mmbench.workloads.sizes import REGION, GiB
 
 
@@ -34,13 +34,7 @@ class Teardown:
     params = (
         size_param(64 * GiB, "guest memory: 64G, 4T, 512M or bytes"),
         Param("vcpus", int, 8, "vCPUs that populate memory", ("-v", "--vcpus"), 1, max=512),
-        Param(
-            "backing",
-            str,
-            "2m",
-            "host backing: 2m (THP/hugetlbfs), 1g (hugetlbfs 1 GiB pages) or 4k",
-            parse=choice("--backing", BACKINGS),
-        ),
+        backing_param(),
     )
     metrics = {
         "teardown_ms": Metric("ms", "VM destroy time (kvm_destroy_vm)"),

@@ -1,0 +1,104 @@
+"""Bad input, table-driven, as a user types it: every case exits 2 with one line naming the
+field and what is allowed, prints no traceback, and writes nothing."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import mmbench
+
+# (arguments after `mmbench run`, text the one line must contain)
+FLAGS = [
+    (["rom-access", "--rom-interval-ms", "nan"], "--rom-interval-ms: must be a finite number"),
+    (["rom-access", "--rom-interval-ms", "inf"], "--rom-interval-ms: must be a finite number"),
+    (["rom-access", "--rom-interval-ms", "0"], "--rom-interval-ms: must be > 0"),
+    (["rom-access", "--rom-jitter", "nan"], "--rom-jitter: must be a finite number"),
+    (["rom-access", "--rom-jitter", "1"], "--rom-jitter: must be <= 0.99"),
+    (["rom-access", "--passes", "1"], "--passes: must be >= 2 (got 1)"),
+    (["rom-access", "--passes", "2.5"], "--passes: expected int, got '2.5'"),
+    (["rom-access", "-c", "0"], "-c/--threads: must be >= 1"),
+    (["rom-access", "-m", "lots"], "-m/--mb: expected int"),
+    (["rom-access", "--rom-kib", "6"], "--rom-kib: must be a multiple of 4"),
+    (["rom-access", "--rom-gpa", "0x1001"], "--rom-gpa: must be 4 KiB aligned"),
+    (["rom-access", "--rom-gpa", "0x100000000000000"], "guest-physical space arch x86-shadow"),
+    (["rom-access", "--rom-gpa", "zz"], "--rom-gpa: expected int"),
+    (["rom-access", "--mmu-pages", "10"], "--mmu-pages: must be 0 (KVM's default) or >= 64"),
+    (["dirty-log", "-b", "infG"], "-b/--size: expected a size like 4T, 64G, 512M"),
+    (["dirty-log", "-b", "1e400G"], "-b/--size: expected a size like 4T"),
+    (["dirty-log", "-b", "5X"], "units K, M, G, T, P"),
+    (["dirty-log", "-b", "1.0000001G"], "-b/--size: expected a size"),
+    (["dirty-log", "-b", "5P"], "--size: 5P exceeds what arch x86-tdp models (16T)"),
+    (["dirty-log", "-b", "1000000"], "-b/--size: must be >= 2M (got 1000000)"),
+    (["dirty-log", "--enable", "sometimes"], "--enable: expected one of wrprot, eager-split"),
+    (["dirty-log", "--backing", "3m"], "--backing: expected one of 2m, 1g, 4k"),
+    (["dirty-log", "--manual-protect", "maybe"], "--manual-protect: expected bool"),
+    (["dirty-log", "--run-on-s", "0"], "--run-on-s: must be > 0"),
+    (["dirty-log", "--dirty-percent", "nan"], "--dirty-percent: must be a finite number"),
+    (["dirty-log", "-v", "0"], "-v/--vcpus: must be >= 1"),
+    (["teardown", "-b", "20T"], "--size: 20T exceeds what arch arm64 models (16T)"),
+    (["teardown", "-b", "3M"], "--size: must be a multiple of 2 MiB"),
+    (["mmu-pressure", "--hot", "100"], "--hot: must be <= --processes"),
+]
+
+# (config file text, text the one line must contain)
+CONFIGS = [
+    ("workload: rom-access\nparams: {mb: 64}\nparams: {mb: 2000}\n", "key 'params' given twice"),
+    ("workload: rom-access\nparams: {mb: 64, mb: 65}\n", "key 'mb' given twice"),
+    ("workload: rom-access\nparams: {rom_interval_ms: .nan}\n", "must be a finite number"),
+    ("workload: rom-access\nparams: {rom_interval_ms: .inf}\n", "must be a finite number"),
+    ("workload: rom-access\nparams: {passes: true}\n", "params.passes: expected int"),
+    ("workload: dirty-log\nparams: {size: 5P}\n", "5P exceeds what arch x86-tdp models"),
+    ("workload: dirty-log\nparams: {size: '-64G'}\n", "params.size: expected a size"),
+]
+
+# (cost file text, text the one line must contain)
+COSTS = [
+    ("costs:\n  zap_sp: .nan\n", "costs.zap_sp: must be a finite number >= 0 (ns), got nan"),
+    ("costs:\n  zap_sp: .inf\n", "costs.zap_sp: must be a finite number >= 0"),
+    ("costs:\n  zap_sp: -1\n", "costs.zap_sp: must be a finite number >= 0"),
+    ("costs:\n  zap_sp: fast\n", "costs.zap_sp: must be a finite number >= 0"),
+    ("costs:\n  zap_sp: 5\n  zap_sp: 6\n", "key 'zap_sp' given twice"),
+    ("costs:\n  zap_spp: 5\n", "costs.zap_spp: unknown cost (known:"),
+    ("costs: [1, 2]\n", "expected a mapping 'costs: {name: ...}'"),
+    ("costs: {zap_sp: {ns: .nan}}\n", "costs.zap_sp: must be a finite number"),
+]
+
+
+def _refused(proc, message: str, runs_dir) -> None:
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert message in err, err
+    assert not runs_dir.exists() or not [p for p in runs_dir.iterdir()], list(runs_dir.iterdir())
+
+
+@pytest.mark.parametrize(("args", "message"), FLAGS, ids=[" ".join(a) for a, _ in FLAGS])
+def test_bad_flag(args, message, runs_dir):
+    _refused(mmbench("run", *args), message, runs_dir)
+
+
+@pytest.mark.parametrize(("text", "message"), CONFIGS)
+def test_bad_config(text, message, tmp_path, runs_dir):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    proc = mmbench("run", "--config", str(cfg))
+    _refused(proc, message, runs_dir)
+    assert str(cfg) in proc.stderr
+
+
+def test_config_not_utf8(tmp_path, runs_dir):
+    cfg = tmp_path / "latin1.yaml"
+    cfg.write_bytes("workload: rom-access\ndescription: caf\u00e9\n".encode("latin-1"))
+    _refused(mmbench("run", "--config", str(cfg)), "not UTF-8", runs_dir)
+
+
+@pytest.mark.parametrize(("text", "message"), COSTS)
+def test_bad_cost_file(text, message, tmp_path, runs_dir):
+    costs = tmp_path / "costs.yaml"
+    costs.write_text(text)
+    _refused(mmbench("run", "rom-access", "--costs", str(costs)), message, runs_dir)
+
+
+def test_cost_file_not_utf8(tmp_path, runs_dir):
+    costs = tmp_path / "costs.yaml"
+    costs.write_bytes(b"costs:\n  zap_sp: 5 # \xff\n")
+    _refused(mmbench("run", "rom-access", "--costs", str(costs)), "not UTF-8", runs_dir)
