@@ -37,6 +37,37 @@ FLAGS = [
     (["teardown", "-b", "20T"], "--size: 20T exceeds what arch arm64 models (16T)"),
     (["teardown", "-b", "3M"], "--size: must be a multiple of 2 MiB"),
     (["mmu-pressure", "--hot", "100"], "--hot: must be <= --processes"),
+    # values that start with '-' are values, refused with a reason
+    (["dirty-log", "-b", "-64G"], "-b/--size: expected a size"),
+    (["rom-access", "--rom-gpa", "-0x1000"], "--rom-gpa: must be >= 0x0 (got -0x1000)"),
+    (["rom-access", "--rom-interval-ms", "-5"], "--rom-interval-ms: must be > 0 (got -5)"),
+    # common run options
+    (["rom-access", "--jobs", "0"], "--jobs: must be >= 1 (got 0)"),
+    (["rom-access", "--jobs", "-1"], "--jobs: must be >= 1 (got -1)"),
+    (["rom-access", "--reps", "0"], "--reps: must be >= 1 (got 0)"),
+    (["rom-access", "--reps", "5000"], "--reps: must be 1..1000"),
+    (["rom-access", "--name", ""], "--name: must not be empty"),
+    (["rom-access", "--name", "../x"], "--name: '../x': use letters, digits"),
+    (["rom-access", "--arch", ""], "--arch: must not be empty"),
+    (["rom-access", "--arch", "sparc"], "--arch: unknown arch 'sparc' (available:"),
+    (["rom-access", "--backend", ""], "--backend: must not be empty"),
+    (["rom-access", "--costs", ""], "--costs: must not be empty"),
+    (["rom-access", "--plot", ""], "--plot: must not be empty"),
+    (["rom-access", "--runs-dir", ""], "--runs-dir: must not be empty"),
+    (["rom-access", "--policy", ""], "--policy: must not be empty"),
+    (["rom-access", "--policy", "nope"], "--policy: unknown policy 'nope' (available:"),
+    (["rom-access", "--bogus"], "unrecognized arguments: --bogus"),
+    (["dirty-log", "-b"], "-b/--size: expected one argument"),
+    (["nope"], "WORKLOAD: invalid choice: 'nope'"),
+]
+
+# (arguments after `mmbench`, text the one line must contain)
+COMMANDS = [
+    (["compare", "a", "--format", "x"], "--format: invalid choice: 'x'"),
+    (["show"], "the following arguments are required: run"),
+    (["show", "../elsewhere"], "RUN: '../elsewhere': use letters"),
+    (["frob"], "COMMAND: invalid choice: 'frob'"),
+    (["plot", "x"], "the following arguments are required: --out"),
 ]
 
 # (config file text, text the one line must contain)
@@ -74,6 +105,11 @@ def _refused(proc, message: str, runs_dir) -> None:
 @pytest.mark.parametrize(("args", "message"), FLAGS, ids=[" ".join(a) for a, _ in FLAGS])
 def test_bad_flag(args, message, runs_dir):
     _refused(mmbench("run", *args), message, runs_dir)
+
+
+@pytest.mark.parametrize(("args", "message"), COMMANDS, ids=[" ".join(a) for a, _ in COMMANDS])
+def test_bad_command(args, message, runs_dir):
+    _refused(mmbench(*args), message, runs_dir)
 
 
 @pytest.mark.parametrize(("text", "message"), CONFIGS)

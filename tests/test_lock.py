@@ -50,3 +50,35 @@ def test_without_lock_break_the_vcpu_waits_for_the_whole_walk():
     log, lock = two_actors(lock_break=False, arrive_ns=250)
     assert log["done"] == 10 and log["vcpu_got_lock"] == 1000
     assert lock.wait_ns["vcpu0"] == 750 and lock.lock_breaks == 0
+
+
+def test_read_lock_readers_share_and_wait_only_for_a_writer():
+    """``read_lock``: faults do not exclude each other, but queue behind a writer and get
+    in at its lock-break."""
+    eng = Engine()
+    lock = MmuLock(eng, handoff_ns=0)
+    log: dict[str, int] = {}
+
+    def reader(name: str, arrive_ns: int) -> None:
+        eng.sleep(arrive_ns)
+        with lock.read_lock():
+            log[f"{name}_in"] = eng.now
+            eng.sleep(100)
+        log[f"{name}_out"] = eng.now
+
+    def writer() -> None:
+        eng.sleep(1000)
+        lock.acquire()
+        done = lock.work(np.full(10, 100.0), True)
+        lock.cond_resched()
+        lock.work(np.full(10 - done, 100.0), True)
+        lock.release()
+
+    eng.spawn("vcpu0", reader, "a", 0)
+    eng.spawn("vcpu1", reader, "b", 50)  # overlaps a: both inside at once
+    eng.spawn("host", writer)
+    eng.spawn("vcpu2", reader, "c", 1250)  # arrives while the writer holds the lock
+    eng.run()
+    assert log["a_in"] == 0 and log["b_in"] == 50 and log["a_out"] == 100
+    assert log["c_in"] == 1300  # the writer's lock-break at the end of its third item
+    assert lock.lock_breaks == 1 and lock.wait_ns["vcpu2"] == 50

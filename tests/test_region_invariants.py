@@ -214,3 +214,30 @@ def test_oracle_catches_broken_dirty_logging(history, extra, message):
 
     with pytest.raises(InvariantViolation, match=message):
         vm.run_host(script)
+
+
+@pytest.mark.parametrize(
+    ("arch", "policy", "ipis"), [("x86-tdp", "collapse-sync", True), ("arm64", "s2-elide", False)]
+)
+def test_one_remote_flush_ipis_on_x86_and_broadcasts_on_arm64(arch, policy, ipis):
+    """``Kvm.flush_remote_tlbs`` serves both families: a batch of three flushes counts
+    three, IPIs each vCPU once on x86 and kicks nobody on arm64 (``TLBI VMALLS12E1IS``)."""
+    vm, _ = make_vm(policy, arch_name=arch)
+    area = ((0, 8 * REG),)
+    vm.create(VmSpec((SlotSpec(1, 0, 8 * REG << 12),), (area, area), 0, 8 * REG, True))
+    kvm = vm.kvm
+    took: list[int] = []
+
+    def script() -> None:
+        t0 = kvm.now
+        kvm.flush_remote_tlbs(3)
+        took.append(kvm.now - t0)
+
+    vm.run_host(script)
+    st = kvm.stats.vm
+    assert st["remote_tlb_flush"] == st["remote_tlb_flush_requests"] == 3
+    assert st["tlbi"] == (0 if ipis else 3)
+    assert [v.pending_flushes for v in kvm.vcpus] == ([1, 1] if ipis else [0, 0])
+    c = kvm.costs
+    per = c.remote_tlb_flush + (2 * c.kick_vcpu if ipis else 0)
+    assert took[0] == pytest.approx(3 * per, abs=1)

@@ -10,6 +10,7 @@ import os
 import sys
 
 from mmbench.commands.listing import cmd_list
+from mmbench.commands.parsing import Parser
 from mmbench.commands.run import run_parser
 from mmbench.commands.stored import RENDERERS, cmd_compare, cmd_runs, cmd_show
 from mmbench.errors import BackendError, ConfigError, ModelError
@@ -17,9 +18,7 @@ from mmbench.host.manager import get_host
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mmbench", description="Benchmarks for KVM's MMU invalidation paths."
-    )
+    parser = Parser(prog="mmbench", description="Benchmarks for KVM's MMU invalidation paths.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     reg = get_host().registry
     p = sub.add_parser("list", help="plugins and what each provides")

@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime
 
 from mmbench.commands.listing import first_line
+from mmbench.commands.parsing import nonempty, positive_int
 from mmbench.commands.stored import params_line
 from mmbench.errors import ConfigError
 from mmbench.host.manager import get_host
@@ -26,26 +27,37 @@ def _common_run_options(p: argparse.ArgumentParser, sub: bool) -> None:
         action="append",
         default=d,
         metavar="NAME[:opt=val,...]",
+        type=nonempty,
         help="policy to run; repeat to compare (first is the baseline; default: all)",
     )
-    p.add_argument("--arch", default=d, help="arch backend (default: the workload's)")
-    p.add_argument("--backend", default=d, help="backend (default: sim; see mmbench list)")
+    p.add_argument(
+        "--arch", type=nonempty, default=d, help="arch backend (default: the workload's)"
+    )
+    p.add_argument(
+        "--backend", type=nonempty, default=d, help="backend (default: sim; see mmbench list)"
+    )
     p.add_argument(
         "--costs",
         metavar="FILE",
+        type=nonempty,
         default=d,
         help="cost table YAML to apply (from mmbench calibrate)",
     )
-    p.add_argument("--reps", type=int, default=d, help="repetitions per policy (default: 1)")
+    p.add_argument(
+        "--reps", type=positive_int, default=d, help="repetitions per policy (default: 1)"
+    )
     p.add_argument(
         "--json",
         action="store_true",
         default=d,
         help="print one JSON document instead of the table",
     )
-    p.add_argument("--name", default=d, help="name of the stored run (default: WORKLOAD-time)")
+    p.add_argument(
+        "--name", type=nonempty, default=d, help="name of the stored run (default: WORKLOAD-time)"
+    )
     p.add_argument(
         "--runs-dir",
+        type=nonempty,
         default=d,
         help=f"where runs are stored (default: ${store.RUNS_DIR_ENV} or work/log)",
     )
@@ -56,11 +68,15 @@ def _common_run_options(p: argparse.ArgumentParser, sub: bool) -> None:
         help="check invariants after every invalidation (slower)",
     )
     p.add_argument(
-        "--jobs", type=int, default=d, help="processes (default: one per policy, up to CPUs)"
+        "--jobs",
+        type=positive_int,
+        default=d,
+        help="processes (default: one per policy, up to CPUs)",
     )
     p.add_argument(
         "--plot",
         metavar="FILE.png",
+        type=nonempty,
         default=d,
         help="also draw the run's time series (as mmbench plot does)",
     )
@@ -72,7 +88,9 @@ def run_parser(sub: argparse._SubParsersAction, reg) -> None:
         help="run a workload under one or more policies",
         description="mmbench run WORKLOAD [options], or mmbench run --config FILE [options]",
     )
-    run.add_argument("--config", metavar="FILE", help="YAML run config (see configs/)")
+    run.add_argument(
+        "--config", metavar="FILE", type=nonempty, help="YAML run config (see configs/)"
+    )
     _common_run_options(run, sub=False)
     run.set_defaults(func=cmd_run)
     wsub = run.add_subparsers(dest="workload", metavar="WORKLOAD")
@@ -90,7 +108,7 @@ def run_parser(sub: argparse._SubParsersAction, reg) -> None:
                 dest=f"param_{prm.name}",
                 default=None,
                 metavar=prm.type.__name__.upper(),
-                help=f"{prm.help} (default: {prm.default})",
+                help=f"{prm.help} (default: {prm.show(prm.default)})",
             )
         _common_run_options(p, sub=True)
 

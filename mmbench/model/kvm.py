@@ -44,6 +44,8 @@ class Kvm(Generic[MmuT]):
         self.vcpus = [Vcpu(self, i) for i in range(nr_vcpus)]
         self.mmu: MmuT = None  # type: ignore[assignment]  # built by the arch's setup()
         self.destroyed = False
+        # remote TLB flushes IPI the vCPUs (x86); an arch with broadcast TLBI clears this
+        self.flush_ipis = True
         self.trace_faults = bool(hook.mmbench_page_fault.get_hookimpls())
         # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 and the eager_page_split knob (dirty logging)
         self.manual_protect = False
@@ -65,14 +67,27 @@ class Kvm(Generic[MmuT]):
             if vcpu.in_guest and vcpu.actor is not None:
                 self.engine.interrupt(vcpu.actor)
 
-    def flush_remote_tlbs(self) -> None:
-        """``kvm_flush_remote_tlbs``: every vCPU exits and flushes before we go on."""
-        self.stats.vm["remote_tlb_flush_requests"] += 1
-        self.stats.vm["remote_tlb_flush"] += 1
-        for vcpu in self.vcpus:
-            vcpu.pending_flushes += 1
-        self.kick_vcpus()
-        self.charge(self.costs.remote_tlb_flush + len(self.vcpus) * self.costs.kick_vcpu)
+    def flush_remote_tlbs(self, count: int = 1) -> None:
+        """``kvm_flush_remote_tlbs``, ``count`` times over (a batch of faults that each
+        flushed once): every vCPU exits and flushes before we go on.
+
+        Where the arch flushes by IPI (x86, ``kvm_make_all_cpus_request``) each vCPU gets
+        a pending flush and a kick; where the hardware broadcasts TLB maintenance (arm64
+        ``__kvm_tlb_flush_vmid``: ``TLBI VMALLS12E1IS``) no vCPU is kicked and each flush
+        counts one ``tlbi``. The one remote flush of both MMU families.
+        """
+        c = self.costs
+        self.stats.vm["remote_tlb_flush_requests"] += count
+        self.stats.vm["remote_tlb_flush"] += count
+        per = c.remote_tlb_flush
+        if self.flush_ipis:
+            for vcpu in self.vcpus:
+                vcpu.pending_flushes += 1
+            self.kick_vcpus()
+            per += len(self.vcpus) * c.kick_vcpu
+        else:
+            self.stats.vm["tlbi"] += count
+        self.charge(count * per)
         self.mmu.tlbs_dirty = False
 
     def flush_remote_tlbs_if_dirty(self) -> None:

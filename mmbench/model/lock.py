@@ -8,7 +8,8 @@ bounds stalls but lets vCPUs build new mappings while a zap is in progress.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -69,6 +70,22 @@ class MmuLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+    @contextmanager
+    def read_lock(self) -> Iterator[None]:
+        """``read_lock(&kvm->mmu_lock)`` for MMUs whose vCPU faults take the lock for read
+        (x86 TDP MMU since 5.12, ``kvm_tdp_mmu_map`` under ``read_lock``).
+
+        Readers do not exclude each other and hold nothing while they fault; a reader
+        only waits for a writer holding or queued for the lock, by queueing behind it and
+        passing straight through (a zero-length hold) once the writer's lock-break or
+        release lets it in. Not yet the kernel's qrwlock: a writer does not wait for the
+        readers inside, and readers queue with writers in one FIFO.
+        """
+        if self.holder is not None or self.waiters:
+            self.acquire()  # queue behind the writer; its lock-break lets us in
+            self.release()
+        yield
 
     # -- lock-break ----------------------------------------------------------------------
     def needbreak(self) -> bool:

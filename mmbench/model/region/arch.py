@@ -20,16 +20,15 @@ class RegionArch:
     costs: Any = None
     max_guest_bytes = 16 * TiB  # per-2 MiB state: ~10 bytes per region, linear wall time
     dirty_log = True  # implements KVM_MEM_LOG_DIRTY_PAGES, GET/CLEAR_DIRTY_LOG
-    flush_ipis = True
+    flush_ipis = True  # remote TLB flushes IPI the vCPUs (x86); arm64 broadcasts TLBI
     read_faults = False  # vCPU faults take mmu_lock for read (rwlock) rather than exclusively
     region_granular = True  # guest accesses, slots and clears in whole 2 MiB regions
 
     def setup(self, kvm: Kvm, areas_per_vcpu: list[list[tuple[int, int]]], pt_gfn: int) -> None:
         huge = bool(getattr(kvm, "huge_pages", False))
         gib = huge and getattr(kvm, "huge_page_size", 0) >= GiB
-        kvm.mmu = RegionMmu(
-            kvm, kvm.memslots.max_gfn, huge, self.flush_ipis, self.read_faults, huge_1g=gib
-        )
+        kvm.flush_ipis = self.flush_ipis
+        kvm.mmu = RegionMmu(kvm, kvm.memslots.max_gfn, huge, self.read_faults, huge_1g=gib)
 
     @staticmethod
     def page_table_pages(areas_per_vcpu: list[list[tuple[int, int]]]) -> int:

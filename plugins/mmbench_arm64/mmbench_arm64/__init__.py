@@ -9,10 +9,13 @@ remote flush kicks no vCPU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
 from mmbench.model.region.arch import RegionArch
+from mmbench.model.region.mmu import RegionMmu
 from mmbench_arm64.costs import ARM64_STAGE2
 
 
@@ -24,34 +27,33 @@ class Arm64(RegionArch):
     costs = ARM64_STAGE2
     flush_ipis = False
 
-    @hookimpl
-    def mmbench_flush_shadow_memslot(self, kvm: Kvm, slot: Memslot) -> bool:
+    @hookimpl(trylast=True)
+    def mmbench_flush_shadow_memslot(self, kvm: Kvm[RegionMmu], slot: Memslot) -> bool:
         """``kvm_arch_flush_shadow_memslot`` -> ``unmap_stage2_range`` (CMO + TLBI)."""
         with kvm.mmu_lock:
             kvm.mmu.zap_slot(slot, lock_break=True, cmo=True, tlbi_per_ipa=True)
         return True
 
-    @hookimpl
-    def mmbench_flush_shadow_all(self, kvm: Kvm) -> bool:
-        """Before the series: ``kvm_free_stage2_pgd`` unmaps everything with CMO + TLBI."""
-        mmu = kvm.mmu
+    @hookimpl(trylast=True)
+    def mmbench_flush_shadow_all(self, kvm: Kvm[RegionMmu]) -> bool:
+        """Before the series: ``kvm_free_stage2_pgd`` unmaps everything with CMO + TLBI.
+        The same code as the ``s2-unmap`` policy, which names this baseline."""
         with kvm.mmu_lock:
-            mmu.zap_range(0, mmu.nr_regions, lock_break=True, cmo=True, tlbi_per_ipa=True)
-            mmu.free_tables()
+            kvm.mmu.kvm_free_stage2_pgd()
         return True
 
-    @hookimpl
-    def mmbench_dirty_log_enable(self, kvm: Kvm, slot: Memslot) -> bool:
+    @hookimpl(trylast=True)
+    def mmbench_dirty_log_enable(self, kvm: Kvm[RegionMmu], slot: Memslot) -> bool:
         kvm.mmu.enable_dirty_logging(slot)
         return True
 
-    @hookimpl
-    def mmbench_dirty_log_disable(self, kvm: Kvm, slot: Memslot) -> bool:
+    @hookimpl(trylast=True)
+    def mmbench_dirty_log_disable(self, kvm: Kvm[RegionMmu], slot: Memslot) -> bool:
         """arm64 of the seeds' era does nothing when logging stops: the 4 KiB mappings
         stay until something unmaps them (no collapse policy exists here yet)."""
         return True
 
 
 @hookimpl
-def mmbench_register_archs(register):
+def mmbench_register_archs(register: Callable[[type], None]) -> None:
     register(Arm64)

@@ -1,6 +1,59 @@
-"""Policy ``collapse-sync``: zap collapsible sptes synchronously on dirty-log stop."""
+"""Policy ``collapse-sync``: zap collapsible sptes synchronously on dirty-log stop.
+
+Also home of the collapse walk itself, ``kvm_tdp_mmu_zap_collapsible_sptes``, which the
+``lazy-collapse`` policy's worker imports from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
 
 from mmbench import hookimpl
+from mmbench.model.kvm import Kvm
+from mmbench.model.memslots import Memslot
+from mmbench.model.region.mmu import RegionMmu
+from mmbench.model.region.state import GIB_REGIONS
+
+
+def kvm_tdp_mmu_zap_collapsible_sptes(
+    kvm: Kvm[RegionMmu],
+    slot: Memslot,
+    *,
+    lock_break: bool,
+    alive: Callable[[], bool] | None = None,
+) -> bool:
+    """``kvm_tdp_mmu_zap_collapsible_sptes`` (caller holds mmu_lock): walk the slot and
+    zap every 4 KiB table that a huge page could replace (``kvm_mmu_max_mapping_level``
+    per table); the guest refaults 2 MiB leaves. With 1 GiB backing whole level-2
+    tables go, 2 MiB leaves too. Flushes before yielding and at the end. Returns False if
+    ``alive()`` failed after a yield and the walk stopped early."""
+    mmu = kvm.mmu
+    mmu.check_live(slot)
+    if not mmu.huge_ok:
+        return True
+    c = kvm.costs
+    r0, r1 = mmu.slot_regions(slot)
+    gib = mmu.huge_1g  # 1 GiB backing: zap whole level-2 tables, 2 MiB leaves too
+
+    def cost(sl: slice) -> np.ndarray:
+        pt = mmu.pt[sl]
+        n = mmu.n4k[sl].astype(np.float64)
+        out = c.tdp_walk + pt * (c.host_level_lookup + c.pt_free) + n * c.zap_leaf
+        if gib:
+            l2 = mmu.gib_per_region(mmu.l2, sl.start, sl.stop)
+            out = out + mmu.huge[sl] * c.zap_leaf + l2 * (c.pt_free / GIB_REGIONS)
+        return out
+
+    def apply(sl: slice) -> None:
+        zapped = any(mmu.zap_tables(sl, huge_leaves=gib))
+        if zapped and gib:
+            mmu.free_empty_l2_tables(sl)  # handle_removed_pt of the level-3 entry
+
+    done = mmu.walk(r0, r1, cost, apply, lock_break=lock_break, alive=alive)
+    kvm.flush_remote_tlbs_if_dirty()
+    return done
 
 
 class CollapseSync:
@@ -22,12 +75,12 @@ class CollapseSync:
         self.lock_break = lock_break
 
     @hookimpl
-    def mmbench_dirty_log_disable(self, kvm, slot):
+    def mmbench_dirty_log_disable(self, kvm: Kvm[RegionMmu], slot: Memslot) -> bool:
         with kvm.mmu_lock:
-            kvm.mmu.zap_collapsible_sptes(slot, lock_break=self.lock_break)
+            kvm_tdp_mmu_zap_collapsible_sptes(kvm, slot, lock_break=self.lock_break)
         return True
 
 
 @hookimpl
-def mmbench_register_policies(register):
+def mmbench_register_policies(register: Callable[[type], None]) -> None:
     register(CollapseSync)

@@ -1,6 +1,12 @@
 """Policy ``s2-elide``: arm64 teardown without CMOs and with one TLBI VMALL."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 from mmbench import hookimpl
+from mmbench.model.kvm import Kvm
+from mmbench.model.region.mmu import RegionMmu
 
 
 class S2Elide:
@@ -16,7 +22,7 @@ class S2Elide:
     options = {}
 
     @hookimpl
-    def mmbench_flush_shadow_all(self, kvm):
+    def mmbench_flush_shadow_all(self, kvm: Kvm[RegionMmu]) -> bool:
         mmu = kvm.mmu
         with kvm.mmu_lock:
             mmu.zap_range(0, mmu.nr_regions, lock_break=True, cmo=False, tlbi_per_ipa=False)
@@ -26,5 +32,5 @@ class S2Elide:
 
 
 @hookimpl
-def mmbench_register_policies(register):
+def mmbench_register_policies(register: Callable[[type], None]) -> None:
     register(S2Elide)

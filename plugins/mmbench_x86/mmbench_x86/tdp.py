@@ -13,6 +13,7 @@ from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
 from mmbench.model.region.arch import RegionArch
+from mmbench.model.region.mmu import RegionMmu
 from mmbench_x86.tdp_costs import X86_TDP_BARE_METAL
 
 
@@ -24,24 +25,22 @@ class X86Tdp(RegionArch):
     costs = X86_TDP_BARE_METAL
     read_faults = True
 
-    @hookimpl
-    def mmbench_flush_shadow_memslot(self, kvm: Kvm, slot: Memslot) -> bool:
+    @hookimpl(trylast=True)
+    def mmbench_flush_shadow_memslot(self, kvm: Kvm[RegionMmu], slot: Memslot) -> bool:
         """``kvm_tdp_mmu_unmap_gfn_range`` over the slot, with yield, then a flush."""
         with kvm.mmu_lock:
             kvm.mmu.zap_slot(slot, lock_break=True)
         return True
 
-    @hookimpl
-    def mmbench_flush_shadow_all(self, kvm: Kvm) -> bool:
-        """``kvm_mmu_zap_all`` at destroy (no vCPU runs)."""
-        mmu = kvm.mmu
+    @hookimpl(trylast=True)
+    def mmbench_flush_shadow_all(self, kvm: Kvm[RegionMmu]) -> bool:
+        """``kvm_mmu_zap_all`` at destroy (no vCPU runs): the model's primitive, which
+        the zap-all policy uses too."""
         with kvm.mmu_lock:
-            mmu.zap_range(0, mmu.nr_regions, lock_break=False)
-            mmu.flush_if_dirty()
-            mmu.free_tables()
+            kvm.mmu.kvm_mmu_zap_all(lock_break=False)
         return True
 
-    @hookimpl
-    def mmbench_dirty_log_enable(self, kvm: Kvm, slot: Memslot) -> bool:
+    @hookimpl(trylast=True)
+    def mmbench_dirty_log_enable(self, kvm: Kvm[RegionMmu], slot: Memslot) -> bool:
         kvm.mmu.enable_dirty_logging(slot)
         return True

@@ -1,0 +1,243 @@
+"""The region MMU's vCPU side: guest accesses, native runs, and page faults.
+
+x86: ``kvm_tdp_mmu_map`` (under ``read_lock(&kvm->mmu_lock)`` since 5.12),
+``fast_page_fault`` (lockless W restore), ``kvm_mmu_hugepage_adjust`` (a dirty-logged slot
+maps 4 KiB). arm64: ``user_mem_abort`` (under the lock, exclusively). Faults are batched
+per mmu_lock section; a batch's TLB flushes go out as one ``kvm_flush_remote_tlbs`` call.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mmbench.model.region.state import GIB_REGIONS, REGION_PAGES, REGION_SHIFT, RegionState
+
+if TYPE_CHECKING:
+    from mmbench.model.vcpu import Vcpu
+
+RUN_REGIONS = 4096  # regions a vCPU runs natively per engine step (8 GiB)
+FAULT_HUGE_REGIONS = 512  # 2 MiB faults per mmu_lock acquisition
+FAULT_4K_REGIONS = 256  # regions of 4 KiB faults per mmu_lock acquisition (512 MiB)
+
+
+class RegionFaults(RegionState):
+    """What a vCPU does to the tree: run over mappings, fault them in."""
+
+    def _need(self, r0: int, r1: int, write: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per region: 0 runs natively, 1 takes lockless fast faults, 2 faults under
+        mmu_lock, 3 is not backed (MMIO exits). Also returns (backed, logged)."""
+        backed, logged = self._flags(r0, r1)
+        huge, pt, n4k = self.huge[r0:r1], self.pt[r0:r1], self.n4k[r0:r1]
+        gb = self.gib_per_region(self.gb, r0, r1)
+        full = huge | gb | (pt & (n4k == REGION_PAGES))
+        need = np.where(full, 0, 2).astype(np.int8)
+        if write:
+            gb_wp = gb & self.gib_per_region(self.gb_wp, r0, r1)
+            need[gb_wp & logged] = 2  # drop the 1 GiB leaf, map 4 KiB
+            need[gb_wp & ~logged] = 1
+            wp_huge = huge & self.huge_wp[r0:r1]
+            need[wp_huge & logged] = 2  # a logged slot maps 4 KiB: drop the huge leaf
+            need[wp_huge & ~logged] = 1  # fast_page_fault restores W on the huge spte
+            need[pt & (n4k == REGION_PAGES) & (self.w4k[r0:r1] < n4k)] = 1
+        need[~backed] = 3
+        return need, backed, logged
+
+    def access(self, vcpu: Vcpu, gfn0: int, gfn1: int, write: bool) -> None:
+        """Touch one qword per 4 KiB page of ``[gfn0, gfn1)`` (whole 2 MiB regions)."""
+        if gfn0 % REGION_PAGES or gfn1 % REGION_PAGES:
+            raise ValueError(f"[0x{gfn0:x}, 0x{gfn1:x}): the region model touches 2 MiB runs")
+        r, r_end = gfn0 >> REGION_SHIFT, gfn1 >> REGION_SHIFT
+        while r < r_end:
+            vcpu.check_requests()
+            c1 = min(r_end, r + RUN_REGIONS)
+            need, backed, logged = self._need(r, c1, write)
+            kind = int(need[0])
+            same = need != kind
+            run = int(np.argmax(same)) if same.any() else len(need)
+            if kind == 0:
+                r = self._run_native(vcpu, r, r + run)
+            elif kind == 1:
+                self._fast_faults(vcpu, r, r + run, logged[:run])
+                r += run
+            elif kind == 2:
+                r = self._locked_faults(vcpu, r, r + run, logged[:run])
+            else:
+                self._mmio(vcpu, run)
+                r += run
+
+    def _run_native(self, vcpu: Vcpu, r0: int, r1: int) -> int:
+        """Run natively over mapped regions; a kick (IPI) cuts the run short."""
+        kvm = self.kvm
+        per_region = REGION_PAGES * kvm.costs.touch_page
+        total = (r1 - r0) * per_region
+        vcpu.in_guest = True
+        self.native[vcpu.id] = (r0, r1)
+        slept = kvm.engine.sleep_interruptible(total, lambda now: now)
+        vcpu.in_guest = False
+        del self.native[vcpu.id]
+        if slept >= int(total):
+            return r1
+        return r0 + int(slept // per_region)
+
+    def _mmio(self, vcpu: Vcpu, regions: int) -> None:
+        pages = regions * REGION_PAGES
+        self.kvm.charge(pages * self.kvm.costs.mmio_exit)
+        vcpu.stats["mmio_exits"] += pages
+        vcpu.stats["exits"] += pages
+
+    def _fast_faults(self, vcpu: Vcpu, r0: int, r1: int, logged: np.ndarray) -> None:
+        """``fast_page_fault``: make write-protected leaves writable without mmu_lock
+        (``mark_page_dirty_in_slot`` in a logged slot)."""
+        kvm, c = self.kvm, self.kvm.costs
+        sl = slice(r0, r1)
+        huge = self.huge[sl]
+        faults = int((huge & self.huge_wp[sl]).sum())
+        faults += int((~huge * (self.n4k[sl].astype(np.int64) - self.w4k[sl])).sum())
+        gs = self.gibs(sl)
+        faults += int((self.gb[gs] & self.gb_wp[gs]).sum())
+        self.gb_wp[gs] = False
+        self.huge_wp[sl] = False
+        self.w4k[sl] = self.n4k[sl]
+        self.dirty[sl] = np.where(logged, REGION_PAGES, self.dirty[sl])
+        pages = (r1 - r0) * REGION_PAGES
+        kvm.charge(faults * (c.fault_exit + c.fast_page_fault) + pages * c.touch_page)
+        self._count_faults(vcpu, faults)
+
+    def _locked_faults(self, vcpu: Vcpu, r0: int, r1: int, logged: np.ndarray) -> int:
+        """Page faults over ``[r0, r1)`` under mmu_lock, one lock section per batch
+        (x86 ``kvm_tdp_mmu_map``, arm64 ``user_mem_abort``).
+
+        A logged slot maps 4 KiB leaves (``kvm_mmu_hugepage_adjust``): a huge leaf in the
+        way is zapped (and its TLB entries flushed), a table allocated, every page faulted
+        in, writable and marked dirty (``make_spte``). Otherwise, if the backing allows,
+        one fault maps a 1 GiB leaf (``_fault_1g``) or a 2 MiB leaf, replacing the tables
+        and leaves in the way.
+        """
+        kvm, c = self.kvm, self.kvm.costs
+        if self.huge_1g and not logged[0]:
+            done = self._fault_1g(vcpu, r0, r1)
+            if done:
+                return done
+        goal_huge = self.huge_ok and not logged[0]
+        span = FAULT_HUGE_REGIONS if goal_huge else FAULT_4K_REGIONS
+        r1 = min(r1, r0 + span)
+        logged = logged[: r1 - r0]
+        differs = logged != logged[0]  # one kind per batch: stop at a slot boundary
+        if differs.any():
+            r1 = r0 + int(np.argmax(differs))
+            logged = logged[: r1 - r0]
+        sl = slice(r0, r1)
+        n = r1 - r0
+        with self._fault_lock():
+            if goal_huge:
+                old = self.n4k[sl].astype(np.int64)
+                had_pt = self.pt[sl].copy()
+                zapped = int(old.sum())
+                freed = int(had_pt.sum())
+                faults = n
+                installs = n
+                allocs = 0
+                flushes = 1 if zapped else 0
+                self.pt[sl] = False
+                self.n4k[sl] = 0
+                self.w4k[sl] = 0
+                self.huge[sl] = True
+                self.huge_wp[sl] = False
+                self.huge_changed(n)
+            else:
+                gs = self.gibs(sl)
+                gbs = np.flatnonzero(self.gb[gs]) + gs.start  # 1 GiB leaves in the way
+                self.gb[gbs] = False
+                self.gb_wp[gbs] = False
+                self.huge_changed(-GIB_REGIONS * len(gbs))
+                was_huge = self.huge[sl].copy()
+                zapped = int(was_huge.sum()) + len(gbs)
+                freed = 0
+                flushes = zapped  # one kvm_flush_remote_tlbs_gfn per huge leaf dropped
+                present = np.where(self.pt[sl], self.n4k[sl], 0).astype(np.int64)
+                allocs = int((~self.pt[sl]).sum()) + len(gbs)
+                faults = int((REGION_PAGES - present).sum())
+                installs = faults
+                self.huge[sl] = False
+                self.huge_wp[sl] = False
+                self.huge_changed(-int(was_huge.sum()))
+                self.pt[sl] = True
+                self.n4k[sl] = REGION_PAGES
+                self.w4k[sl] = REGION_PAGES  # make_spte maps writable where the host allows
+                self.dirty[sl] = np.where(logged, REGION_PAGES, self.dirty[sl])
+            self.l2[r0 // GIB_REGIONS : (r1 - 1) // GIB_REGIONS + 1] = True
+            st = kvm.stats.vm
+            st["sptes_zapped"] += zapped
+            st["pt_pages_freed"] += freed
+            st["pt_pages_allocated"] += allocs
+            kvm.mmu_lock.work(
+                np.array(
+                    [
+                        faults * c.fault_locked
+                        + installs * c.spte_install
+                        + allocs * c.pt_alloc
+                        + zapped * c.zap_leaf
+                        + freed * c.pt_free
+                    ]
+                ),
+                lock_break=False,
+            )
+            if flushes:
+                self.tlbs_dirty = True
+                kvm.flush_remote_tlbs(flushes)
+        kvm.charge(faults * c.fault_exit + n * REGION_PAGES * c.touch_page)
+        self._count_faults(vcpu, faults)
+        return r1
+
+    def _fault_1g(self, vcpu: Vcpu, r0: int, r1: int) -> int:
+        """One fault maps the 1 GiB leaf over ``r0``'s GiB if one unlogged slot backs all
+        of it, replacing its level-2 table and whatever hangs there. Returns the region
+        after the ones touched, or 0 if a 1 GiB leaf cannot go there."""
+        kvm, c = self.kvm, self.kvm.costs
+        g = r0 // GIB_REGIONS
+        sl = slice(g * GIB_REGIONS, (g + 1) * GIB_REGIONS)
+        if sl.stop > self.nr_regions:
+            return 0
+        backed, logged = self._flags(sl.start, sl.stop)
+        if not backed.all() or logged.any():
+            return 0
+        end = min(r1, sl.stop)
+        with self._fault_lock():
+            nh = int(self.huge[sl].sum())
+            zapped = nh + int(self.n4k[sl].sum(dtype=np.int64))
+            freed = int(self.pt[sl].sum()) + int(self.l2[g])
+            self.huge[sl] = False
+            self.huge_wp[sl] = False
+            self.pt[sl] = False
+            self.n4k[sl] = 0
+            self.w4k[sl] = 0
+            self.gb[g] = True
+            self.gb_wp[g] = False
+            self.l2[g] = False
+            self.huge_changed(GIB_REGIONS - nh)
+            st = kvm.stats.vm
+            st["sptes_zapped"] += zapped
+            st["pt_pages_freed"] += freed
+            cost = c.fault_locked + c.spte_install + zapped * c.zap_leaf + freed * c.pt_free
+            kvm.mmu_lock.work(np.array([cost]), lock_break=False)
+            if zapped:
+                self.tlbs_dirty = True
+                kvm.flush_remote_tlbs()
+        kvm.charge(c.fault_exit + (end - r0) * REGION_PAGES * c.touch_page)
+        self._count_faults(vcpu, 1)
+        return end
+
+    def _count_faults(self, vcpu: Vcpu, faults: int) -> None:
+        st = vcpu.stats
+        st["pf_taken"] += faults
+        st["pf_fixed"] += faults
+        st["exits"] += faults
+
+    def _fault_lock(self) -> AbstractContextManager[object]:
+        """mmu_lock for a fault batch: exclusive, or for read (``read_faults``, x86 TDP
+        MMU since 5.12: ``MmuLock.read_lock``)."""
+        lock = self.kvm.mmu_lock
+        return lock.read_lock() if self.read_faults else lock
