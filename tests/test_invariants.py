@@ -136,11 +136,33 @@ class NoFlushPolicy:
         return True
 
 
+class LpageLeakPolicy:
+    """A broken fast invalidate: it resets lpage_info's counts by hand instead of
+    ``kvm_clear_all_lpage_info``, so the obsolete sps stay accounted and unaccount again
+    when they are zapped."""
+
+    name = "lpage-leak"
+    archs = ("x86-shadow",)
+    options: dict = {}
+
+    @hookimpl
+    def mmbench_flush_shadow_memslot(self, kvm, slot):
+        mmu = kvm.mmu
+        with kvm.mmu_lock:
+            mmu.mmu_valid_gen += 1
+            mmu.lpage_disallow[:] = 0
+            kvm.reload_remote_mmus()
+            mmu.zap_pages(mmu.active_mmu_pages()[::-1], where=mmu.is_obsolete)
+            mmu.commit_zap_page()
+        return True
+
+
 @pytest.mark.parametrize(
     ("broken", "message"),
     [
         (ForgetfulPolicy, "still maps gfn"),
         (NoFlushPolicy, "not flushed"),
+        (LpageLeakPolicy, "lpage_info"),
     ],
 )
 def test_oracle_catches_a_broken_policy(broken, message):

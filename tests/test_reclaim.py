@@ -178,18 +178,41 @@ def test_stored_series_are_the_sp_count_over_time(runs_dir):
 
 
 # -- the model API: what a policy picks ------------------------------------------------------
-def _model_run(policy: str, **params):
+def _model_run(policy: str, arch_last: bool = False, **params):
     host = get_host()
     arch = host.registry.get("arch", "x86-shadow")()
     spec = parse_policy(policy, host)
     objs = [host.registry.get("policy", p.name)(**dict(p.options)) for p in spec.parts]
     inv = host.registry.get("monitor", "invariants")()
+    plugins = (*objs, arch, inv) if arch_last else (arch, *objs, inv)
     vm = host.registry.get("backend", "sim")().create_vm(
-        run_manager(arch, *objs, inv).hook, arch, arch.costs
+        run_manager(*plugins).hook, arch, arch.costs
     )
     wl = host.registry.get("workload", "mmu-pressure")()
     metrics = wl.run(vm, resolve_params(wl.params, params))
     return vm, objs[-1], metrics, inv
+
+
+# 192 sps recycled, 2 of them roots in use under FIFO
+FIFO_ZAPS_ROOTS = {"vcpus": 4, "processes": 32, "hot": 4, "rounds": 8}
+
+
+def test_fifo_is_the_arch_default_reclaim():
+    """Differential: the ``fifo`` policy and x86-shadow's default (no reclaim policy in
+    the run) make the same choice, so the whole run is the same."""
+    _, _, by_default, _ = _model_run("zap-slot", **FIFO_ZAPS_ROOTS)
+    _, _, by_fifo, _ = _model_run("zap-slot+fifo", **FIFO_ZAPS_ROOTS)
+    assert by_default["mmu_recycled"] > 0 and by_default["roots_zapped_in_use"] > 0
+    assert by_fifo == by_default
+
+
+def test_a_policy_registered_before_the_arch_still_wins():
+    """The arch's default reclaim is a ``trylast`` hookimpl: skip-roots answers even when
+    the arch is registered after it (pluggy would otherwise call the arch's FIFO first)."""
+    _, _, in_order, _ = _model_run("skip-roots", **FIFO_ZAPS_ROOTS)
+    _, _, arch_last, _ = _model_run("skip-roots", arch_last=True, **FIFO_ZAPS_ROOTS)
+    assert arch_last["mmu_recycled"] > 0 and arch_last["roots_zapped_in_use"] == 0
+    assert arch_last == in_order
 
 
 def test_lru_scan_picks_an_idle_sp_then_prefers_leaves():

@@ -20,7 +20,7 @@ from mmbench.backends.vmapi import SlotSpec, VmApi, VmSpec
 from mmbench.errors import ConfigError
 from mmbench.host.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT, Memslot, Memslots
-from mmbench.model.shadow.mmu import KVM_MIN_ALLOC_MMU_PAGES
+from mmbench.model.shadow.reclaim import KVM_MIN_ALLOC_MMU_PAGES
 from mmbench.workloads.base import Metric, Param, WorkloadSpec, parse_int_auto
 from mmbench.workloads.guest_layout import KERNEL_RESERVE, REGION_PAGES, align_up
 from mmbench.workloads.sizes import size_text

@@ -1,10 +1,11 @@
 """The guest's own page tables: what the shadow MMU shadows.
 
 A Linux-like guest: each vCPU runs its own process whose page tables map its areas of
-guest-physical memory 1:1 (virtual page n -> gfn n), 4 levels, 4 KiB leaves. One guest
-page table (gpt) at level 1 maps one 2 MiB-aligned run of 512 gfns, so its shadow page's
-spte i maps gfn ``map_base + i``. The page-table pages themselves live in guest RAM at
-``pt_gfn_base`` onwards (the guest kernel's memory), which is what ``sp->gfn`` names.
+guest-physical memory 1:1 (virtual page n -> gfn n), with as many levels as the arch
+backend says (x86: 4) and 4 KiB leaves. One guest page table (gpt) at level 1 maps one
+2 MiB-aligned run of 512 gfns, so its shadow page's spte i maps gfn ``map_base + i``.
+The page-table pages themselves live in guest RAM at ``pt_gfn_base`` onwards (the guest
+kernel's memory), which is what ``sp->gfn`` names.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class GuestPageTables:
     parent: np.ndarray  # int32, parent gpt or -1 for a root (CR3)
     map_base: np.ndarray  # int64, level 1: gfn mapped by entry 0; else -1
     roots: np.ndarray  # int32, root gpt per vCPU
+    levels: int  # paging levels (the root's level)
     areas: list[list[Area]] = field(default_factory=list)
 
     @property
@@ -58,9 +60,9 @@ class GuestPageTables:
 
 
 def build_identity_page_tables(
-    areas_per_vcpu: list[list[tuple[int, int]]], pt_gfn_base: int, levels: int = 4
+    areas_per_vcpu: list[list[tuple[int, int]]], pt_gfn_base: int, levels: int
 ) -> GuestPageTables:
-    """Build per-vCPU 4-level tables mapping each ``(gfn0, gfn1)`` area 1:1.
+    """Build per-vCPU ``levels``-level tables mapping each ``(gfn0, gfn1)`` area 1:1.
 
     Page-table pages are allocated sequentially from ``pt_gfn_base``.
     """
@@ -112,5 +114,6 @@ def build_identity_page_tables(
         parent=np.array(parent, dtype=np.int32),
         map_base=np.array(map_base, dtype=np.int64),
         roots=np.array(roots, dtype=np.int32),
+        levels=levels,
         areas=areas,
     )

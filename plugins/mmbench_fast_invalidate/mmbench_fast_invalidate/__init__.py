@@ -1,6 +1,13 @@
 """Policy ``fast-invalidate``: the 2013 mmu_valid_gen scheme."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 from mmbench import hookimpl
+from mmbench.model.kvm import Kvm
+from mmbench.model.memslots import Memslot
+from mmbench.model.shadow.mmu import ShadowMmu
 
 BATCH_ZAP_PAGES = 10
 
@@ -23,7 +30,7 @@ class FastInvalidate:
         self.batch = batch
 
     @hookimpl
-    def mmbench_flush_shadow_memslot(self, kvm, slot):
+    def mmbench_flush_shadow_memslot(self, kvm: Kvm[ShadowMmu], slot: Memslot) -> bool:
         mmu = kvm.mmu
         with kvm.mmu_lock:
             mmu.mmu_valid_gen += 1
@@ -36,5 +43,5 @@ class FastInvalidate:
 
 
 @hookimpl
-def mmbench_register_policies(register):
+def mmbench_register_policies(register: Callable[[type], None]) -> None:
     register(FastInvalidate)

@@ -1,8 +1,14 @@
 """Policy ``lru-scan``: accessed bits from parent_ptes, a scan hand, bounded overscan."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 import numpy as np
 
 from mmbench import hookimpl
+from mmbench.model.kvm import Kvm
+from mmbench.model.shadow.mmu import ShadowMmu
 
 
 class LruScan:
@@ -30,19 +36,19 @@ class LruScan:
         self.scan_hand = 0  # kvm->arch.scan_hand: the sp index the next scan starts at
 
     @hookimpl
-    def mmbench_reclaim(self, kvm, nr_to_zap):
+    def mmbench_reclaim(self, kvm: Kvm[ShadowMmu], nr_to_zap: int) -> np.ndarray:
         mmu = kvm.mmu
-        order = mmu.oldest_mmu_pages(mmu.n)  # zappable, tail (oldest) first
+        order = mmu.oldest_mmu_pages()  # every zappable sp, tail (oldest) first
         if not len(order):
             return order
         start = int(np.searchsorted(order, self.scan_hand))
         ring = np.concatenate([order[start:], order[:start]])
         lap = len(ring)
-        in_use = mmu.sp_root_count[ring] > 0
+        in_use = mmu.root_in_use(ring)
         # bits as the scan finds them: this lap as set now, the next lap cleared by this one
-        accessed = np.concatenate([mmu.sp_accessed[ring] | in_use, in_use])
+        accessed = np.concatenate([mmu.test_accessed(ring), in_use])
         zappable = np.concatenate([~in_use, ~in_use])
-        leaf = np.tile(mmu.sp_level[ring] == 1, 2)
+        leaf = np.tile(mmu.is_leaf(ring), 2)
         budget = max(1, mmu.n_used_mmu_pages // self.overscan)
         victims: list[int] = []
         pos = 0
@@ -69,5 +75,5 @@ class LruScan:
 
 
 @hookimpl
-def mmbench_register_policies(register):
+def mmbench_register_policies(register: Callable[[type], None]) -> None:
     register(LruScan)

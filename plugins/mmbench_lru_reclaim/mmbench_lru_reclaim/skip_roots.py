@@ -1,6 +1,14 @@
 """Policy ``skip-roots``: FIFO that never zaps a root in use."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
 from mmbench import hookimpl
+from mmbench.model.kvm import Kvm
+from mmbench.model.shadow.mmu import ShadowMmu
 
 
 class SkipRoots:
@@ -17,13 +25,13 @@ class SkipRoots:
     name = "skip-roots"
     year = 2009  # seed 004
     archs = ("x86-shadow",)
-    options: dict = {}
+    options: dict[str, object] = {}
 
     @hookimpl
-    def mmbench_reclaim(self, kvm, nr_to_zap):
+    def mmbench_reclaim(self, kvm: Kvm[ShadowMmu], nr_to_zap: int) -> np.ndarray:
         return kvm.mmu.oldest_mmu_pages(nr_to_zap, skip_roots=True)
 
 
 @hookimpl
-def mmbench_register_policies(register):
+def mmbench_register_policies(register: Callable[[type], None]) -> None:
     register(SkipRoots)

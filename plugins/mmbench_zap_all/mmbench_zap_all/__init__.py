@@ -1,6 +1,14 @@
 """Policy ``zap-all``: kvm_mmu_zap_all on memslot delete, optionally with lock-break."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 from mmbench import hookimpl
+from mmbench.model.kvm import Kvm
+from mmbench.model.memslots import Memslot
+from mmbench.model.region.mmu import RegionMmu
+from mmbench.model.shadow.mmu import ShadowMmu
 
 
 class ZapAll:
@@ -14,7 +22,8 @@ class ZapAll:
     which also meets the sps vCPUs built meanwhile.
 
     On VM teardown (``kvm_arch_flush_shadow_all``) the same zap frees everything; on
-    ``x86-tdp`` it is ``kvm_tdp_mmu_zap_all``.
+    ``x86-tdp`` it is ``kvm_tdp_mmu_zap_all``. Without lock-break this is both x86 archs'
+    default teardown: they call the same model primitive, ``kvm_mmu_zap_all``.
     """
 
     name = "zap-all"
@@ -25,19 +34,20 @@ class ZapAll:
     def __init__(self, lock_break: bool = False) -> None:
         self.lock_break = lock_break
 
-    @hookimpl
-    def mmbench_flush_shadow_memslot(self, kvm, slot):
+    def _zap_all(self, kvm: Kvm[ShadowMmu | RegionMmu]) -> bool:
         with kvm.mmu_lock:
             kvm.mmu.kvm_mmu_zap_all(lock_break=self.lock_break)
         return True
 
     @hookimpl
-    def mmbench_flush_shadow_all(self, kvm):
-        with kvm.mmu_lock:
-            kvm.mmu.kvm_mmu_zap_all(lock_break=self.lock_break)
-        return True
+    def mmbench_flush_shadow_memslot(self, kvm: Kvm[ShadowMmu | RegionMmu], slot: Memslot) -> bool:
+        return self._zap_all(kvm)
+
+    @hookimpl
+    def mmbench_flush_shadow_all(self, kvm: Kvm[ShadowMmu | RegionMmu]) -> bool:
+        return self._zap_all(kvm)
 
 
 @hookimpl
-def mmbench_register_policies(register):
+def mmbench_register_policies(register: Callable[[type], None]) -> None:
     register(ZapAll)

@@ -1,6 +1,13 @@
 """Policy ``zap-slot``: zap only what maps the deleted memslot (2019)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 from mmbench import hookimpl
+from mmbench.model.kvm import Kvm
+from mmbench.model.memslots import Memslot
+from mmbench.model.shadow.mmu import ShadowMmu
 
 
 class ZapSlot:
@@ -15,10 +22,10 @@ class ZapSlot:
     name = "zap-slot"
     year = 2019  # seed 001
     archs = ("x86-shadow",)
-    options: dict = {}
+    options: dict[str, object] = {}
 
     @hookimpl
-    def mmbench_flush_shadow_memslot(self, kvm, slot):
+    def mmbench_flush_shadow_memslot(self, kvm: Kvm[ShadowMmu], slot: Memslot) -> bool:
         mmu = kvm.mmu
         with kvm.mmu_lock:
             mmu.zap_gfn_range(slot.base_gfn, slot.end_gfn, lock_break=True)
@@ -28,5 +35,5 @@ class ZapSlot:
 
 
 @hookimpl
-def mmbench_register_policies(register):
+def mmbench_register_policies(register: Callable[[type], None]) -> None:
     register(ZapSlot)

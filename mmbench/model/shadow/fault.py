@@ -1,0 +1,285 @@
+"""The shadow MMU's fault path: what a vCPU access does.
+
+A vCPU access runs natively where a reachable leaf sp maps the page. Anything else is a
+shadow page fault (``FNAME(page_fault)``): walk the guest tables, find or allocate the sps
+on the path (``kvm_mmu_get_page``), link them (``link_shadow_page``), and install the
+faulting spte plus its aligned group of ``pte_prefetch_num`` neighbours
+(``FNAME(pte_prefetch)``), all under mmu_lock. Roots: ``mmu_alloc_roots`` on entry,
+``kvm_mmu_unload`` on reload, ``kvm_mmu_new_cr3`` when the guest switches process.
+
+Faults are handled in batches of up to ``FAULT_REGIONS`` 2 MiB regions per mmu_lock
+acquisition: when vCPUs contend the lock is saturated either way, so waiting per batch
+equals waiting per fault in total, and the model stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mmbench.model.shadow.guest_tables import LEVEL_SHIFT, PTES_PER_TABLE, Area, GuestPageTables
+from mmbench.model.shadow.reclaim import KVM_MIN_FREE_MMU_PAGES, ShadowReclaim
+from mmbench.model.shadow.sps import scatter_add
+
+if TYPE_CHECKING:
+    from mmbench.model.kvm import Kvm
+    from mmbench.model.vcpu import Vcpu
+
+FAST_REGIONS = 64  # fault-free regions run per engine step
+FAULT_REGIONS = 8  # regions faulted per mmu_lock acquisition
+
+
+class ShadowFault(ShadowReclaim):
+    """Building sps and sptes: the page fault, its prefetch, and root loading."""
+
+    def __init__(
+        self,
+        kvm: Kvm,
+        gpt: GuestPageTables,
+        max_gfn: int,
+        nr_vcpus: int,
+        *,
+        pte_prefetch_num: int,
+    ) -> None:
+        super().__init__(kvm, gpt, max_gfn, nr_vcpus)
+        self.pte_prefetch_num = pte_prefetch_num  # the arch's PTE_PREFETCH_NUM
+
+    # -- sps and links ---------------------------------------------------------------------
+    def kvm_mmu_get_pages(self, gpts: np.ndarray) -> tuple[np.ndarray, int]:
+        """``kvm_mmu_get_page`` for each gpt: the valid sp shadowing it, allocating the
+        missing ones (``mmu_cache_miss``); obsolete and invalid sps are never reused.
+        Returns (sps, number allocated)."""
+        sps = self.gpt_sp[gpts]
+        need = ~self.valid(sps)
+        k = int(need.sum())
+        if not k:
+            return sps, 0
+        while self.n + k > self.cap:
+            self._grow()
+        new = np.arange(self.n, self.n + k, dtype=np.int32)
+        self.n += k
+        g = gpts[need]
+        self.sp_gfn[new] = self.gpt.gfn[g]
+        self.sp_level[new] = self.gpt.level[g]
+        self.sp_gen[new] = self.mmu_valid_gen
+        self.sp_alive[new] = True
+        self.n_used_mmu_pages += k
+        self._record_used()
+        self.sp_map_base[new] = self.gpt.map_base[g]
+        self.sp_accessed[new] = True
+        self.gpt_sp[g] = new
+        # account_shadowed(): the guest table is write-protected; no huge page over it
+        scatter_add(self.lpage_disallow, self.sp_gfn[new] >> LEVEL_SHIFT)
+        self.sp_accounted[new] = True
+        self.kvm.stats.vm["mmu_cache_miss"] += k
+        sps = sps.copy()
+        sps[need] = new
+        return sps, k
+
+    def kvm_mmu_get_page(self, gpt: int) -> tuple[int, bool]:
+        """``kvm_mmu_get_page`` for one gpt. Returns (sp, allocated)."""
+        sp = int(self.gpt_sp[gpt])
+        if self.valid1(sp):
+            return sp, False
+        sps, k = self.kvm_mmu_get_pages(np.array([gpt]))
+        return int(sps[0]), bool(k)
+
+    def link_shadow_pages(self, sps: np.ndarray, parents: np.ndarray) -> None:
+        """Point each parent's spte at its child sp (``link_shadow_page``)."""
+        old = self.sp_parent[sps]
+        moved = old != parents
+        if not moved.any():
+            return
+        scatter_add(self.sp_nr, old[moved & (old >= 0)], -1)
+        self.sp_parent[sps[moved]] = parents[moved]
+        scatter_add(self.sp_nr, parents[moved])
+
+    def link_shadow_page(self, sp: int, parent: int) -> None:
+        """``link_shadow_page`` for one sp."""
+        old = int(self.sp_parent[sp])
+        if old == parent:
+            return
+        if old >= 0:
+            self.sp_nr[old] -= 1
+        self.sp_parent[sp] = parent
+        self.sp_nr[parent] += 1
+
+    def ensure_path(self, vcpu: int, gpt: int) -> tuple[int, int]:
+        """The upper levels of ``FNAME(fetch)``: find or build, and link, the sps from the
+        vCPU's root down to ``gpt``. Returns (sp of gpt, sps allocated)."""
+        parent, allocated = int(self.vcpu_root[vcpu]), 0
+        for g in self.gpt.path(gpt)[1:]:
+            sp, new = self.kvm_mmu_get_page(g)
+            allocated += new
+            self.link_shadow_page(sp, parent)
+            parent = sp
+        return parent, allocated
+
+    def map_leaf_sptes(self, leaves: np.ndarray, fill: np.ndarray) -> int:
+        """Install the sptes set in ``fill`` (one 512-wide row per leaf sp) and add them
+        to the rmaps (``mmu_set_spte`` -> ``rmap_add``). Returns how many were new."""
+        rows = self.sp_sptes[leaves]
+        new = fill & ~rows
+        r, col = np.nonzero(new)
+        if not len(r):
+            return 0
+        self.sp_sptes[leaves] = rows | fill
+        # distinct leaves map distinct 2 MiB runs, so these gfns and leaves are unique
+        self.rmap_count[self.sp_map_base[leaves][r] + col] += 1
+        self.sp_nr[leaves] += new.sum(axis=1, dtype=np.int32)
+        return len(r)
+
+    # -- roots ---------------------------------------------------------------------------
+    def mmu_alloc_roots(self, vcpu: int) -> int:
+        """``mmu_alloc_roots``: load (or build) the root for the vCPU's CR3. Returns the
+        sps allocated."""
+        sp, new = self.kvm_mmu_get_page(int(self.gpt.roots[self.vcpu_process[vcpu]]))
+        self.sp_root_count[sp] += 1
+        self.sp_accessed[sp] = True  # a root has no parent_pte: loading CR3 is its access
+        self.vcpu_root[vcpu] = sp
+        return int(new)
+
+    def kvm_mmu_unload(self, vcpu: int) -> int:
+        """Drop the vCPU's root reference; free it if it was zapped while in use."""
+        root = int(self.vcpu_root[vcpu])
+        self.vcpu_root[vcpu] = -1
+        if root < 0:
+            return 0
+        self.sp_root_count[root] -= 1
+        if self.sp_root_count[root] == 0 and self.sp_invalid[root] and self.sp_alive[root]:
+            self.sp_alive[root] = False
+            self.n_used_mmu_pages -= 1
+            self._record_used()
+            return 1
+        return 0
+
+    def kvm_mmu_reload(self, vcpu: int) -> int:
+        """``kvm_mmu_reload``: a vCPU whose root is gone, obsolete or invalid unloads it
+        and loads a fresh one (``mmu_alloc_roots``). Returns the sps allocated."""
+        if self.root_usable(vcpu):
+            return 0
+        self.kvm_mmu_unload(vcpu)
+        return self.mmu_alloc_roots(vcpu)
+
+    def kvm_mmu_new_cr3(self, vcpu: int, process: int) -> int:
+        """The guest switched the vCPU to ``process``'s page tables (a CR3 load):
+        ``kvm_mmu_new_cr3`` drops the current root; the next entry loads the new one.
+        Returns the sps freed."""
+        self.vcpu_process[vcpu] = process
+        return self.kvm_mmu_unload(vcpu)
+
+    # -- a vCPU access -------------------------------------------------------------------
+    def access(self, vcpu: Vcpu, gfn0: int, gfn1: int, write: bool) -> None:
+        """Touch one qword per 4 KiB page of ``[gfn0, gfn1)``: run natively over fully
+        mapped 2 MiB regions, take shadow page faults over the rest."""
+        area = self.gpt.area_of(int(self.vcpu_process[vcpu.id]), gfn0)
+        if gfn1 > area.gfn1:
+            raise ValueError(f"vcpu {vcpu.id}: [0x{gfn0:x}, 0x{gfn1:x}) leaves its mapped area")
+        g = gfn0
+        last_region = ((gfn1 - 1) >> LEVEL_SHIFT) + 1
+        while g < gfn1:
+            vcpu.check_requests()
+            r0 = g >> LEVEL_SHIFT
+            regions = np.arange(r0, min(last_region, r0 + FAST_REGIONS))
+            leaves = self.reachable_leaves(vcpu.id, area.first_l1 + regions - area.region0)
+            full = (leaves >= 0) & (self.sp_nr[np.maximum(leaves, 0)] == PTES_PER_TABLE)
+            nfull = len(full) if full.all() else int(np.argmin(full))
+            if nfull:
+                end = min(int(regions[nfull - 1] + 1) << LEVEL_SHIFT, gfn1)
+                g = self._run_native(vcpu, g, end, leaves[:nfull])
+            else:
+                end = min((r0 + FAULT_REGIONS) << LEVEL_SHIFT, gfn1)
+                g = self.page_fault(vcpu, area, g, end)
+
+    def _run_native(self, vcpu: Vcpu, g: int, end: int, leaves: np.ndarray) -> int:
+        """Run in guest mode over mapped pages; a kick (IPI) stops the run early. Returns
+        the gfn the run reached."""
+        kvm = self.kvm
+        self.mark_accessed(leaves)
+        per_page = kvm.costs.touch_page
+        total = (end - g) * per_page
+        vcpu.in_guest = True
+        slept = kvm.engine.sleep_interruptible(total, lambda now: now)
+        vcpu.in_guest = False
+        if slept >= int(total):
+            return end
+        vcpu.stats["exits"] += 1
+        return g + int(slept // per_page)
+
+    def page_fault(self, vcpu: Vcpu, area: Area, g: int, end: int) -> int:
+        """``FNAME(page_fault)`` for every missing spte of ``[g, end)``: one mmu_lock
+        section for the batch; gfns no memslot backs are MMIO exits. Returns ``end``."""
+        kvm = self.kvm
+        c = kvm.costs
+        r0, r1 = g >> LEVEL_SHIFT, ((end - 1) >> LEVEL_SHIFT) + 1
+        gfns = np.arange(r0 << LEVEL_SHIFT, r1 << LEVEL_SHIFT)
+        in_range = (gfns >= g) & (gfns < end)
+        want = (in_range & kvm.memslots.backed(gfns[0], gfns[-1] + 1)).reshape(-1, PTES_PER_TABLE)
+        touched = want.any(axis=1)
+        l1 = (area.first_l1 + np.arange(r0, r1) - area.region0)[touched]
+        want = want[touched]
+        faults = installed = new_sps = 0
+        with kvm.mmu_lock:
+            if self.n_max_mmu_pages:
+                self._make_pages_available_for(vcpu.id, l1)
+            new_sps += self.kvm_mmu_reload(vcpu.id)
+            if len(l1):
+                faults, installed, allocated = self._fetch(vcpu.id, l1, want)
+                new_sps += allocated
+            kvm.charge(faults * c.fault_locked + installed * c.spte_install + new_sps * c.sp_alloc)
+        nbacked = int(want.sum())
+        mmio = int(in_range.sum()) - nbacked
+        kvm.charge(faults * c.fault_exit + nbacked * c.touch_page + mmio * c.mmio_exit)
+        st = vcpu.stats
+        st["pf_taken"] += faults
+        st["pf_fixed"] += faults
+        st["mmio_exits"] += mmio
+        st["exits"] += faults + mmio
+        if self.trace and faults:
+            kvm.stats.series["pf_fixed"].append((kvm.now, kvm.stats.vcpu_total("pf_fixed")))
+        if kvm.trace_faults and faults:
+            kvm.hook.mmbench_page_fault(kvm=kvm, vcpu=vcpu, gfn=g, npages=end - g, faults=faults)
+        return end
+
+    def _fetch(self, vcpu: int, l1: np.ndarray, want: np.ndarray) -> tuple[int, int, int]:
+        """``FNAME(fetch)`` for the batch (mmu_lock held): the sps of every path, linked,
+        then the leaf sptes ``want`` asks for, with their prefetch groups.
+        Returns (faults, sptes installed, sps allocated)."""
+        new_sps = 0
+        parent_gpts = self.gpt.parent[l1]
+        path: dict[int, int] = {}
+        for pg in set(parent_gpts.tolist()):
+            path[pg], allocated = self.ensure_path(vcpu, pg)
+            new_sps += allocated
+        parents = np.array([path[pg] for pg in parent_gpts.tolist()], dtype=np.int32)
+        leaves, allocated = self.kvm_mmu_get_pages(l1)
+        new_sps += allocated
+        self.link_shadow_pages(leaves, parents)
+        fill, faults = self.pte_prefetch(leaves, want)
+        installed = self.map_leaf_sptes(leaves, fill)
+        self.mark_accessed(leaves)
+        return faults, installed, new_sps
+
+    def pte_prefetch(self, leaves: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, int]:
+        """``FNAME(pte_prefetch)``: a fault on any missing spte also fetches the rest of
+        its aligned group of ``pte_prefetch_num``. Returns (sptes to install, faults)."""
+        missing = want & ~self.sp_sptes[leaves]
+        groups = missing.reshape(len(leaves), -1, self.pte_prefetch_num).any(axis=2)
+        fill = want & np.repeat(groups, self.pte_prefetch_num, axis=1)
+        return fill, int(groups.sum())
+
+    def _make_pages_available_for(self, vcpu: int, l1: np.ndarray) -> None:
+        """``make_mmu_pages_available()`` before the batch allocates. The kernel checks
+        before each fault; a batch stands for several, so ask for room for every sp its
+        paths still lack (recounted, as reclaim may zap some of them)."""
+        parents = set(self.gpt.parent[l1].tolist())
+        upper = 1 + len(l1) + len(parents) * self.gpt.levels  # root, leaves, tables above
+        if self.n_max_mmu_pages - self.n_used_mmu_pages >= upper + KVM_MIN_FREE_MMU_PAGES:
+            return  # the kernel would not reclaim during these faults either
+        gpts = {int(self.gpt.roots[self.vcpu_process[vcpu]]), *l1.tolist()}
+        for pg in parents:
+            gpts.update(self.gpt.path(pg))
+        path = np.fromiter(gpts, dtype=np.int64, count=len(gpts))
+        while self.make_mmu_pages_available(int((~self.valid(self.gpt_sp[path])).sum())):
+            pass

@@ -1,0 +1,79 @@
+"""The shadow MMU's correctness oracle (run by the ``invariants`` monitor).
+
+After a memslot delete or move completes, the slot's rmaps are gone, so:
+* no spte (reachable or not) may map a gfn that no live memslot backs;
+* no sp may shadow a guest table in such a gfn;
+* every vCPU runs on a root of the current generation, or has a reload pending;
+* no zapped spte may still sit in a TLB: the remote flush must have happened;
+* rmaps and per-sp spte counts agree with the sptes themselves;
+* each 2 MiB region's lpage_info disallow count is the number of sps accounted in it
+  (``account_shadowed``; ``kvm_clear_all_lpage_info`` resets both);
+* the live sp count matches ``n_used_mmu_pages`` and stays within ``n_max_mmu_pages``
+  (also checked after every reclaim at the limit).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mmbench.errors import InvariantViolation
+from mmbench.model.shadow.guest_tables import LEVEL_SHIFT
+
+if TYPE_CHECKING:
+    from mmbench.model.shadow.mmu import ShadowMmu
+
+
+def check_shadow_mmu(mmu: ShadowMmu, when: str, memslots: bool = True) -> None:
+    """Raise ``InvariantViolation`` on the first broken invariant; ``memslots=False``
+    skips the stale-gfn checks (a memslot flush may be in progress, its lock broken)."""
+    kvm = mmu.kvm
+    n = mmu.n
+    alive = mmu.sp_alive[:n]
+    leaves = np.flatnonzero(alive & (mmu.sp_level[:n] == 1))
+    rows, cols = np.nonzero(mmu.sp_sptes[leaves])
+    gfns = mmu.sp_map_base[leaves][rows] + cols
+
+    def fail(msg: str) -> None:
+        raise InvariantViolation(f"after {when}: {msg}")
+
+    counted = np.bincount(gfns, minlength=mmu.max_gfn)
+    bad = np.flatnonzero(counted != mmu.rmap_count)
+    if len(bad):
+        g = int(bad[0])
+        fail(f"rmap of gfn 0x{g:x} counts {mmu.rmap_count[g]} sptes, {counted[g]} exist")
+    per_sp = mmu.sp_sptes[leaves].sum(axis=1)
+    wrong = leaves[per_sp != mmu.sp_nr[leaves]]
+    if len(wrong):
+        fail(f"sp {wrong[0]} counts {mmu.sp_nr[wrong[0]]} sptes, has {per_sp[leaves == wrong[0]]}")
+    accounted = mmu.sp_gfn[:n][mmu.sp_accounted[:n]] >> LEVEL_SHIFT
+    disallow = np.bincount(accounted, minlength=len(mmu.lpage_disallow))
+    bad = np.flatnonzero(disallow != mmu.lpage_disallow)
+    if len(bad):
+        r = int(bad[0])
+        fail(
+            f"lpage_info of gfn 0x{r << LEVEL_SHIFT:x} counts {mmu.lpage_disallow[r]} sps, "
+            f"{disallow[r]} are accounted"
+        )
+    live = kvm.memslots.live_mask() if memslots else np.ones(mmu.max_gfn, dtype=bool)
+    stale = gfns[~live[gfns]]
+    if len(stale):
+        sp = leaves[rows[~live[gfns]][0]]
+        fail(f"sp {sp} still maps gfn 0x{int(stale[0]):x}, which no live memslot backs")
+    shadowed = mmu.sp_gfn[:n][alive]
+    if len(shadowed) and not live[shadowed].all():
+        fail(f"an sp shadows gfn 0x{int(shadowed[~live[shadowed]][0]):x} outside every memslot")
+    for vcpu in kvm.vcpus:
+        root = int(mmu.vcpu_root[vcpu.id])
+        if vcpu.reloading:
+            continue  # took the reload request, waits for mmu_lock to unload
+        if root >= 0 and not mmu.root_usable(vcpu.id) and not vcpu.request_reload:
+            fail(f"vcpu {vcpu.id} runs on obsolete or invalid root sp {root} with no reload")
+    if mmu.tlbs_dirty:
+        fail("sptes were zapped but remote TLBs were not flushed")
+    used = int(alive.sum())
+    if mmu.n_used_mmu_pages != used:
+        fail(f"n_used_mmu_pages is {mmu.n_used_mmu_pages} but {used} sps are live")
+    if mmu.n_max_mmu_pages and used > mmu.n_max_mmu_pages:
+        fail(f"{used} sps live, over n_max_mmu_pages {mmu.n_max_mmu_pages}")
