@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mmbench import hookimpl
-from mmbench.backends.sim import SimVm, SlotSpec, VmSpec
+from mmbench.backends.sim import SlotSpec, VmSpec
 from mmbench.errors import ConfigError, InvariantViolation
-from mmbench.host.manager import get_host, run_manager
+from mmbench.run import assemble
 
 MiB = 1 << 20
 WIN0, WIN1 = (8 * MiB) >> 12, (32 * MiB) >> 12  # the mapped window, in gfns
@@ -37,15 +37,8 @@ ops = st.lists(
 
 
 def make_vm(policy_spec: str):
-    host = get_host()
-    from mmbench.run.runner import parse_policy
-
-    ps = parse_policy(policy_spec, host)
-    arch = host.registry.get("arch", "x86-shadow")()
-    policies = [host.registry.get("policy", p.name)(**dict(p.options)) for p in ps.parts]
-    inv = host.registry.get("monitor", "invariants")()
-    pm = run_manager(arch, *policies, inv)
-    return SimVm(pm.hook, arch, arch.costs), inv
+    run = assemble(policy_spec, arch="x86-shadow", check=True)
+    return run.vm, run.monitors[0]
 
 
 def play(policy_spec: str, history) -> int:
@@ -166,10 +159,8 @@ class LpageLeakPolicy:
     ],
 )
 def test_oracle_catches_a_broken_policy(broken, message):
-    host = get_host()
-    arch = host.registry.get("arch", "x86-shadow")()
-    inv = host.registry.get("monitor", "invariants")()
-    vm = SimVm(run_manager(arch, broken(), inv).hook, arch, arch.costs)
+    run = assemble(arch="x86-shadow", check=True, plugins=[broken()])
+    vm = run.vm
     vm.create(
         VmSpec(
             (SlotSpec(0, 0, 4 * MiB), SlotSpec(1, WIN0 << 12, 4 * MiB)),

@@ -14,8 +14,9 @@ from conftest import SMALL, mmbench, run_json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mmbench.host.hooks import RunHooks
 from mmbench.host.manager import get_host, run_manager
-from mmbench.run.runner import parse_policy
+from mmbench.run import assemble
 from mmbench.workloads.base import resolve_params
 
 
@@ -179,18 +180,14 @@ def test_stored_series_are_the_sp_count_over_time(runs_dir):
 
 # -- the model API: what a policy picks ------------------------------------------------------
 def _model_run(policy: str, arch_last: bool = False, **params):
-    host = get_host()
-    arch = host.registry.get("arch", "x86-shadow")()
-    spec = parse_policy(policy, host)
-    objs = [host.registry.get("policy", p.name)(**dict(p.options)) for p in spec.parts]
-    inv = host.registry.get("monitor", "invariants")()
-    plugins = (*objs, arch, inv) if arch_last else (arch, *objs, inv)
-    vm = host.registry.get("backend", "sim")().create_vm(
-        run_manager(*plugins).hook, arch, arch.costs
-    )
-    wl = host.registry.get("workload", "mmu-pressure")()
+    run = assemble(policy, arch="x86-shadow", check=True)
+    vm = run.vm
+    if arch_last:  # the same objects on a manager that registers the arch last
+        hooks = RunHooks(run_manager(*run.policies, run.arch, *run.monitors))
+        vm = get_host().registry.get("backend", "sim")().create_vm(hooks, run.arch, run.costs)
+    wl = get_host().registry.get("workload", "mmu-pressure")()
     metrics = wl.run(vm, resolve_params(wl.params, params))
-    return vm, objs[-1], metrics, inv
+    return vm, run.policies[-1], metrics, run.monitors[0]
 
 
 # 192 sps recycled, 2 of them roots in use under FIFO

@@ -15,10 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mmbench import hookimpl
-from mmbench.backends.sim import SimVm, SlotSpec, VmSpec
+from mmbench.backends.sim import SlotSpec, VmSpec
 from mmbench.errors import ConfigError, InvariantViolation
-from mmbench.host.manager import get_host, run_manager
-from mmbench.run.runner import parse_policy
+from mmbench.run import assemble
 
 REG = 512  # gfns per 2 MiB
 NREG = 16  # units of the window; a unit is ``scale`` regions
@@ -44,17 +43,10 @@ ops = st.lists(
 )
 
 
-def make_vm(policy_spec: str, *extra, arch_name: str = "x86-tdp"):
+def make_vm(policy_spec: str, arch_name: str = "x86-tdp"):
     """A VM on ``arch_name`` with the policies ``policy_spec`` (``+``-separated)."""
-    host = get_host()
-    policies = []
-    for spec in policy_spec.split("+"):
-        ps = parse_policy(spec, host)
-        policies.append(host.registry.get("policy", ps.name)(**dict(ps.options)))
-    arch = host.registry.get("arch", arch_name)()
-    inv = host.registry.get("monitor", "invariants")()
-    vm = SimVm(run_manager(arch, *extra, *policies, inv).hook, arch, arch.costs)
-    return vm, inv
+    run = assemble(policy_spec, arch=arch_name, check=True)
+    return run.vm, run.monitors[0]
 
 
 def play(
@@ -196,11 +188,8 @@ class ZapWithoutFlush:
     ],
 )
 def test_oracle_catches_broken_dirty_logging(history, extra, message):
-    host = get_host()
-    arch = host.registry.get("arch", "x86-tdp")()
-    inv = host.registry.get("monitor", "invariants")()
-    policy = ZapWithoutFlush()
-    vm = SimVm(run_manager(arch, *extra, policy, inv).hook, arch, arch.costs)
+    run = assemble(arch="x86-tdp", check=True, plugins=[*extra, ZapWithoutFlush()])
+    vm = run.vm
     vm.create(VmSpec((SlotSpec(1, 0, 8 * REG << 12),), (((0, 8 * REG),),), 0, 8 * REG, True))
 
     def script() -> None:

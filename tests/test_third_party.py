@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import pytest
 from conftest import SMALL, mmbench
 
 POLICY = '''
@@ -39,8 +40,8 @@ def mmbench_register_policies(register):
 '''
 
 
-def make_dist(root):
-    (root / "mmbench_thirdparty.py").write_text(POLICY)
+def make_dist(root, source: str = POLICY):
+    (root / "mmbench_thirdparty.py").write_text(source)
     info = root / "mmbench_thirdparty-1.2.3.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(
@@ -84,3 +85,30 @@ def test_blocked_plugin_is_not_loaded(tmp_path, runs_dir):
     env["MMBENCH_BLOCK_PLUGINS"] = "thirdparty"
     proc = mmbench("run", "rom-access", *SMALL, "--policy", "zap-slot-double-flush", env=env)
     assert proc.returncode == 2 and "unknown policy" in proc.stderr
+
+
+# the classic mistake: the method is named after the hook, the decorator is missing, so
+# pluggy would ignore it and the arch default would run under this policy's name
+UNMARKED = POLICY.replace(
+    "    @hookimpl\n    def mmbench_flush_shadow_memslot", "    def mmbench_flush_shadow_memslot"
+)
+
+
+@pytest.mark.parametrize("args", [("list",), ("run", "rom-access", *SMALL, "--policy", "zap-slot")])
+def test_a_hook_without_hookimpl_is_refused_at_start(tmp_path, runs_dir, args):
+    assert UNMARKED != POLICY
+    proc = mmbench(*args, env=make_dist(tmp_path, UNMARKED))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert "mmbench-thirdparty 1.2.3" in line and "entry point thirdparty" in line
+    assert "mmbench_flush_shadow_memslot lacks @hookimpl" in line
+    assert not runs_dir.exists()
+
+
+def test_an_entry_point_that_fails_to_import_is_named(tmp_path, runs_dir):
+    env = make_dist(tmp_path, "import mmbench_no_such_module\n")
+    proc = mmbench("list", env=env)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.splitlines()
+    assert "mmbench-thirdparty 1.2.3 (entry point thirdparty = mmbench_thirdparty)" in line
+    assert "failed to import: ModuleNotFoundError" in line

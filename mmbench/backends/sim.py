@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pluggy
 
 from mmbench.backends.vmapi import PassRecord, SlotSpec, VmSpec
+from mmbench.host.contracts import Arch
+from mmbench.host.hooks import RunHooks
 from mmbench.host.hookspecs import hookimpl
 from mmbench.model.costs import CostTable
 from mmbench.model.engine import Actor, Engine
@@ -30,7 +31,7 @@ class SimVm:
 
     backend = "sim"
 
-    def __init__(self, hook: pluggy.HookRelay, arch: Any, costs: CostTable) -> None:
+    def __init__(self, hook: RunHooks, arch: Arch, costs: CostTable) -> None:
         self.engine = Engine()
         self.hook = hook
         self.arch = arch
@@ -248,7 +249,7 @@ class SimBackend:
     def available(self) -> tuple[bool, str]:
         return True, "always"
 
-    def create_vm(self, hook: pluggy.HookRelay, arch: Any, costs: CostTable) -> SimVm:
+    def create_vm(self, hook: RunHooks, arch: Arch, costs: CostTable) -> SimVm:
         return SimVm(hook, arch, costs)
 
 

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from mmbench.host.manager import get_host
 from mmbench.run.paths import policy_paths
-
-
-def first_line(obj: Any) -> str:
-    doc = (getattr(obj, "description", None) or obj.__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
 
 
 # -- list --------------------------------------------------------------------------------
@@ -33,15 +27,14 @@ def cmd_list(args: argparse.Namespace) -> int:
             extra = ""
             if kind == "policy":
                 extra = f" [archs: {', '.join(obj.archs)}] [paths: {', '.join(policy_paths(obj))}]"
-                if getattr(obj, "options", None):
+                if obj.options:
                     opts = ", ".join(f"{k}={v}" for k, v in obj.options.items())
                     extra += f" [options: {opts}]"
             provider = reg.provider[(kind, name)]
-            out.append(f"  {name:<18} {first_line(obj)}{extra}  (from {provider})")
+            out.append(f"  {name:<18} {obj.description}{extra}  (from {provider})")
     out.append("Plugins loaded:")
-    for name, hooks in host.plugins():
-        dist = host.dist_of(name)
-        where = f" ({dist})" if dist else ""
-        out.append(f"  {name}{where}: {', '.join(hooks)}")
+    for origin, hooks in host.plugins():
+        where = f", entry point {origin.entry_point}" if origin.entry_point else ""
+        out.append(f"  {origin.plugin} ({origin.source}{where}): {', '.join(hooks)}")
     print("\n".join(out))
     return 0

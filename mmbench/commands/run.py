@@ -7,7 +7,6 @@ import json
 import sys
 from datetime import UTC, datetime
 
-from mmbench.commands.listing import first_line
 from mmbench.commands.parsing import nonempty, positive_int
 from mmbench.commands.stored import params_line
 from mmbench.errors import ConfigError
@@ -98,7 +97,7 @@ def run_parser(sub: argparse._SubParsersAction, reg) -> None:
         wl = reg.get("workload", name)
         p = wsub.add_parser(
             name,
-            help=first_line(wl),
+            help=wl.description,
             description=wl.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )

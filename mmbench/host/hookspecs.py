@@ -4,13 +4,21 @@ Two kinds of hook, on two kinds of plugin manager:
 
 * **Registration hooks** run once on the host manager (``mmbench.host.manager``). Each receives a
   ``register`` callback, as in ``llm``: the host keeps the registry, rejects duplicate
-  names and remembers which plugin provided what.
+  names and remembers which plugin provided what. What a registered class must provide is
+  in ``mmbench.host.contracts``; registration checks it and refuses, naming the plugin, a
+  class with an ``mmbench_*`` attribute that lacks ``@hookimpl`` or names no hook.
 * **Event hooks** run on a per-run manager that holds only that run's arch backend, policy
-  and monitors. Selection hooks are ``firstresult``: the policy is registered after the
-  arch backend, so its implementation is tried first and the arch's is the fallback.
-  Observer hooks (monitors, the invariant checker) see every event.
+  and monitors. Selection hooks are ``firstresult``: an arch backend implements them as
+  ``@hookimpl(trylast=True)``, the kernel's default, so a policy's implementation answers
+  first whatever the registration order. Observer hooks (monitors, the invariant checker)
+  see every event. Callers use the typed facade ``mmbench.host.hooks.RunHooks``.
 
 All hooks are called with keyword arguments only (pluggy's rule).
+
+**Tracing.** ``MMBENCH_TRACE_HOOKS=1`` prints every hook call to stderr, on the host manager
+(registrations: which plugin registered what) and on every per-run manager: the hook, its
+arguments in brief, the result, and the plugin that answered (for ``firstresult`` hooks)
+or every plugin that was called.
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ if TYPE_CHECKING:
 PROJECT = "mmbench"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+# the attribute pluggy's marker sets on a decorated function (what pluggy looks for)
+IMPL_MARK = f"{PROJECT}_impl"
+SPEC_MARK = f"{PROJECT}_spec"
+TRACE_ENV = "MMBENCH_TRACE_HOOKS"
 
 
 # --- registration hooks (host manager) ------------------------------------------------
@@ -40,8 +52,10 @@ def mmbench_register_policies(register: Callable[[Any], None]) -> None:
     """Register invalidation policies: ``register(PolicyClass)``.
 
     A policy class has ``name`` (CLI name), ``archs`` (arch backend names it applies to),
-    ``options`` (a dict of option name to default, settable as ``--policy NAME:opt=val``)
-    and event-hook implementations. The host instantiates it once per run.
+    optionally ``options`` (a dict of option name to default, settable as ``--policy
+    NAME:opt=val``), ``year`` and ``paths``, and ``@hookimpl`` methods for the selection
+    hooks; the full contract is ``mmbench.host.contracts.Policy``. The host instantiates it
+    once per run.
     """
 
 
@@ -50,25 +64,29 @@ def mmbench_register_archs(register: Callable[[Any], None]) -> None:
     """Register arch backends: ``register(ArchClass)``.
 
     An arch backend builds the MMU model and the guest's page tables for a VM, handles
-    vCPU memory accesses (faults, prefetch) and carries the cost table. It may implement
-    the selection hooks below as the default behaviour when a policy does not.
+    vCPU memory accesses (faults, prefetch) and carries the cost table
+    (``contracts.Arch``). It may implement the selection hooks below, as
+    ``@hookimpl(trylast=True)``, for the kernel's default when a policy does not.
     """
 
 
 @hookspec
 def mmbench_register_workloads(register: Callable[[Any], None]) -> None:
-    """Register workloads: ``register(WorkloadClass)`` (``name``, ``params``, ``run``)."""
+    """Register workloads: ``register(WorkloadClass)`` (``name``, ``params``, ``metrics``,
+    ``layout``, ``run``...: ``contracts.Workload``)."""
 
 
 @hookspec
 def mmbench_register_monitors(register: Callable[[Any], None]) -> None:
-    """Register monitors: ``register(MonitorClass)``; observers of a run's event hooks."""
+    """Register monitors: ``register(MonitorClass)``; observers of a run's event hooks
+    (``contracts.Monitor``)."""
 
 
 @hookspec
 def mmbench_register_backends(register: Callable[[Any], None]) -> None:
     """Register backends: ``register(BackendClass)`` with ``name``, ``available() ->
-    (bool, reason)`` and ``create_vm(hook, arch, costs) -> VmApi`` (``mmbench.backends.vmapi``).
+    (bool, reason)`` and ``create_vm(hook, arch, costs) -> VmApi`` (``mmbench.backends.vmapi``;
+    ``hook`` is the run's ``RunHooks``); the contract is ``contracts.Backend``.
 
     Optional, for real-time backends such as ``kvm``: ``exclusive = True`` (the runner
     runs policies one after another), ``supported_policies(names) -> names`` (the default
@@ -80,7 +98,7 @@ def mmbench_register_backends(register: Callable[[Any], None]) -> None:
 @hookspec
 def mmbench_register_commands(register: Callable[[Any], None]) -> None:
     """Register CLI subcommands: ``register(CommandClass)`` with ``name``, ``help``,
-    ``add_arguments(parser)`` and ``run(args) -> int`` (exit status)."""
+    ``add_arguments(parser)`` and ``run(args) -> int`` (exit status): ``contracts.Command``."""
 
 
 # --- selection hooks (per-run manager, firstresult) -------------------------------------

@@ -1,22 +1,30 @@
 """The plugin host: built-ins, entry points of group ``mmbench``, blocking, the registry.
 
-Built-in workloads and monitors are modules of this package. Policies and arch backends
-live under ``plugins/`` as their own packages and arrive through the same entry-point
-group a third-party distribution would use.
+Built-in workloads and monitors are modules of this package (``DEFAULT_PLUGINS``). Policies
+and arch backends live under ``plugins/`` as their own distributions and arrive through the
+entry-point group a third-party distribution uses. Load order is explicit: built-ins, then
+entry points in ``importlib.metadata`` order, then plugins the caller passes.
+
+Every plugin is named by where it came from (``Origin``): its distribution, version and
+entry point, or the built-in module. A plugin that fails to import or to register, or
+registers a class that breaks its contract (``mmbench.host.contracts``: a missing attribute,
+an ``mmbench_*`` method without ``@hookimpl`` or naming no hook), is refused with one line
+naming it (``plugin_failed``), and ``mmbench`` exits 2.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import pluggy
 
 from mmbench.errors import ConfigError
-from mmbench.host import hookspecs
+from mmbench.host import contracts, hookspecs, trace
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "mmbench.backends.sim",
@@ -29,6 +37,36 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 BLOCK_ENV = "MMBENCH_BLOCK_PLUGINS"
 KINDS = ("policy", "arch", "workload", "monitor", "backend", "command")
+REGISTER_HOOKS = {kind: f"mmbench_register_{kind}s" for kind in KINDS}
+REGISTER_HOOKS["policy"] = "mmbench_register_policies"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a plugin came from: a distribution's entry point, a built-in, or the caller."""
+
+    plugin: str  # the name it is registered under
+    dist: str = ""  # distribution name and version; "" for built-ins and caller plugins
+    entry_point: str = ""  # "name = module"
+
+    @property
+    def source(self) -> str:
+        """For ``mmbench list``: the distribution and version, or "built-in"."""
+        if self.dist:
+            return self.dist
+        return "built-in" if self.plugin in DEFAULT_PLUGINS else "registered by the caller"
+
+    def __str__(self) -> str:
+        if self.dist:
+            return f"plugin {self.dist} (entry point {self.entry_point})"
+        return f"{self.source} plugin {self.plugin}"
+
+
+def plugin_failed(origin: Origin, what: str, exc: BaseException | None = None) -> NoReturn:
+    """A plugin could not be loaded or registered: the one place that decides what then
+    happens (refuse, exit 2); ``exc`` is shown in one line."""
+    why = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+    raise ConfigError(str(origin), " ".join(f"{what}{why}".split()))
 
 
 @dataclass
@@ -39,9 +77,7 @@ class Registry:
     provider: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def add(self, kind: str, obj: Any, plugin: str) -> None:
-        name = getattr(obj, "name", None)
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"{plugin}: registered {kind} {obj!r} has no 'name'")
+        name = obj.name  # a str: the contract was checked
         if name in self.entries[kind]:
             first = self.provider[(kind, name)]
             raise ConfigError(
@@ -70,70 +106,95 @@ def blocked_names() -> set[str]:
     return {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
 
 
-def _plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
-    return pm.get_name(plugin) or getattr(plugin, "__name__", repr(plugin))
-
-
 class Host:
     """The host plugin manager and the registry it filled."""
 
     def __init__(self, extra_plugins: Iterable[object] = ()) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
+        self.origins: dict[str, Origin] = {}
         for name in blocked_names():
             self.pm.set_blocked(name)
         for modname in DEFAULT_PLUGINS:
-            if self.pm.is_blocked(modname):
-                continue
-            try:
-                module = importlib.import_module(modname)
-            except ImportError as exc:
-                raise ImportError(f"built-in plugin {modname} failed to import: {exc}") from exc
-            self.pm.register(module, name=modname)
-        try:
-            self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
-        except Exception as exc:  # re-raise with the plugin's name, as pytest does
-            raise ImportError(f"mmbench plugin failed to load: {exc!r}") from exc
-        for plugin in extra_plugins:
-            self.pm.register(plugin)
+            if not self.pm.is_blocked(modname):
+                self._load(Origin(modname), lambda m=modname: importlib.import_module(m))
+        self._load_entry_points()
+        for i, plugin in enumerate(extra_plugins):
+            self._register(plugin, Origin(getattr(plugin, "__name__", f"caller-{i}")))
         self.pm.check_pending()
         self.registry = Registry()
-        self._collect()
+        self.tracing = trace.enabled()
+        for kind in KINDS:
+            self._collect(kind)
 
-    def _collect(self) -> None:
-        hooks = {
-            "policy": "mmbench_register_policies",
-            "arch": "mmbench_register_archs",
-            "workload": "mmbench_register_workloads",
-            "monitor": "mmbench_register_monitors",
-            "backend": "mmbench_register_backends",
-            "command": "mmbench_register_commands",
-        }
-        for kind, hookname in hooks.items():
-            caller = getattr(self.pm.hook, hookname)
-            for impl in caller.get_hookimpls():
-                plugin_name = _plugin_name(self.pm, impl.plugin)
+    def _load_entry_points(self) -> None:
+        """Group ``mmbench`` of every installed distribution, as pluggy's
+        ``load_setuptools_entrypoints`` does, but each plugin keeps its origin."""
+        for dist in importlib.metadata.distributions():
+            for ep in dist.entry_points:
+                if ep.group != hookspecs.PROJECT or self.pm.is_blocked(ep.name):
+                    continue
+                if self.pm.get_plugin(ep.name) is not None:
+                    continue  # the same distribution seen twice on sys.path
+                label = f"{dist.metadata['Name']} {dist.version}"
+                self._load(Origin(ep.name, label, f"{ep.name} = {ep.value}"), ep.load)
 
-                def register(obj: Any, _kind: str = kind, _p: str = plugin_name) -> None:
-                    self.registry.add(_kind, obj, _p)
+    def _load(self, origin: Origin, load: Callable[[], object]) -> None:
+        try:
+            plugin = load()
+        except Exception as exc:
+            plugin_failed(origin, "failed to import", exc)
+        self._register(plugin, origin)
 
+    def _register(self, plugin: object, origin: Origin) -> None:
+        found = contracts.marker_problems(plugin)
+        if found:
+            plugin_failed(origin, "; ".join(found))
+        if self.pm.is_registered(plugin):
+            first = self.origins[self.pm.get_name(plugin) or ""]
+            plugin_failed(origin, f"its module is already loaded as {first}")
+        try:
+            self.pm.register(plugin, name=origin.plugin)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            plugin_failed(origin, "refused by pluggy", exc)
+        self.origins[origin.plugin] = origin
+
+    def _collect(self, kind: str) -> None:
+        """Call each plugin's registration hook for ``kind``, checking what it registers."""
+        for impl in getattr(self.pm.hook, REGISTER_HOOKS[kind]).get_hookimpls():
+            origin = self.origins[impl.plugin_name]
+
+            def register(obj: Any, _origin: Origin = origin) -> None:
+                self._admit(kind, obj, _origin)
+
+            try:
                 impl.function(register=register)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                plugin_failed(origin, f"{REGISTER_HOOKS[kind]} raised", exc)
 
-    def plugins(self) -> list[tuple[str, list[str]]]:
-        """(plugin name, hooks it implements) for every loaded plugin."""
+    def _admit(self, kind: str, obj: Any, origin: Origin) -> None:
+        """One registered class: its contract, its hook markers, then the registry."""
+        try:
+            contracts.check(kind, obj)
+        except contracts.ContractError as exc:
+            plugin_failed(origin, str(exc))
+        found = contracts.marker_problems(obj, kind)
+        if found:
+            plugin_failed(origin, f"{kind} {obj.name!r}: {'; '.join(found)}")
+        contracts.fill_defaults(kind, obj)
+        self.registry.add(kind, obj, origin.plugin)
+        if self.tracing:
+            trace.emit(f"{REGISTER_HOOKS[kind]} [{origin}] registered {kind} {obj.name!r}")
+
+    def plugins(self) -> list[tuple[Origin, list[str]]]:
+        """(origin, hooks it implements) for every loaded plugin, by name."""
         out = []
         for plugin in self.pm.get_plugins():
-            name = _plugin_name(self.pm, plugin)
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
-            out.append((name, hooks))
-        return sorted(out)
-
-    def dist_of(self, plugin_name: str) -> str | None:
-        """The distribution an entry-point plugin came from, for ``mmbench list``."""
-        for plugin, dist in self.pm.list_plugin_distinfo():
-            if _plugin_name(self.pm, plugin) == plugin_name:
-                return f"{dist.project_name} {dist.version}"
-        return None
+            out.append((self.origins[self.pm.get_name(plugin) or ""], hooks))
+        return sorted(out, key=lambda item: item[0].plugin)
 
 
 _host: Host | None = None
@@ -154,14 +215,19 @@ def reset_host() -> None:
 
 
 def run_manager(*plugins: object) -> pluggy.PluginManager:
-    """A fresh manager for one run: event hooks only, with the run's arch, policy, monitors.
+    """A fresh manager for one run: event hooks only, with the run's arch, policies and
+    monitors, in any order.
 
-    Order matters for ``firstresult`` hooks: pluggy calls the last registered first, so
-    pass the arch backend before the policy.
+    Order does not decide who answers a ``firstresult`` hook: an arch backend's
+    implementations are ``trylast`` (the registry refuses one that is not), so a policy's
+    answer comes first and the arch's is the fallback. Between two policies answering
+    the same hook (refused by ``parse_policy``) pluggy would call the last registered first.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     for plugin in plugins:
         pm.register(plugin)
     pm.check_pending()
+    if trace.enabled():
+        trace.install(pm)
     return pm

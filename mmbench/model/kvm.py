@@ -6,9 +6,7 @@ clock and dispatch to the run's policy through the event hooks.
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
-
-import pluggy
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from mmbench.errors import ConfigError, ModelError
 from mmbench.model.costs import CostTable
@@ -17,6 +15,9 @@ from mmbench.model.lock import MmuLock
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, Memslot, Memslots
 from mmbench.model.stats import Stats
 from mmbench.model.vcpu import Vcpu
+
+if TYPE_CHECKING:
+    from mmbench.host.hooks import RunHooks
 
 MmuT = TypeVar("MmuT")
 
@@ -28,14 +29,14 @@ class Kvm(Generic[MmuT]):
     def __init__(
         self,
         engine: Engine,
-        hook: pluggy.HookRelay,
+        hook: RunHooks,
         arch: Any,
         costs: CostTable,
         nr_vcpus: int,
         max_gfn: int,
     ) -> None:
         self.engine = engine
-        self.hook = hook
+        self.hook: RunHooks = hook  # typed calls of the run's event hooks
         self.arch = arch
         self.costs = costs
         self.stats = Stats()
@@ -46,7 +47,7 @@ class Kvm(Generic[MmuT]):
         self.destroyed = False
         # remote TLB flushes IPI the vCPUs (x86); an arch with broadcast TLBI clears this
         self.flush_ipis = True
-        self.trace_faults = bool(hook.mmbench_page_fault.get_hookimpls())
+        self.trace_faults = hook.implemented("mmbench_page_fault")
         # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 and the eager_page_split knob (dirty logging)
         self.manual_protect = False
         self.initially_set = False

@@ -104,7 +104,7 @@ def default_series(record: dict[str, Any]) -> list[str]:
 
     wl = get_host().registry.entries["workload"].get(record["workload"])
     names = set().union(*(r.get("series", {}) for r in record["results"]))
-    wanted = [s for s in getattr(wl, "default_plots", ()) if s.split(".")[0] in names]
+    wanted = [s for s in (wl.default_plots if wl else ()) if s.split(".")[0] in names]
     if wanted:
         return wanted
     numeric = []
@@ -276,7 +276,7 @@ def phase_metrics(record: dict[str, Any]) -> list[str]:
 
     wl = get_host().registry.entries["workload"].get(record["workload"])
     have = record["results"][0]["metrics"]
-    declared = [m for m in getattr(wl, "phases", ()) if m in have]
+    declared = [m for m in (wl.phases if wl else ()) if m in have]
     return declared or [m for m in have if m.endswith("_ms")]
 
 

@@ -68,7 +68,7 @@ def load_config(path: str | Path, host: Host | None = None) -> RunRequest:
             parse_policy(spec, host)
         except ConfigError as exc:
             raise ConfigError(field(f"policies[{i}]"), exc.message) from None
-    arch = _str(doc, "arch", field, getattr(wl, "default_arch", "x86-shadow"))
+    arch = _str(doc, "arch", field, wl.default_arch)
     backend = _str(doc, "backend", field, "sim")
     for kind, name in (("arch", arch), ("backend", backend)):
         if name not in host.registry.entries[kind]:

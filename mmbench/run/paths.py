@@ -1,7 +1,9 @@
 """Which invalidation path a policy applies to, and which paths a workload exercises.
 
 A policy for memslot delete means nothing to a teardown run. A policy may say so with a
-``paths`` attribute; otherwise its paths follow from the selection hooks it implements.
+``paths`` attribute; otherwise its paths follow from the selection hooks it implements
+with ``@hookimpl`` (a same-named method without the marker is refused at registration:
+pluggy would never call it).
 A workload names the paths it drives with ``paths``, the first being the one it is about:
 the default policies are those of that path, and a composed policy (``zap-slot+lru-scan``)
 must have a part on it; every part must fit one of the workload's paths. Defaults run in
@@ -13,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmbench.errors import ConfigError
+from mmbench.host.contracts import implemented_hooks
 
 HOOK_PATHS = {
     "mmbench_flush_shadow_memslot": "memslot-delete",
@@ -25,26 +28,26 @@ HOOK_PATHS = {
 
 def policy_paths(cls: Any) -> tuple[str, ...]:
     """``cls.paths`` if declared, else the paths of the selection hooks it implements."""
-    declared = getattr(cls, "paths", None)
-    if declared is not None:
-        return tuple(declared)
-    return tuple(path for hook, path in HOOK_PATHS.items() if callable(getattr(cls, hook, None)))
+    if cls.paths is not None:
+        return tuple(cls.paths)
+    marked = implemented_hooks(cls)
+    return tuple(path for hook, path in HOOK_PATHS.items() if hook in marked)
 
 
 def workload_paths(cls: Any) -> tuple[str, ...]:
-    return tuple(getattr(cls, "paths", ()))
+    return tuple(cls.paths)
 
 
 def applies(policy_cls: Any, workload_cls: Any, arch: str, primary: bool = False) -> bool:
     """Does the policy fit the arch and (one of, or the primary of) the workload's paths?"""
     wanted = workload_paths(workload_cls)[: 1 if primary else None]
     on_path = not wanted or bool(set(policy_paths(policy_cls)) & set(wanted))
-    return arch in getattr(policy_cls, "archs", ()) and on_path
+    return arch in policy_cls.archs and on_path
 
 
 def chronology(registry: Any, name: str) -> tuple[int, str]:
     """Sort key: the year the mechanism appeared (unknown: last), then the name."""
-    return (getattr(registry.get("policy", name), "year", 9999), name)
+    return (registry.get("policy", name).year, name)
 
 
 def pairs(registry: Any, workload_cls: Any) -> str:
@@ -52,7 +55,7 @@ def pairs(registry: Any, workload_cls: Any) -> str:
     out = []
     for name in registry.names("policy"):
         cls = registry.get("policy", name)
-        if any(applies(cls, workload_cls, a) for a in getattr(cls, "archs", ())):
+        if any(applies(cls, workload_cls, a) for a in cls.archs):
             out.append(f"{name} ({', '.join(cls.archs)})")
     return "; ".join(out) or "none"
 

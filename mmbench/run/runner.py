@@ -18,92 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmbench.errors import ConfigError
-from mmbench.host.manager import Host, get_host, run_manager
+from mmbench.host.manager import Host, get_host
 from mmbench.run import paths
+from mmbench.run.assemble import run_once
+from mmbench.run.policy_spec import PolicySpec, parse_policy
 from mmbench.workloads.base import WorkloadSpec, resolve_params
 
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """``NAME`` or ``NAME:opt=value,opt=value`` as typed after ``--policy``."""
-
-    name: str
-    options: tuple[tuple[str, Any], ...] = ()
-    # policies composed with this one (``zap-slot+lru-scan``): each answers other hooks
-    also: tuple[PolicySpec, ...] = ()
-
-    @property
-    def label(self) -> str:
-        own = self.name
-        if self.options:
-            own += ":" + ",".join(f"{k}={_fmt(v)}" for k, v in self.options)
-        return "+".join([own, *(p.label for p in self.also)])
-
-    @property
-    def parts(self) -> tuple[PolicySpec, ...]:
-        return (PolicySpec(self.name, self.options), *self.also)
-
-
-def _fmt(v: Any) -> str:
-    return str(v).lower() if isinstance(v, bool) else str(v)
-
-
-def _convert_option(name: str, key: str, raw: str, default: Any) -> Any:
-    field_name = f"--policy {name}:{key}"
-    if isinstance(default, bool):
-        low = raw.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(field_name, f"expected true or false, got {raw!r}")
-    try:
-        return type(default)(raw)
-    except ValueError:
-        raise ConfigError(field_name, f"expected {type(default).__name__}, got {raw!r}") from None
-
-
-def parse_policy(text: str, host: Host) -> PolicySpec:
-    """``NAME[:opts]`` or several composed with ``+`` (one memslot, one reclaim policy)."""
-    first, *rest = [_parse_one(t, host) for t in text.split("+")]
-    if not rest:
-        return first
-    seen: dict[str, str] = {}
-    for p in (first, *rest):
-        for hook in policy_hooks(host.registry.get("policy", p.name)):
-            if hook.startswith("mmbench_register_"):
-                continue
-            if hook in seen:
-                raise ConfigError(
-                    "--policy",
-                    f"{seen[hook]!r} and {p.name!r} both answer {hook}; compose policies of"
-                    " different kinds (e.g. zap-slot+lru-scan)",
-                )
-            seen[hook] = p.name
-    return PolicySpec(first.name, first.options, tuple(rest))
-
-
-def policy_hooks(cls: Any) -> list[str]:
-    """The event hooks a policy class implements."""
-    return [
-        n for n in dir(cls) if n.startswith("mmbench_") and hasattr(getattr(cls, n), "mmbench_impl")
-    ]
-
-
-def _parse_one(text: str, host: Host) -> PolicySpec:
-    name, _, opts = text.partition(":")
-    cls = host.registry.get("policy", name)
-    known: dict[str, Any] = dict(getattr(cls, "options", {}))
-    options = []
-    for item in filter(None, opts.split(",")):
-        key, eq, raw = item.partition("=")
-        if not eq:
-            raise ConfigError(f"--policy {name}", f"option {item!r} must be key=value")
-        if key not in known:
-            allowed = ", ".join(sorted(known)) or "none"
-            raise ConfigError(f"--policy {name}", f"unknown option {key!r} (options: {allowed})")
-        options.append((key, _convert_option(name, key, raw, known[key])))
-    return PolicySpec(name, tuple(options))
+__all__ = ["PolicySpec", "ResolvedRun", "RunRequest", "execute", "parse_policy", "resolve"]
 
 
 @dataclass
@@ -137,74 +58,46 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
     if not ok:
         raise ConfigError("--backend", f"backend {req.backend!r} is unavailable here: {why}")
     if not req.arch:  # a real kernel runs its own MMU; the model, the workload's default
-        default = getattr(backend, "default_arch", None)
-        req.arch = default() if default else getattr(workload_cls, "default_arch", "x86-shadow")
+        req.arch = backend.default_arch() or workload_cls.default_arch
     arch_cls = host.registry.get("arch", req.arch)
     spec = resolve_params(workload_cls.params, req.params)
-    allowed = getattr(workload_cls, "backends", None)
+    allowed = workload_cls.backends
     if allowed and req.backend not in allowed:
         raise ConfigError("--backend", f"{req.workload} runs on: {', '.join(allowed)}")
     names = req.policies or paths.default_policies(host.registry, workload_cls, req.arch)
     on = paths.workload_paths(workload_cls)
-    if not req.policies and hasattr(backend, "supported_policies"):  # kvm: kernel knobs only
+    if not req.policies:  # kvm: kernel knobs only
         names = backend.supported_policies(names, on)
     if not names:
         raise ConfigError(
             "--policy", f"backend {req.backend!r} has no policy for {req.workload} on {req.arch}"
         )
     policies = [parse_policy(p, host) for p in names]
-    if hasattr(backend, "check_policies"):  # e.g. kvm: only policies with a kernel knob
-        parts = [part.name for pol in policies for part in pol.parts]
-        backend.check_policies(parts, req.arch, on)
+    parts = [part.name for pol in policies for part in pol.parts]
+    backend.check_policies(parts, req.arch, on)  # e.g. kvm: only policies with a kernel knob
     for pol in policies:
         paths.check_policy(
             host.registry, workload_cls, req.arch, pol.label, [p.name for p in pol.parts]
         )
     workload = workload_cls()
-    if hasattr(workload, "layout"):
-        workload.layout(spec, arch_cls())  # size and address checks, before any run
+    workload.layout(spec, arch_cls())  # size and address checks, before any run
     if req.costs_file:
         arch_cls.costs.with_overrides(req.costs_file)
     return ResolvedRun(req, workload, spec, policies, arch_cls.name)
 
 
 def run_one(req: RunRequest, policy: PolicySpec, rep: int = 0) -> dict[str, Any]:
-    """One repetition of one policy; returns ``{"policy", "arch", "backend", "metrics",
-    ...}``. Repetition ``i`` of a workload with a ``seed`` parameter runs with seed + i."""
-    host = get_host()
-    arch = host.registry.get("arch", req.arch)()
-    costs = arch.costs.with_overrides(req.costs_file) if req.costs_file else arch.costs
-    policy_objs = [host.registry.get("policy", p.name)(**dict(p.options)) for p in policy.parts]
-    monitors = [host.registry.get("monitor", "invariants")()] if req.check else []
-    pm = run_manager(arch, *policy_objs, *monitors)
-    vm = host.registry.get("backend", req.backend)().create_vm(pm.hook, arch, costs)
-    workload = host.registry.get("workload", req.workload)()
-    spec = resolve_params(workload.params, req.params)
-    if "seed" in spec.values:
-        spec.values["seed"] += rep
-    try:
-        metrics = workload.run(vm, spec)
-        series = vm.series()
-    finally:
-        if hasattr(vm, "close"):  # real-kernel VMs hold fds and guest memory
-            vm.close()
-    return {
-        "policy": policy.label,
-        "arch": arch.name,
-        "backend": vm.backend,
-        "costs": getattr(vm, "costs_name", costs.name),  # kvm: no cost table applies
-        "metrics": metrics,
-        "series": {k: [list(_plain(x)) for x in v] for k, v in series.items()},
-        "checks": sum(getattr(m, "checks", 0) for m in monitors),
-        "seed": spec.values.get("seed"),
-    }
-
-
-def _plain(item: tuple) -> list:
-    out = []
-    for x in item:
-        out.append(x if isinstance(x, int | float | str | dict) else float(x))
-    return out
+    """One repetition of one policy of a resolved request (``run_once``)."""
+    return run_once(
+        req.workload,
+        req.params,
+        policy,
+        arch=req.arch or "x86-shadow",
+        backend=req.backend,
+        costs_file=req.costs_file,
+        check=req.check,
+        rep=rep,
+    )
 
 
 def execute(
@@ -215,7 +108,7 @@ def execute(
     req = run.request
     tasks = [(p, i) for p in run.policies for i in range(req.reps)]
     jobs = req.jobs or min(len(tasks), os.cpu_count() or 1)
-    if getattr(get_host().registry.get("backend", req.backend), "exclusive", False):
+    if get_host().registry.get("backend", req.backend).exclusive:
         jobs = 1  # real-time backends: one run after another, or they skew the timings
     done: dict[tuple[str, int], dict[str, Any]] = {}
 

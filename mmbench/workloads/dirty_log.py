@@ -117,7 +117,7 @@ class DirtyLog:
             raise ConfigError("--initially-set", "needs --manual-protect true")
         # the region models (x86-tdp, arm64) have no guest page tables: memory from gfn 0,
         # as in dirty_log_perf_test; a guest with real tables (kvm) reserves room for them
-        guest_tables = not getattr(arch, "dirty_log", False)
+        guest_tables = not arch.dirty_log
         areas = vcpu_slices(p.size, p.vcpus, arch, reserve_kernel=guest_tables)
         return one_slot_guest(p.size, areas, 16 if guest_tables else 0, p.backing, SLOT)
 

@@ -60,8 +60,8 @@ def size_param(default: int, help: str) -> Param:
 
 
 def check_size(size: int, arch: Any) -> None:
-    limit = getattr(arch, "max_guest_bytes", None)
-    if limit is not None and size > limit:
+    limit = arch.max_guest_bytes
+    if size > limit:
         raise ConfigError(
             "--size",
             f"{size_text(size)} exceeds what arch {arch.name} models ({size_text(limit)})",

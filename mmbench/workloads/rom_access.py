@@ -99,7 +99,7 @@ class RomAccess:
 
     # -- layout --------------------------------------------------------------------------
     def layout(self, p: WorkloadSpec, arch: Any) -> VmSpec:
-        if getattr(arch, "region_granular", False):
+        if arch.region_granular:
             raise ConfigError(
                 "--arch", "rom-access needs 4 KiB slots and guest page tables: use x86-shadow"
             )

@@ -28,7 +28,7 @@ from mmbench_kvm import backend as kvm_backend  # noqa: E402
 
 from mmbench.backends.vmapi import SlotSpec, VmSpec  # noqa: E402
 from mmbench.errors import BackendError, ConfigError  # noqa: E402
-from mmbench.host.manager import get_host, run_manager  # noqa: E402
+from mmbench.run import assemble  # noqa: E402
 
 MiB = 1 << 20
 KVM_SMALL = ["-c", "2", "-m", "16", "--passes", "20", "--rom-interval-ms", "2"]
@@ -50,10 +50,7 @@ def maps_count() -> int:
 
 
 def new_vm(policy: str = "fast-invalidate") -> kvm_backend.KvmVm:
-    host = get_host()
-    arch = host.registry.get("arch", "x86-shadow")()
-    pm = run_manager(arch, host.registry.get("policy", policy)())
-    return host.registry.get("backend", "kvm")().create_vm(pm.hook, arch, arch.costs)
+    return assemble(policy, arch="x86-shadow", backend="kvm").vm
 
 
 def tiny_spec(slot_mb: int = 16, area: tuple[int, int] = (2048, 2304)) -> VmSpec:

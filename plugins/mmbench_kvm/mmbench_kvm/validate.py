@@ -20,7 +20,8 @@ import yaml
 
 from mmbench.backends.vmapi import VmApi
 from mmbench.errors import ConfigError
-from mmbench.host.manager import get_host, run_manager
+from mmbench.host.manager import get_host
+from mmbench.run import assemble
 from mmbench.workloads.base import resolve_params
 from mmbench.workloads.rom_access import ROM_SLOT, RomAccess
 
@@ -70,16 +71,8 @@ def scenario(vm: VmApi, size_mb: int) -> dict[str, float]:
 
 def play(backend: str, policy: str, size_mb: int, costs_file: str | None) -> dict[str, float]:
     """The scenario on one backend under one policy (a fresh VM, closed afterwards)."""
-    host = get_host()
-    arch = host.registry.get("arch", "x86-shadow")()
-    costs = arch.costs.with_overrides(costs_file) if costs_file else arch.costs
-    pm = run_manager(arch, host.registry.get("policy", policy)())
-    vm = host.registry.get("backend", backend)().create_vm(pm.hook, arch, costs)
-    try:
-        return scenario(vm, size_mb)
-    finally:
-        if hasattr(vm, "close"):
-            vm.close()
+    with assemble(policy, arch="x86-shadow", costs_file=costs_file, backend=backend) as run:
+        return scenario(run.vm, size_mb)
 
 
 def compare(sizes: list[int], costs_file: str, repeat: int = 3) -> list[dict[str, Any]]:
