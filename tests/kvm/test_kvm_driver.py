@@ -10,14 +10,10 @@ import ctypes
 import errno
 import gc
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins" / "mmbench_kvm"))
 
 try:
     os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
@@ -29,6 +25,7 @@ except OSError as exc:
     )
 
 from mmbench_kvm import ioctls as k  # noqa: E402
+from mmbench_kvm.errors import GuestExitError, VcpuTimeout  # noqa: E402
 from mmbench_kvm.guest import (  # noqa: E402
     DONE_PORT,
     PAGE_SIZE_2M,
@@ -39,16 +36,9 @@ from mmbench_kvm.guest import (  # noqa: E402
     touch_program,
 )
 from mmbench_kvm.stats import StatsReader  # noqa: E402
-from mmbench_kvm.vm import (  # noqa: E402
-    GuestExitError,
-    KvmSystem,
-    VcpuThread,
-    VcpuTimeout,
-    Vm,
-    bitmap_pages,
-    bitmap_popcount,
-    module_loaded,
-)
+from mmbench_kvm.system import KvmSystem, module_loaded  # noqa: E402
+from mmbench_kvm.vcpu import VcpuThread  # noqa: E402
+from mmbench_kvm.vm import Vm, bitmap_pages, bitmap_popcount  # noqa: E402
 
 D = GuestLayout.DATA_BASE
 MiB = 1 << 20

@@ -31,18 +31,11 @@ from mmbench.backends.vmapi import PassRecord, VmSpec
 from mmbench.errors import BackendError, ConfigError
 
 from . import knobs
+from .errors import GuestExitError, KvmError, VcpuTimeout
 from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
-from .vm import (
-    GuestExitError,
-    KvmError,
-    KvmSystem,
-    Vcpu,
-    VcpuThread,
-    VcpuTimeout,
-    Vm,
-    bitmap_popcount,
-    install_kick_handler,
-)
+from .system import KvmSystem
+from .vcpu import Vcpu, VcpuThread, install_kick_handler
+from .vm import Vm, bitmap_popcount
 
 PAGE_SHIFT = 12
 # generous bound on one guest pass: 20 us per page (populate from fresh host memory with

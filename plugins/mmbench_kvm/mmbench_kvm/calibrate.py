@@ -35,7 +35,9 @@ from mmbench.report.environment import collect as collect_environment
 from . import ioctls as k
 from .backend import check_host_memory
 from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
-from .vm import KvmSystem, Vcpu, Vm
+from .system import KvmSystem
+from .vcpu import Vcpu
+from .vm import Vm
 
 MiB = 1 << 20
 ROM_BYTES = 128 * 1024

@@ -13,8 +13,9 @@ from mmbench.report.environment import kvm_modules_loaded
 from . import ioctls as k
 from . import knobs
 from .backend import KvmBackend, mem_available
+from .errors import KvmError
 from .guest import GuestLayout
-from .vm import KvmError, KvmSystem
+from .system import KvmSystem
 
 MiB = 1 << 20
 

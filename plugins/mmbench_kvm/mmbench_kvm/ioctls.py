@@ -434,6 +434,14 @@ def ioctl(fd: int, request: int, arg: int | ctypes.Structure | ctypes.Array = 0)
     return ret
 
 
+def check_extension(fd: int, cap: int | str) -> int:
+    """KVM_CHECK_EXTENSION on a system or VM fd; cap is a number or a name from CAPS.
+
+    On a VM fd the answer is for that VM (its type may lack what the host has).
+    """
+    return ioctl(fd, KVM_CHECK_EXTENSION, CAPS[cap] if isinstance(cap, str) else cap)
+
+
 def mmap_anon(size: int) -> int:
     """Private anonymous mapping (not shmem, unlike Python's mmap(-1, n))."""
     addr = libc.mmap(

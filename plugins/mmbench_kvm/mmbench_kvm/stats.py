@@ -1,4 +1,4 @@
-"""Reader for KVM's binary stats fd (KVM_GET_STATS_FD on a VM or vCPU fd).
+"""KVM's binary stats fd (KVM_GET_STATS_FD on a VM or vCPU fd): reader and owner.
 
 The header and descriptors never change for the life of the fd, so they are
 parsed once; each read() is then a single pread of the data block.  Note that
@@ -118,3 +118,30 @@ class StatsReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class StatsFdOwner:
+    """A VM or vCPU fd that opens its binary stats fd on first use and closes it on demand.
+
+    An open stats fd holds a reference on the VM, so the owner drops it (close_stats())
+    before the last close() of the VM fd, which is the timed teardown.
+    """
+
+    fd: int
+    _stats: StatsReader | None = None
+
+    @property
+    def stats_reader(self) -> StatsReader:
+        if self._stats is None:
+            self._stats = StatsReader(k.ioctl(self.fd, k.KVM_GET_STATS_FD))
+        return self._stats
+
+    def stats(self) -> dict[str, int]:
+        """Every stat of this fd: pages_4k, mmu_shadow_zapped... (VM); pf_fixed, exits... (vCPU)."""
+        return self.stats_reader.read()
+
+    def close_stats(self) -> None:
+        """Drop the stats fd (it pins the VM) without closing its owner."""
+        if self._stats is not None:
+            self._stats.close()
+            self._stats = None
