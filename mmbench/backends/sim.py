@@ -53,10 +53,9 @@ class SimVm:
         self.engine.spawn("vmm-create", self._create_slots, spec)
         self.engine.run()
         self.arch.setup(kvm, [list(a) for a in spec.areas_per_vcpu], spec.pt_gfn)
-        if hasattr(kvm.mmu, "kvm_mmu_change_mmu_pages"):
-            pages = sum(s.npages for s in kvm.memslots.slots.values())
-            kvm.mmu.kvm_mmu_change_mmu_pages(spec.nr_mmu_pages or kvm.mmu.default_mmu_pages(pages))
-            kvm.mmu.trace = spec.trace_mmu_pages
+        pages = sum(s.npages for s in kvm.memslots.slots.values())
+        kvm.mmu.set_mmu_pages_limit(spec.nr_mmu_pages, pages)
+        kvm.mmu.trace = spec.trace_mmu_pages
         self.hook.mmbench_vm_created(kvm=kvm)
         self.engine.now = 0
         return kvm
@@ -211,7 +210,7 @@ class SimVm:
         out["vcpu_stall_max_ns"] = max((lock.max_wait_ns.get(n, 0) for n in names), default=0)
         out["lock_breaks"] = lock.lock_breaks
         out["mmu_lock_max_hold_host_ns"] = lock.max_hold_ns(vcpu=False)
-        out.update(getattr(kvm.mmu, "extra_stats", dict)())
+        out.update(kvm.mmu.extra_stats())
         return out
 
     def series(self) -> dict[str, list]:

@@ -13,13 +13,14 @@ from mmbench.model.costs import CostTable
 from mmbench.model.engine import Engine
 from mmbench.model.lock import MmuLock
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, Memslot, Memslots
+from mmbench.model.mmu import Mmu
 from mmbench.model.stats import Stats
 from mmbench.model.vcpu import Vcpu
 
 if TYPE_CHECKING:
     from mmbench.host.hooks import RunHooks
 
-MmuT = TypeVar("MmuT")
+MmuT = TypeVar("MmuT", bound=Mmu)
 
 
 class Kvm(Generic[MmuT]):
@@ -52,6 +53,10 @@ class Kvm(Generic[MmuT]):
         self.manual_protect = False
         self.initially_set = False
         self.eager_split = False
+        # the host backing of guest memory (set by the VM API): huge leaves allowed, and
+        # the backing's page size (2 MiB THP/hugetlbfs or 1 GiB hugetlbfs)
+        self.huge_pages = False
+        self.huge_page_size = 4096
 
     # -- clock -----------------------------------------------------------------------------
     @property
@@ -156,7 +161,7 @@ class Kvm(Generic[MmuT]):
         old = self.memslots.get(slot_id)
         new = Memslot(old.id, old.base_gfn, old.npages, flags, old.name)
         toggled = (old.flags ^ flags) & KVM_MEM_LOG_DIRTY_PAGES
-        if toggled and not hasattr(self.mmu, "dirty_log_start"):
+        if toggled and not self.mmu.supports_dirty_log:
             raise ConfigError("--arch", f"arch {self.arch.name} does not model dirty logging")
         if toggled and flags & KVM_MEM_LOG_DIRTY_PAGES:  # kvm_alloc_dirty_bitmap
             self.charge(old.npages * self.costs.dirty_bitmap_page)

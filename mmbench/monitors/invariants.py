@@ -55,10 +55,10 @@ class Invariants:
     @hookimpl
     def mmbench_vm_destroyed(self, kvm):
         mmu = kvm.mmu
-        left = mmu.nr_mapped() if hasattr(mmu, "nr_mapped") else mmu.nr_live_sps()
+        left = mmu.nr_mapped()
         if left:
             raise InvariantViolation(f"after teardown: {left} mappings still live")
-        if getattr(mmu, "tlbs_dirty", False):
+        if mmu.tlbs_dirty:
             raise InvariantViolation("after teardown: zapped sptes were never flushed")
         self.checks += 1
 

@@ -25,8 +25,8 @@ class RegionArch:
     region_granular = True  # guest accesses, slots and clears in whole 2 MiB regions
 
     def setup(self, kvm: Kvm, areas_per_vcpu: list[list[tuple[int, int]]], pt_gfn: int) -> None:
-        huge = bool(getattr(kvm, "huge_pages", False))
-        gib = huge and getattr(kvm, "huge_page_size", 0) >= GiB
+        huge = kvm.huge_pages
+        gib = huge and kvm.huge_page_size >= GiB
         kvm.flush_ipis = self.flush_ipis
         kvm.mmu = RegionMmu(kvm, kvm.memslots.max_gfn, huge, self.read_faults, huge_1g=gib)
 

@@ -26,3 +26,10 @@ from mmbench.model.region.unmap import RegionUnmap
 
 class RegionMmu(RegionFaults, RegionUnmap, RegionDirtyLog, RegionInvariants):
     """``kvm->arch.tdp_mmu`` / ``kvm->arch.mmu.pgt``: one radix tree, aggregated."""
+
+    supports_dirty_log = True
+    trace = False  # no series over time of its own
+
+    def set_mmu_pages_limit(self, nr_mmu_pages: int, nr_memslot_pages: int) -> None:
+        """``KVM_SET_NR_MMU_PAGES`` bounds shadow pages (``n_max_mmu_pages``); TDP MMU
+        and stage-2 tables are not counted against it, so nothing to do."""

@@ -26,6 +26,18 @@ class ShadowMmu(ShadowFault, ShadowReclaim, ShadowZap, SpTable):
     """``kvm->arch`` for the shadow MMU: sps, sptes, rmaps, lpage_info, mmu_valid_gen, and
     the primitives policies compose."""
 
+    supports_dirty_log = False  # not modelled here; the kvm backend runs it on tdp_mmu=N
+
+    def set_mmu_pages_limit(self, nr_mmu_pages: int, nr_memslot_pages: int) -> None:
+        """``KVM_SET_NR_MMU_PAGES``, or KVM's default for the memslots' pages when 0."""
+        self.kvm_mmu_change_mmu_pages(nr_mmu_pages or self.default_mmu_pages(nr_memslot_pages))
+
+    def nr_mapped(self) -> int:
+        return self.nr_live_sps()
+
+    def extra_stats(self) -> dict[str, float]:
+        return {}  # everything it counts is in kvm->stat
+
     def check_invariants(
         self, when: str, gfn0: int = 0, gfn1: int | None = None, *, memslots: bool = True
     ) -> None:

@@ -1,0 +1,40 @@
+"""What ``struct kvm`` and the core read of an MMU family (``ShadowMmu``, ``RegionMmu``):
+one Protocol, so ``Kvm[M]`` is typed and nothing probes the MMU with ``hasattr``.
+
+An MMU without dirty logging (the shadow model) says so with ``supports_dirty_log``;
+its dirty-log methods are then never called (``KVM_MEM_LOG_DIRTY_PAGES`` is refused).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from mmbench.model.memslots import Memslot
+
+
+class Mmu(Protocol):
+    supports_dirty_log: bool
+    tlbs_dirty: bool  # sptes zapped or write-protected since the last remote flush
+    trace: bool  # record series over time (``mmu_used_pages``, ``pf_fixed``)
+
+    def set_mmu_pages_limit(self, nr_mmu_pages: int, nr_memslot_pages: int) -> None:
+        """``KVM_SET_NR_MMU_PAGES`` (0: KVM's default for ``nr_memslot_pages``)."""
+
+    def kvm_mmu_unload(self, vcpu: int) -> int:
+        """The vCPU drops its root (``kvm_mmu_unload``); returns sps freed."""
+
+    def nr_mapped(self) -> int:
+        """What is still mapped: live sps (shadow) or leaves (region); 0 after teardown."""
+
+    def extra_stats(self) -> dict[str, float]:
+        """MMU-family counters beyond ``kvm->stat`` (``pages_4k``, ``cmo_bytes``...)."""
+
+    def check_invariants(self, when: str, gfn0: int = 0, gfn1: int | None = None) -> None:
+        """The oracle of this MMU, over ``[gfn0, gfn1)`` where it can narrow (raises
+        ``InvariantViolation``)."""
+
+    def dirty_log_start(self, slot: Memslot, initially_set: bool) -> None: ...
+    def dirty_log_stop(self, slot: Memslot) -> None: ...
+    def get_dirty_log(self, slot: Memslot, protect: bool) -> int: ...
+    def clear_dirty_log(self, slot: Memslot, first_page: int, npages: int) -> int: ...
