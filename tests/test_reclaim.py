@@ -14,6 +14,8 @@ from conftest import SMALL, mmbench, run_json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mmbench import hookimpl
+from mmbench.errors import InvariantViolation
 from mmbench.host.hooks import RunHooks
 from mmbench.host.manager import get_host, run_manager
 from mmbench.run import assemble
@@ -267,3 +269,23 @@ def test_reclaim_keeps_invariants(policy, vcpus, cold, hot, process_mb, hot_pass
         assert inv.checks > 0  # the checker looked after every reclaim
     if not policy.startswith("fifo"):
         assert m["roots_zapped_in_use"] == 0
+
+
+class NeverReclaims:
+    """Broken on purpose: answers every reclaim with no victim, so sps pile up past
+    n_max_mmu_pages (the limit was checked only after a reclaim that zapped something)."""
+
+    name = "never-reclaims"
+    archs = ("x86-shadow",)
+
+    @hookimpl
+    def mmbench_reclaim(self, kvm, nr_to_zap):
+        return np.array([], dtype=np.int64)
+
+
+def test_a_reclaim_policy_that_never_reclaims_is_caught_after_the_fault_batch():
+    run = assemble(None, arch="x86-shadow", check=True, plugins=[NeverReclaims()])
+    wl = get_host().registry.get("workload", "mmu-pressure")()
+    with pytest.raises(InvariantViolation, match="over n_max_mmu_pages 64") as caught:
+        wl.run(run.vm, resolve_params(wl.params, {"rounds": 4}))
+    assert "after a fault batch of vcpu" in str(caught.value)

@@ -30,6 +30,10 @@ class Mmu(Protocol):
     def extra_stats(self) -> dict[str, float]:
         """MMU-family counters beyond ``kvm->stat`` (``pages_4k``, ``cmo_bytes``...)."""
 
+    def check_after_fault(self, when: str) -> None:
+        """What must hold once a fault batch is done (shadow: ``n_used_mmu_pages <=
+        n_max_mmu_pages``, which ``make_mmu_pages_available`` guarantees the kernel)."""
+
     def check_invariants(self, when: str, gfn0: int = 0, gfn1: int | None = None) -> None:
         """The oracle of this MMU, over ``[gfn0, gfn1)`` where it can narrow (raises
         ``InvariantViolation``)."""

@@ -2,7 +2,8 @@
 
 Each MMU family states its own invariants (``mmbench.model.shadow.invariants``,
 ``RegionMmu.check_invariants``); this monitor runs them after every memslot delete or
-move, dirty-logging change, dirty-log clear, reclaim at ``n_max_mmu_pages`` and teardown.
+move, dirty-logging change, dirty-log clear, reclaim at ``n_max_mmu_pages`` and teardown,
+and after every shadow fault batch (no more sps live than ``n_max_mmu_pages``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ class Invariants:
         check_mmu(
             kvm, f"dirty-log clear of {slot} pages {first_page}+{npages}", (gfn0, gfn0 + npages)
         )
+        self.checks += 1
+
+    @hookimpl
+    def mmbench_page_fault(self, kvm, vcpu, gfn, npages, faults):
+        """After every fault batch: within the page limit (a reclaim that frees nothing)."""
+        kvm.mmu.check_after_fault(f"a fault batch of vcpu {vcpu.id} at gfn 0x{gfn:x}")
         self.checks += 1
 
     @hookimpl

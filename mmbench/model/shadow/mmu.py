@@ -15,6 +15,7 @@ spte). Its methods come from one module per concept, each layer using only those
 
 from __future__ import annotations
 
+from mmbench.errors import InvariantViolation
 from mmbench.model.shadow.fault import ShadowFault
 from mmbench.model.shadow.invariants import check_shadow_mmu
 from mmbench.model.shadow.reclaim import ShadowReclaim
@@ -37,6 +38,16 @@ class ShadowMmu(ShadowFault, ShadowReclaim, ShadowZap, SpTable):
 
     def extra_stats(self) -> dict[str, float]:
         return {}  # everything it counts is in kvm->stat
+
+    def check_after_fault(self, when: str) -> None:
+        """``make_mmu_pages_available`` frees room before a fault allocates (or the fault
+        fails with -ENOSPC), so no fault batch may leave more sps than the limit: a reclaim
+        policy that frees nothing is caught here, not only after a later reclaim."""
+        if self.n_max_mmu_pages and self.n_used_mmu_pages > self.n_max_mmu_pages:
+            raise InvariantViolation(
+                f"after {when}: {self.n_used_mmu_pages} sps live, over n_max_mmu_pages"
+                f" {self.n_max_mmu_pages}"
+            )
 
     def check_invariants(
         self, when: str, gfn0: int = 0, gfn1: int | None = None, *, memslots: bool = True
