@@ -30,19 +30,25 @@ ops = st.lists(
         st.tuples(st.just("move"), st.integers(1, 3), st.integers(0, 11)),
         st.tuples(st.just("touch"), st.integers(0, 47), st.integers(1, 48)),
         st.tuples(st.just("sleep"), st.integers(1, 400)),
+        st.just(("delete-pt",)),  # the slot holding the guest page tables goes
     ),
     min_size=1,
     max_size=25,
 )
 
 
-def make_vm(policy_spec: str):
-    run = assemble(policy_spec, arch="x86-shadow", check=True)
+def make_vm(policy_spec: str | None, plugins: tuple = ()):
+    run = assemble(policy_spec, arch="x86-shadow", check=True, plugins=plugins)
     return run.vm, run.monitors[0]
 
 
-def play(policy_spec: str, history) -> int:
-    vm, inv = make_vm(policy_spec)
+def play_with(broken: object, history) -> int:
+    """``play`` with a test's own (broken) policy object instead of a registered one."""
+    return play(None, history, plugins=(broken,))
+
+
+def play(policy_spec: str | None, history, plugins: tuple = ()) -> int:
+    vm, inv = make_vm(policy_spec, plugins)
     spec = VmSpec(
         slots=(SlotSpec(0, 0, 4 * MiB, "pt"),),
         areas_per_vcpu=(((WIN0, WIN1),), ((WIN0, WIN1),)),
@@ -51,7 +57,7 @@ def play(policy_spec: str, history) -> int:
     )
     vm.create(spec)
     vm.start_passes(0, WIN0, WIN1, passes=3)
-    live: dict[int, int] = {}
+    live: dict[int, int] = {0: 0}
 
     def script() -> None:
         for op in [("create", 1, 0, 6), ("touch", 0, 48), *history]:
@@ -66,14 +72,17 @@ def play(policy_spec: str, history) -> int:
                 elif op[0] == "move" and op[1] in live:
                     vm.move_memslot(op[1], (WIN0 + op[2] * REG) << 12)
                     live[op[1]] = WIN0 + op[2] * REG
-                elif op[0] == "touch":
+                elif op[0] == "delete-pt" and 0 in live:
+                    vm.delete_memslot(0)  # roots in use stay, invalid, until vCPUs reload
+                    del live[0]
+                elif op[0] == "touch" and 0 in live:  # else the vCPU has shut down
                     g0 = WIN0 + op[1] * 128
                     vm.guest_access(1, g0, min(WIN1, g0 + op[2] * 128))
                 elif op[0] == "sleep":
                     vm.sleep_ns(op[1] * 1000)
             except ConfigError:
                 pass  # an overlapping create or move is refused, as KVM refuses it
-        for slot_id in list(live):
+        for slot_id in sorted(live, reverse=True):  # the page tables' slot last
             vm.delete_memslot(slot_id)
 
     vm.run_host(script)
@@ -98,7 +107,15 @@ def test_fixed_history_runs_every_check(policy):
         ("sleep", 50),
         ("delete", 2),
     ]
-    assert play(policy, history) == 4  # move, delete, delete, teardown
+    assert play(policy, history) == 5  # move, delete, delete, the tables' slot, teardown
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_deleting_the_slot_of_the_guest_page_tables_while_the_guest_runs(policy):
+    """Roots in use become invalid with a reload pending (legitimate, not stale); the
+    vCPUs then find their CR3 outside every memslot and shut down (mmu_check_root)."""
+    history = [("touch", 0, 48), ("sleep", 20), ("delete-pt",), ("sleep", 50)]
+    assert play(policy, history) == 3  # the tables' slot, slot 1 at the end, teardown
 
 
 class ForgetfulPolicy:
@@ -148,6 +165,26 @@ class LpageLeakPolicy:
             mmu.zap_pages(mmu.active_mmu_pages()[::-1], where=mmu.is_obsolete)
             mmu.commit_zap_page()
         return True
+
+
+class SkipsShadowedTables:
+    """A broken zap-slot: zaps the slot's rmaps but not the sps shadowing guest page
+    tables inside the slot (``kvm_mmu_zap_memslot`` without the ``sp->gfn`` pass)."""
+
+    name = "skips-tables"
+    archs = ("x86-shadow",)
+
+    @hookimpl
+    def mmbench_flush_shadow_memslot(self, kvm, slot):
+        with kvm.mmu_lock:
+            kvm.mmu.zap_gfn_range(slot.base_gfn, slot.end_gfn, lock_break=True)
+            kvm.mmu.commit_zap_page()
+        return True
+
+
+def test_oracle_catches_a_zap_that_skips_shadowed_tables():
+    with pytest.raises(InvariantViolation, match="shadows gfn 0x10 outside every memslot"):
+        play_with(SkipsShadowedTables(), [("touch", 0, 48), ("delete-pt",)])
 
 
 @pytest.mark.parametrize(

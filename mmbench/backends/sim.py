@@ -8,6 +8,7 @@ one virtual timeline; the ``kvm`` backend plays the same calls on /dev/kvm.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from mmbench.model.engine import Actor, Engine
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT
 from mmbench.model.stats import VCPU_STATS, VM_STATS
+from mmbench.model.vcpu import GuestShutdown
 
 __all__ = ["PassRecord", "SimBackend", "SimVm", "SlotSpec", "VmSpec"]
 
@@ -86,7 +88,12 @@ class SimVm:
 
     def _spawn_guest(self, vcpu_id: int, guest: Callable[[], None]) -> None:
         """Run ``guest`` as the guest thread of ``vcpu_id`` on the timeline."""
-        actor = self.engine.spawn(f"vcpu{vcpu_id}", guest)
+
+        def thread() -> None:
+            with contextlib.suppress(GuestShutdown):  # KVM_EXIT_SHUTDOWN: the thread ends
+                guest()
+
+        actor = self.engine.spawn(f"vcpu{vcpu_id}", thread)
         self.kvm.vcpus[vcpu_id].actor = actor
         self._guest_actors.append(actor)
 

@@ -10,6 +10,12 @@ if TYPE_CHECKING:
     from mmbench.model.kvm import Kvm
 
 
+class GuestShutdown(Exception):
+    """``KVM_EXIT_SHUTDOWN``: the guest triple-faulted and its vCPU thread ends, as when
+    ``mmu_check_root`` finds the guest's CR3 outside every visible memslot
+    (``KVM_REQ_TRIPLE_FAULT``)."""
+
+
 class Vcpu:
     def __init__(self, kvm: Kvm, vcpu_id: int) -> None:
         self.kvm = kvm
@@ -19,6 +25,7 @@ class Vcpu:
         self.actor: Actor | None = None
         self.in_guest = False  # a kick (IPI) cuts a guest-mode run short
         self.reloading = False
+        self.shutdown = False  # KVM_EXIT_SHUTDOWN: the guest thread on it has ended
 
     @property
     def stats(self):

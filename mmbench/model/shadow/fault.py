@@ -21,6 +21,7 @@ import numpy as np
 from mmbench.model.shadow.guest_tables import LEVEL_SHIFT, PTES_PER_TABLE, Area, GuestPageTables
 from mmbench.model.shadow.reclaim import KVM_MIN_FREE_MMU_PAGES, ShadowReclaim
 from mmbench.model.shadow.sps import scatter_add
+from mmbench.model.vcpu import GuestShutdown
 
 if TYPE_CHECKING:
     from mmbench.model.kvm import Kvm
@@ -220,6 +221,7 @@ class ShadowFault(ShadowReclaim):
         l1 = (area.first_l1 + np.arange(r0, r1) - area.region0)[touched]
         want = want[touched]
         faults = installed = new_sps = 0
+        self._walk_guest_tables(vcpu, l1)
         with kvm.mmu_lock:
             if self.n_max_mmu_pages:
                 self._make_pages_available_for(vcpu.id, l1)
@@ -241,6 +243,24 @@ class ShadowFault(ShadowReclaim):
         if kvm.trace_faults and faults:
             kvm.hook.mmbench_page_fault(kvm=kvm, vcpu=vcpu, gfn=g, npages=end - g, faults=faults)
         return end
+
+    def _walk_guest_tables(self, vcpu: Vcpu, l1: np.ndarray) -> None:
+        """Before mmu_lock, the guest's tables must be readable: ``mmu_check_root`` (in
+        ``mmu_alloc_shadow_roots``) turns a CR3 outside every visible memslot into
+        ``KVM_REQ_TRIPLE_FAULT``; ``FNAME(walk_addr_generic)`` failing on a lower table
+        injects a #PF, which a guest whose own tables are gone cannot survive either. So
+        a vCPU whose tables left the memslots (their slot deleted) shuts down."""
+        gpts = [int(self.gpt.roots[self.vcpu_process[vcpu.id]])]
+        if not self.root_usable(vcpu.id) or len(l1):
+            for pg in set(self.gpt.parent[l1].tolist()):
+                gpts += self.gpt.path(pg)
+            gpts += l1.tolist()
+        gfns = self.gpt.gfn[np.asarray(gpts, dtype=np.int64)]
+        lo = int(gfns.min())
+        if not self.kvm.memslots.backed(lo, int(gfns.max()) + 1)[gfns - lo].all():
+            vcpu.shutdown = True
+            vcpu.stats["exits"] += 1
+            raise GuestShutdown(f"vcpu {vcpu.id}: its page tables are outside every memslot")
 
     def _fetch(self, vcpu: int, l1: np.ndarray, want: np.ndarray) -> tuple[int, int, int]:
         """``FNAME(fetch)`` for the batch (mmu_lock held): the sps of every path, linked,

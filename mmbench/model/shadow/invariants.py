@@ -23,6 +23,7 @@ from mmbench.model.shadow.guest_tables import LEVEL_SHIFT
 
 if TYPE_CHECKING:
     from mmbench.model.shadow.mmu import ShadowMmu
+    from mmbench.model.vcpu import Vcpu
 
 
 def check_shadow_mmu(mmu: ShadowMmu, when: str, memslots: bool = True) -> None:
@@ -61,14 +62,18 @@ def check_shadow_mmu(mmu: ShadowMmu, when: str, memslots: bool = True) -> None:
     if len(stale):
         sp = leaves[rows[~live[gfns]][0]]
         fail(f"sp {sp} still maps gfn 0x{int(stale[0]):x}, which no live memslot backs")
-    shadowed = mmu.sp_gfn[:n][alive]
+    # a root still in use that was invalidated (role.invalid) or made obsolete is freed
+    # when its last vCPU reloads: legitimate while every vCPU on it has a reload pending
+    unreloaded = [int(mmu.vcpu_root[v.id]) for v in kvm.vcpus if not reload_pending(v)]
+    leaving = alive & (mmu.sp_root_count[:n] > 0)
+    leaving &= mmu.sp_invalid[:n] | (mmu.sp_gen[:n] != mmu.mmu_valid_gen)
+    leaving[[r for r in unreloaded if 0 <= r < n]] = False
+    shadowed = mmu.sp_gfn[:n][alive & ~leaving]
     if len(shadowed) and not live[shadowed].all():
         fail(f"an sp shadows gfn 0x{int(shadowed[~live[shadowed]][0]):x} outside every memslot")
     for vcpu in kvm.vcpus:
         root = int(mmu.vcpu_root[vcpu.id])
-        if vcpu.reloading:
-            continue  # took the reload request, waits for mmu_lock to unload
-        if root >= 0 and not mmu.root_usable(vcpu.id) and not vcpu.request_reload:
+        if root >= 0 and not mmu.root_usable(vcpu.id) and not reload_pending(vcpu):
             fail(f"vcpu {vcpu.id} runs on obsolete or invalid root sp {root} with no reload")
     if mmu.tlbs_dirty:
         fail("sptes were zapped but remote TLBs were not flushed")
@@ -77,3 +82,8 @@ def check_shadow_mmu(mmu: ShadowMmu, when: str, memslots: bool = True) -> None:
         fail(f"n_used_mmu_pages is {mmu.n_used_mmu_pages} but {used} sps are live")
     if mmu.n_max_mmu_pages and used > mmu.n_max_mmu_pages:
         fail(f"{used} sps live, over n_max_mmu_pages {mmu.n_max_mmu_pages}")
+
+
+def reload_pending(vcpu: Vcpu) -> bool:
+    """``KVM_REQ_MMU_RELOAD`` is set, or taken and the vCPU waits for mmu_lock to unload."""
+    return vcpu.request_reload or vcpu.reloading
