@@ -81,6 +81,11 @@ class Memslots:
         )
         self.slots[new.id] = new
 
+    def layout(self) -> tuple[tuple[int, int, int, bool], ...]:
+        """What decides which gfns are visible: each slot's id, range and invalid flag
+        (a cache key for checks that only change when a slot does)."""
+        return tuple((s.id, s.base_gfn, s.npages, s.invalid) for s in self.slots.values())
+
     def is_live(self, slot: Memslot) -> bool:
         """``slot`` is the current, valid slot of its id (not deleted, moved or changed)."""
         return self.slots.get(slot.id) is slot and not slot.invalid

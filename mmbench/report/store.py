@@ -26,8 +26,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from mmbench.errors import ConfigError
 
 RUNS_DIR_ENV = "MMBENCH_RUNS_DIR"
@@ -158,7 +156,10 @@ def reserve(root: Path, name: str) -> Iterator[Reservation]:
 
 
 @cache
-def _validator() -> jsonschema.protocols.Validator:
+def _validator() -> Any:
+    """The schema's validator (jsonschema imported on first use)."""
+    import jsonschema
+
     schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
@@ -167,7 +168,9 @@ def _validator() -> jsonschema.protocols.Validator:
 
 def validate(record: Any, name: str) -> None:
     """Raise DamagedRun naming the first field that breaks the schema."""
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(record))
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator().iter_errors(record))
     if error is not None:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
         raise DamagedRun(name, f"{RESULT_FILE}{where}: {error.message}"[:300])

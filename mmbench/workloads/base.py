@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated, Any
 
-from pydantic import Field, TypeAdapter, ValidationError
-
 from mmbench.errors import ConfigError
 from mmbench.workloads.sizes import UNITS_HELP, size_text
 
@@ -42,7 +40,10 @@ class Param:
         return "/".join(self.cli)
 
     @cached_property
-    def _validator(self) -> TypeAdapter:
+    def _validator(self) -> Any:
+        """A pydantic ``TypeAdapter`` (imported on first use: ``mmbench list`` needs none)."""
+        from pydantic import Field, TypeAdapter
+
         bounds = {"ge": self.min, "gt": self.above, "le": self.max}
         rules: dict[str, Any] = {k: v for k, v in bounds.items() if v is not None}
         if self.type is float:
@@ -73,6 +74,8 @@ class Param:
                 value = parse(raw)
             except (TypeError, ValueError, OverflowError):
                 raise ConfigError(self.field, f"expected {expects}, got {raw!r}") from None
+        from pydantic import ValidationError
+
         try:
             return self._validator.validate_python(value)
         except ValidationError as exc:

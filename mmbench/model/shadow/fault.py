@@ -45,6 +45,8 @@ class ShadowFault(ShadowReclaim):
     ) -> None:
         super().__init__(kvm, gpt, max_gfn, nr_vcpus)
         self.pte_prefetch_num = pte_prefetch_num  # the arch's PTE_PREFETCH_NUM
+        self._tables_checked_for: tuple | None = None  # memslot layout of the last check
+        self._tables_visible = False
 
     # -- sps and links ---------------------------------------------------------------------
     def kvm_mmu_get_pages(self, gpts: np.ndarray) -> tuple[np.ndarray, int]:
@@ -250,6 +252,8 @@ class ShadowFault(ShadowReclaim):
         ``KVM_REQ_TRIPLE_FAULT``; ``FNAME(walk_addr_generic)`` failing on a lower table
         injects a #PF, which a guest whose own tables are gone cannot survive either. So
         a vCPU whose tables left the memslots (their slot deleted) shuts down."""
+        if self._all_tables_visible():
+            return
         gpts = [int(self.gpt.roots[self.vcpu_process[vcpu.id]])]
         if not self.root_usable(vcpu.id) or len(l1):
             for pg in set(self.gpt.parent[l1].tolist()):
@@ -261,6 +265,19 @@ class ShadowFault(ShadowReclaim):
             vcpu.shutdown = True
             vcpu.stats["exits"] += 1
             raise GuestShutdown(f"vcpu {vcpu.id}: its page tables are outside every memslot")
+
+    def _all_tables_visible(self) -> bool:
+        """Every guest page-table page in a visible memslot: then no walk can fail. Only
+        a memslot change can alter the answer, so it is kept until the slots change."""
+        layout = self.kvm.memslots.layout()
+        if layout != self._tables_checked_for:
+            g = self.gpt.gfn
+            lo = int(g.min())
+            self._tables_visible = bool(
+                self.kvm.memslots.backed(lo, int(g.max()) + 1)[g - lo].all()
+            )
+            self._tables_checked_for = layout
+        return self._tables_visible
 
     def _fetch(self, vcpu: int, l1: np.ndarray, want: np.ndarray) -> tuple[int, int, int]:
         """``FNAME(fetch)`` for the batch (mmu_lock held): the sps of every path, linked,
