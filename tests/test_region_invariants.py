@@ -43,9 +43,10 @@ ops = st.lists(
 )
 
 
-def make_vm(policy_spec: str, arch_name: str = "x86-tdp"):
-    """A VM on ``arch_name`` with the policies ``policy_spec`` (``+``-separated)."""
-    run = assemble(policy_spec, arch=arch_name, check=True)
+def make_vm(policy_spec: str | None, arch_name: str = "x86-tdp", plugins: tuple = ()):
+    """A VM on ``arch_name`` with the policies ``policy_spec`` (``+``-separated) and a
+    test's own policy objects ``plugins``."""
+    run = assemble(policy_spec, arch=arch_name, check=True, plugins=plugins)
     return run.vm, run.monitors[0]
 
 
@@ -57,10 +58,13 @@ def play(
     eager: bool,
     scale: int = 1,
     arch: str = "x86-tdp",
+    keep_slots: bool = False,
+    plugins: tuple = (),
 ) -> int:
     """Play ``history`` in units of ``scale`` regions; ``scale`` 128 is a 4 GiB guest
-    backed by 1 GiB pages."""
-    vm, inv = make_vm(policy_spec, arch_name=arch)
+    backed by 1 GiB pages. ``keep_slots``: tear the VM down with its slots still mapped
+    (else they are deleted first)."""
+    vm, inv = make_vm(policy_spec, arch_name=arch, plugins=plugins)
     u = scale * REG  # gfns per unit
     window = (0, NREG * u)
     page = (1 << 30) if scale >= 128 else (2 << 20)
@@ -97,7 +101,7 @@ def play(
                     vm.sleep_ns(sid * 1000)
             except ConfigError:
                 pass  # not logged, no manual protect, out of range, overlap: refused
-        for sid in list(live):
+        for sid in [] if keep_slots else list(live):
             vm.delete_memslot(sid)
 
     vm.run_host(script)
@@ -129,10 +133,52 @@ TEARDOWN = [
 
 @pytest.mark.parametrize(("arch", "policy"), TEARDOWN)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(history=ops, manual=st.booleans(), gib=st.booleans())
-def test_teardown_policy_leaves_nothing(arch, policy, history, manual, gib):
-    """Whatever was mapped, logged or split, teardown leaves nothing and flushes."""
-    assert play(policy, history, manual, manual, False, 128 if gib else 1, arch) >= 3
+@given(history=ops, manual=st.booleans(), gib=st.booleans(), keep=st.booleans())
+def test_teardown_policy_leaves_nothing(arch, policy, history, manual, gib, keep):
+    """Whatever was mapped, logged or split, and whether or not its slots were deleted
+    first, teardown leaves nothing and flushes."""
+    checks = play(policy, history, manual, manual, False, 128 if gib else 1, arch, keep)
+    assert checks >= 2  # the logging change of the prefix and the teardown
+
+
+class FreesNothing:
+    """A broken teardown: answers ``kvm_arch_flush_shadow_all`` and frees nothing."""
+
+    name = "frees-nothing"
+    archs = ("arm64", "x86-tdp")
+
+    @hookimpl
+    def mmbench_flush_shadow_all(self, kvm):
+        return True
+
+
+class ElidesTheTlbi:
+    """A broken s2-elide: drops the CMOs and the per-IPA TLBIs, and the TLBI VMALL too."""
+
+    name = "elides-the-tlbi"
+    archs = ("arm64",)
+
+    @hookimpl
+    def mmbench_flush_shadow_all(self, kvm):
+        mmu = kvm.mmu
+        with kvm.mmu_lock:
+            mmu.zap_range(0, mmu.nr_regions, lock_break=True, cmo=False, tlbi_per_ipa=False)
+            mmu.free_tables()
+        return True
+
+
+@pytest.mark.parametrize(
+    ("arch", "broken", "message"),
+    [
+        ("arm64", FreesNothing, "mappings still live"),
+        ("x86-tdp", FreesNothing, "mappings still live"),
+        ("arm64", ElidesTheTlbi, "never flushed"),
+    ],
+)
+def test_teardown_with_slots_still_mapped_catches_a_broken_teardown(arch, broken, message):
+    history = [("touch", 0, 8, True), ("sleep", 5)]
+    with pytest.raises(InvariantViolation, match=message):
+        play(None, history, False, False, False, 1, arch, keep_slots=True, plugins=(broken(),))
 
 
 def test_lazy_worker_drops_a_slot_deleted_before_it_runs():

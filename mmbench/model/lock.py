@@ -21,6 +21,7 @@ class MmuLock:
         self.engine = engine
         self.handoff_ns = handoff_ns
         self.holder: Actor | None = None
+        self.readers: list[Actor] = []  # actors inside read_lock()
         self.waiters: deque[tuple[Actor, int]] = deque()
         self._hold_start = 0
         # (start ns, hold ns, is_vcpu) per critical section: histograms and max hold.
@@ -85,7 +86,20 @@ class MmuLock:
         if self.holder is not None or self.waiters:
             self.acquire()  # queue behind the writer; its lock-break lets us in
             self.release()
-        yield
+        me = self.engine.current
+        self.readers.append(me)
+        try:
+            yield
+        finally:
+            self.readers.remove(me)
+
+    def held_elsewhere(self) -> bool:
+        """Another actor is inside an mmu_lock section (as the writer or a reader): what
+        it changed may not be flushed yet, legitimately, until it leaves."""
+        me = self.engine.current
+        return (self.holder is not None and self.holder is not me) or any(
+            r is not me for r in self.readers
+        )
 
     # -- lock-break ----------------------------------------------------------------------
     def needbreak(self) -> bool:

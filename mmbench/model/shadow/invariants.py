@@ -75,7 +75,7 @@ def check_shadow_mmu(mmu: ShadowMmu, when: str, memslots: bool = True) -> None:
         root = int(mmu.vcpu_root[vcpu.id])
         if root >= 0 and not mmu.root_usable(vcpu.id) and not reload_pending(vcpu):
             fail(f"vcpu {vcpu.id} runs on obsolete or invalid root sp {root} with no reload")
-    if mmu.tlbs_dirty:
+    if mmu.tlbs_dirty and not kvm.mmu_lock.held_elsewhere():  # else: it flushes first
         fail("sptes were zapped but remote TLBs were not flushed")
     used = int(alive.sum())
     if mmu.n_used_mmu_pages != used:
