@@ -276,3 +276,12 @@ def test_one_remote_flush_ipis_on_x86_and_broadcasts_on_arm64(arch, policy, ipis
     c = kvm.costs
     per = c.remote_tlb_flush + (2 * c.kick_vcpu if ipis else 0)
     assert took[0] == pytest.approx(3 * per, abs=1)
+
+
+def test_a_walk_in_progress_is_not_a_missing_flush():
+    """Found by hypothesis: the lazy worker, mid-walk on 1 GiB pages, holds mmu_lock with
+    zapped tables not yet flushed when the host re-flags the slot; its walk flushes before
+    it yields, so the oracle must not call that state stale."""
+    history = [("log", 1, False), ("touch", 0, 2, False), ("log", 1, False)]
+    policy = "zap-all:lock_break=true+lazy-collapse:delay_s=0.0003"
+    assert play(policy, history, False, False, False, 128, "x86-tdp") >= 3
