@@ -187,9 +187,29 @@ def test_oracle_catches_a_zap_that_skips_shadowed_tables():
         play_with(SkipsShadowedTables(), [("touch", 0, 48), ("delete-pt",)])
 
 
+class FastInvalidateWithoutReload:
+    """A broken fast invalidate: obsolete roots are zapped, but no vCPU is asked to
+    reload (``kvm_mmu_zap_all_fast`` without ``kvm_reload_remote_mmus``); zapping an
+    obsolete root in use requests nothing by itself, as in the kernel."""
+
+    name = "no-reload"
+    archs = ("x86-shadow",)
+
+    @hookimpl
+    def mmbench_flush_shadow_memslot(self, kvm, slot):
+        mmu = kvm.mmu
+        with kvm.mmu_lock:
+            mmu.mmu_valid_gen += 1
+            mmu.kvm_clear_all_lpage_info()
+            mmu.zap_pages(mmu.active_mmu_pages()[::-1], where=mmu.is_obsolete, lock_break=True)
+            mmu.commit_zap_page()
+        return True
+
+
 @pytest.mark.parametrize(
     ("broken", "message"),
     [
+        (FastInvalidateWithoutReload, "obsolete or invalid root sp 0 with no reload"),
         (ForgetfulPolicy, "still maps gfn"),
         (NoFlushPolicy, "not flushed"),
         (LpageLeakPolicy, "lpage_info"),

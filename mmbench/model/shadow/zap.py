@@ -75,7 +75,10 @@ class ShadowZap(SpTable):
         self.n_used_mmu_pages -= int((~in_use).sum())
         self._record_used()
         self.tlbs_dirty = True
-        if in_use.any():  # a root in use: its vCPUs must reload before they run again
+        # a current root in use: its vCPUs must reload before they run again. An obsolete
+        # one asks for nothing here: whoever made it obsolete (kvm_mmu_zap_all_fast) has
+        # requested the reload ("!is_obsolete_sp()" in __kvm_mmu_prepare_zap_page)
+        if (in_use & ~self.is_obsolete(sps)).any():
             self.kvm.reload_remote_mmus()
         st = self.kvm.stats.vm
         st["mmu_shadow_zapped"] += len(sps)
