@@ -6,7 +6,6 @@ import argparse
 import json
 from typing import Any
 
-from mmbench.errors import ConfigError
 from mmbench.host.manager import get_host
 from mmbench.report import store
 from mmbench.report.compare import RENDERERS, compare, render_text
@@ -36,12 +35,7 @@ def _metric_info(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     root = store.runs_dir(args.runs_dir)
-    records = [store.load(root, name) for name in args.runs]
-    workloads = {r["workload"] for r in records}
-    if len(workloads) > 1:
-        raise ConfigError(
-            "RUN", f"runs of different workloads cannot be compared: {', '.join(sorted(workloads))}"
-        )
+    records = store.load_same_workload(root, args.runs)
     cmp = compare(records, _metric_info(records))
     print(RENDERERS[args.format](cmp))
     return 0

@@ -380,10 +380,7 @@ class PlotCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         root = store.runs_dir(args.runs_dir)
-        records = [store.load(root, name) for name in args.runs]
-        workloads = {r["workload"] for r in records}
-        if len(workloads) > 1:
-            raise ConfigError("RUN", f"runs of different workloads: {', '.join(sorted(workloads))}")
+        records = store.load_same_workload(root, args.runs)
         window = parse_window(args.window)
         path = plot_runs(records, args.series, args.out, args.kind, args.title, window, args.x)
         print(f"wrote {path}")

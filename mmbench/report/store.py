@@ -99,7 +99,6 @@ class Reservation:
 
     root: Path
     name: str
-    saved: Path | None = None
 
     def save(self, record: dict[str, Any]) -> Path:
         """Write ``record`` as the run, atomically; returns the run directory."""
@@ -117,7 +116,6 @@ class Reservation:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self.saved = final
         return final
 
 
@@ -196,6 +194,16 @@ def load(root: Path, name: str) -> dict[str, Any]:
         raise DamagedRun(name, reason) from None
     validate(record, name)
     return record
+
+
+def load_same_workload(root: Path, names: list[str]) -> list[dict[str, Any]]:
+    """Runs ``names``, refused unless they ran one workload: their metrics and series
+    only line up then (``compare``, ``plot``)."""
+    records = [load(root, name) for name in names]
+    workloads = sorted({r["workload"] for r in records})
+    if len(workloads) > 1:
+        raise ConfigError("RUN", f"runs of different workloads: {', '.join(workloads)}")
+    return records
 
 
 def list_runs(root: Path) -> list[str]:
