@@ -216,6 +216,7 @@ class SimVm:
         out["vcpu_stall_ns"] = sum(lock.wait_ns.get(n, 0) for n in names)
         out["vcpu_stall_max_ns"] = max((lock.max_wait_ns.get(n, 0) for n in names), default=0)
         out["lock_breaks"] = lock.lock_breaks
+        out["vcpu_shutdowns"] = kvm.stats.vcpu_total("shutdowns", guests)
         out["mmu_lock_max_hold_host_ns"] = lock.max_hold_ns(vcpu=False)
         out.update(kvm.mmu.extra_stats())
         return out

@@ -76,6 +76,15 @@ class RomAccess:
             " of guest pages (compose a reclaim policy: --policy zap-slot+lru-scan)",
             min=0,
         ),
+        Param(
+            "delete_ram_after_pass",
+            int,
+            0,
+            "once every thread has done this many passes, delete RAM slot 0 (the guest"
+            " kernel and its page tables) while they run, as set_memory_region_test's"
+            " test_delete_memory_region does; the vCPUs then shut down. 0: never",
+            min=0,
+        ),
     )
     default_plots = ("pass.ms", "rom-access.delete_ns", "mmu_lock_hold_hist")
     metrics = {
@@ -95,6 +104,9 @@ class RomAccess:
         "mmu_lock_max_hold_ms": Metric("ms", "longest mmu_lock hold"),
         "vcpu_stall_ms": Metric("ms", "mmu_lock wait of the guest threads' vCPUs, summed"),
         "vcpu_stall_max_ms": Metric("ms", "longest single mmu_lock wait of a vCPU"),
+        "vcpu_shutdowns": Metric(
+            "", "guest threads ended by KVM_EXIT_SHUTDOWN (--delete-ram-after-pass)", kind="count"
+        ),
     }
 
     # -- layout --------------------------------------------------------------------------
@@ -128,6 +140,11 @@ class RomAccess:
                 "--mmu-pages",
                 f"must be 0 (KVM's default) or >= {KVM_MIN_ALLOC_MMU_PAGES}"
                 f" (KVM_SET_NR_MMU_PAGES refuses less), got {p.mmu_pages}",
+            )
+        if p.delete_ram_after_pass >= p.passes:
+            raise ConfigError(
+                "--delete-ram-after-pass",
+                f"must be 0 (never) or below --passes ({p.passes}), got {p.delete_ram_after_pass}",
             )
         rom0 = p.rom_gpa >> PAGE_SHIFT
         rom_area = (rom0, rom0 + (rom_bytes >> PAGE_SHIFT))
@@ -164,6 +181,10 @@ class RomAccess:
     # -- the run -------------------------------------------------------------------------
     def run(self, vm: VmApi, p: WorkloadSpec) -> dict[str, float]:
         spec = self.layout(p, vm.arch)
+        if p.delete_ram_after_pass and getattr(vm, "backend", "sim") != "sim":
+            raise ConfigError(
+                "--delete-ram-after-pass", "runs on backend sim only (the model's guest shuts down)"
+            )
         vm.create(spec)
         rom_vcpu = p.threads
         rom0, rom1 = spec.areas_per_vcpu[rom_vcpu][0]
@@ -179,6 +200,11 @@ class RomAccess:
                 vm.sleep_ns(pause * 1e6)
                 if vm.guests_done():
                     return
+                if p.delete_ram_after_pass and self._passes_done(vm, p) >= p.delete_ram_after_pass:
+                    # QEMU removes the RAM under a running guest: the slot of its page
+                    # tables goes, so every vCPU's reload finds CR3 outside every memslot
+                    vm.event("ram-delete", delete_ns=vm.delete_memslot(0))
+                    return
                 t_add = vm.add_memslot(ROM_SLOT, p.rom_gpa, p.rom_kib * 1024, "pc.rom")
                 t_read = vm.guest_access(rom_vcpu, rom0, rom1)
                 t_del = vm.delete_memslot(ROM_SLOT)
@@ -187,6 +213,15 @@ class RomAccess:
 
         vm.run_host(rom_sh, name="vmm-rom.sh")
         return self._metrics(vm, accesses, p)
+
+    @staticmethod
+    def _passes_done(vm: VmApi, p: WorkloadSpec) -> int:
+        """Passes every guest thread has finished."""
+        done = [0] * p.threads
+        for r in vm.passes:
+            if r.vcpu < p.threads:
+                done[r.vcpu] += 1
+        return min(done)
 
     def _metrics(self, vm: VmApi, accesses, p: WorkloadSpec) -> dict[str, float]:
         """What mmtest reported plus what explains it, from what the backend observed."""
@@ -219,6 +254,8 @@ class RomAccess:
         for metric, (stat, scale) in named.items():
             if stat in st:
                 out[metric] = st[stat] * scale
+        if p.delete_ram_after_pass:
+            out["vcpu_shutdowns"] = st["vcpu_shutdowns"]
         return out
 
 
