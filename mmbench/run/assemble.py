@@ -94,12 +94,14 @@ def run_once(
     backend: str = "sim",
     costs_file: str | None = None,
     check: bool = False,
+    trace: bool = False,
     rep: int = 0,
     host: Host | None = None,
 ) -> dict[str, Any]:
     """One repetition of ``workload`` under one policy; returns ``{"policy", "arch",
     "backend", "costs", "metrics", "series", "checks", "seed"}``. Repetition ``i`` of a
-    workload with a ``seed`` parameter runs with seed + i."""
+    workload with a ``seed`` parameter runs with seed + i. ``trace``: the backend records
+    the kernel's tracepoints of the workload's paths (``--trace``)."""
     host = host or get_host()
     wl = host.registry.get("workload", workload)()
     spec = resolve_params(wl.params, params or {})
@@ -109,6 +111,8 @@ def run_once(
         policy, arch=arch, costs_file=costs_file, check=check, backend=backend, host=host
     )
     with run:
+        if trace:
+            run.vm.enable_trace(tuple(wl.paths))
         try:
             metrics = wl.run(run.vm, spec)
         except Exception as exc:  # say whose hook it was: the runner records it per policy

@@ -91,6 +91,14 @@ class RomAccess:
         "pass_time_ms": Metric("ms", "mean time of a warm pass (mmtest's figure)"),
         "populate_ms": Metric("ms", "mean time of the first pass, which faults everything in"),
         "memslot_delete_ms": Metric("ms", "ROM memslot delete latency (the policy's flush)"),
+        "memslot_delete_p50_ms": Metric("ms", "median ROM delete once every thread populated"),
+        "memslot_delete_p99_ms": Metric("ms", "99th percentile of those steady-state deletes"),
+        "memslot_delete_max_ms": Metric("ms", "slowest of those steady-state deletes"),
+        "memslot_delete_populating_ms": Metric(
+            "ms", "median ROM delete while threads still populate (-1: none)"
+        ),
+        "sps_per_delete": Metric("", "sps zapped per steady-state delete", kind="count"),
+        "sptes_per_delete": Metric("", "sptes zapped per steady-state delete", kind="count"),
         "memslot_add_ms": Metric("ms", "ROM memslot add latency"),
         "rom_access_ms": Metric("ms", "one rom.sh iteration: add, guest read, delete"),
         "rom_reads": Metric("", "ROM reads during the run", kind="count"),
@@ -207,9 +215,21 @@ class RomAccess:
                     return
                 t_add = vm.add_memslot(ROM_SLOT, p.rom_gpa, p.rom_kib * 1024, "pc.rom")
                 t_read = vm.guest_access(rom_vcpu, rom0, rom1)
+                populating = self._passes_done(vm, p) < 1
+                before = vm.stats()
                 t_del = vm.delete_memslot(ROM_SLOT)
-                accesses.append((t_add, t_read, t_del))
-                vm.event("rom-access", add_ns=t_add, read_ns=t_read, delete_ns=t_del)
+                after = vm.stats()
+                sps, sptes = (after[k] - before[k] for k in ("mmu_shadow_zapped", "sptes_zapped"))
+                accesses.append((t_add, t_read, t_del, populating, sps, sptes))
+                vm.event(
+                    "rom-access",
+                    add_ns=t_add,
+                    read_ns=t_read,
+                    delete_ns=t_del,
+                    populating=populating,
+                    sps_zapped=sps,
+                    sptes_zapped=sptes,
+                )
 
         vm.run_host(rom_sh, name="vmm-rom.sh")
         return self._metrics(vm, accesses, p)
@@ -227,7 +247,10 @@ class RomAccess:
         """What mmtest reported plus what explains it, from what the backend observed."""
         warm = [r for r in vm.passes if r.index > 0]
         first = [r for r in vm.passes if r.index == 0]
-        acc = np.array(accesses, dtype=np.float64).reshape(-1, 3) / 1e6
+        acc = np.array([a[:3] for a in accesses], dtype=np.float64).reshape(-1, 3) / 1e6
+        populating = np.array([a[3] for a in accesses], dtype=bool)
+        zapped = np.array([a[4:] for a in accesses], dtype=np.float64).reshape(-1, 2)
+        steady = acc[~populating, 2]
         st = vm.stats()
         for r in vm.passes:
             vm.event("pass", vcpu=r.vcpu, index=r.index, ms=r.ms, t_ns=r.end_ns)
@@ -235,6 +258,14 @@ class RomAccess:
             "pass_time_ms": float(np.mean([r.ms for r in warm])),
             "populate_ms": float(np.mean([r.ms for r in first])),
             "memslot_delete_ms": float(acc[:, 2].mean()) if len(acc) else 0.0,
+            "memslot_delete_p50_ms": float(np.median(steady)) if len(steady) else -1.0,
+            "memslot_delete_p99_ms": float(np.percentile(steady, 99)) if len(steady) else -1.0,
+            "memslot_delete_max_ms": float(steady.max()) if len(steady) else -1.0,
+            "memslot_delete_populating_ms": (
+                float(np.median(acc[populating, 2])) if populating.any() else -1.0
+            ),
+            "sps_per_delete": float(zapped[~populating, 0].mean()) if len(steady) else 0.0,
+            "sptes_per_delete": float(zapped[~populating, 1].mean()) if len(steady) else 0.0,
             "memslot_add_ms": float(acc[:, 0].mean()) if len(acc) else 0.0,
             "rom_access_ms": float(acc.sum(axis=1).mean()) if len(acc) else 0.0,
             "rom_reads": len(acc),
