@@ -11,7 +11,10 @@ made of; least squares over several sizes gives the per-item costs the model cha
   2 MiB stride: 1 sp and 8 sptes per fault;    ``fault_locked`` estimate),
   fresh tables: 1 spte per fault)              ``spte_install``, ``sp_alloc``
 * ROM-slot delete, quirk off               -> ``memslot_update`` (a delete does two)
-* ROM-slot delete, quirk on, dense/sparse  -> ``zap_sp``, ``zap_spte``
+* ROM-slot delete, quirk on, dense/sparse  -> ``zap_sp``, ``zap_spte``: directly from the
+  kernel's ``kvm_mmu_prepare_zap_page`` timestamps inside the delete where tracefs is
+  mounted (the mean interval between two sps' zaps is one sp's zap with its sptes, free
+  of the SRCU grace period that dominates a delete's time), else from the delete times
 
 The patterns differ in faults:sptes:sps ratios, which is what makes the three populate
 costs separable; the same holds for sps:sptes in the two zap patterns.
@@ -43,6 +46,7 @@ from . import ioctls as k
 from .backend import check_host_memory
 from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
 from .system import KvmSystem
+from .tracing import TraceInstance
 from .vcpu import Vcpu
 from .vm import Vm
 
@@ -107,17 +111,26 @@ class _Rig:
             "pages": (end - start) // stride,
         }
 
-    def rom_delete(self) -> tuple[int, dict[str, int]]:
-        """Add the ROM slot, read it once, then time its delete (what rom.sh does)."""
+    def rom_delete(self, trace: TraceInstance | None = None) -> tuple[int, dict[str, int]]:
+        """Add the ROM slot, read it once, then time its delete (what rom.sh does). With
+        ``trace``, also the span of its ``kvm_mmu_prepare_zap_page`` events."""
         self.vm.add_memslot(2, self.rom, ROM_BYTES, thp=False)
         self.vcpu.set_touch(self.rom, self.rom + ROM_BYTES, write=False)
         self.vcpu.run()
         s0 = self.stats()
+        if trace:
+            trace.clear()
         ns = self.vm.delete_memslot(2)
         s1 = self.stats()
         sps = _delta(s0, s1, "mmu_shadow_zapped")
         # the model's zap_spte is charged per spte *or child link* an sp held
-        return ns, {"sps": sps, "sptes": -_delta(s0, s1, "pages_4k") + sps}
+        out = {"sps": sps, "sptes": -_delta(s0, s1, "pages_4k") + sps}
+        if trace:
+            counts, first, last, lost = trace.take()
+            traced = counts.get("kvm_mmu_prepare_zap_page", 0)
+            if traced == sps and traced > 1 and not lost:
+                out["span_ns"] = round((last - first) * 1e9)  # sps - 1 intervals
+        return ns, out
 
     def close(self) -> int:
         return self.vm.close()
@@ -129,7 +142,9 @@ def _now() -> int:
     return time.perf_counter_ns()
 
 
-def measure(system: KvmSystem, sizes_mb: list[int]) -> list[Sample]:
+def measure(
+    system: KvmSystem, sizes_mb: list[int], trace: TraceInstance | None = None
+) -> list[Sample]:
     """All calibration experiments at each size (about 3 small VMs per size)."""
     out: list[Sample] = []
     for mb in sizes_mb:
@@ -142,7 +157,7 @@ def measure(system: KvmSystem, sizes_mb: list[int]) -> list[Sample]:
             out.append(Sample("populate", "4k-warm", mb, ns, c))
             ns, c = rig.timed_pass(rig.base, end, PAGE_SIZE_4K)
             out.append(Sample("warm", "4k", mb, ns, c))
-            ns, c = rig.rom_delete()
+            ns, c = rig.rom_delete(trace)
             out.append(Sample("delete_all", "dense", mb, ns, c))
         finally:
             rig.close()
@@ -150,7 +165,7 @@ def measure(system: KvmSystem, sizes_mb: list[int]) -> list[Sample]:
         try:
             ns, c = rig.timed_pass(rig.base, rig.base + size, PAGE_SIZE_2M)
             out.append(Sample("populate", "2m-stride", mb, ns, c))
-            ns, c = rig.rom_delete()
+            ns, c = rig.rom_delete(trace)
             out.append(Sample("delete_all", "sparse", mb, ns, c))
         finally:
             rig.close()
@@ -188,10 +203,17 @@ def fit(samples: list[Sample], defaults: Any) -> tuple[dict[str, float], dict[st
         [s.ns - s.counts["pages"] * touch for s in pop],
     )
     dels = by["delete_all"]
-    (c_zap_sp, c_zap_spte), err_zap = _rel_fit(
-        [[s.counts["sps"], s.counts["sptes"]] for s in dels],
-        [max(1.0, s.ns - 2 * memslot_update) for s in dels],
-    )
+    timed = [s for s in dels if "span_ns" in s.counts]
+    if len(timed) >= 2:  # one sp's zap = zap_sp + its sptes x zap_spte, between two events
+        (c_zap_sp, c_zap_spte), err_zap = _rel_fit(
+            [[1.0, s.counts["sptes"] / s.counts["sps"]] for s in timed],
+            [max(1.0, s.counts["span_ns"] / (s.counts["sps"] - 1)) for s in timed],
+        )
+    else:
+        (c_zap_sp, c_zap_spte), err_zap = _rel_fit(
+            [[s.counts["sps"], s.counts["sptes"]] for s in dels],
+            [max(1.0, s.ns - 2 * memslot_update) for s in dels],
+        )
     locked = defaults["fault_locked"].ns
     costs = {
         "touch_page": touch,
@@ -298,6 +320,12 @@ def cost_table_yaml(
         "zap_sp": "per sp zapped (mmu_shadow_zapped), ROM delete fit with SLOT_ZAP_ALL on",
         "zap_spte": "per spte or child link dropped, ROM delete fit with SLOT_ZAP_ALL on",
     }
+    if any("span_ns" in s.counts for s in samples if s.kind == "delete_all"):
+        how["zap_sp"] = (
+            "per sp, from the intervals between kvm_mmu_prepare_zap_page tracepoints inside"
+            " ROM deletes with SLOT_ZAP_ALL on (dense and sparse sps)"
+        )
+        how["zap_spte"] = "per spte or child link, from the same tracepoint intervals"
     group = {"zap_sp": "zap", "zap_spte": "zap", "spte_install": "populate"}
     group |= {"sp_alloc": "populate", "fault_exit": "populate"}
     out = {}
@@ -328,6 +356,15 @@ def cost_table_yaml(
             "samples": [asdict(s) for s in samples],
         },
     }
+
+
+def _tracer() -> TraceInstance | None:
+    """The kvmmmu tracepoints of a memslot delete, where tracefs is mounted; else the zap
+    costs come from delete times (the provenance says which)."""
+    try:
+        return TraceInstance(("memslot-delete",))
+    except (ConfigError, OSError):
+        return None
 
 
 def _half_width(est: Estimate) -> float:
@@ -384,8 +421,13 @@ class Calibrate:
         if not out.parent.is_dir():
             raise ConfigError("--output", f"directory {out.parent} does not exist")
         defaults = get_host().registry.get("arch", "x86-shadow").costs
-        with KvmSystem() as system:
-            per_rep = [measure(system, sizes) for _ in range(args.reps)]
+        trace = _tracer()
+        try:
+            with KvmSystem() as system:
+                per_rep = [measure(system, sizes, trace) for _ in range(args.reps)]
+        finally:
+            if trace:
+                trace.close()
         fits = [fit(rep, defaults) for rep in per_rep]
         costs = estimate([c for c, _ in fits])
         errors = {g: float(np.median([e[g] for _, e in fits])) for g in fits[0][1]}
