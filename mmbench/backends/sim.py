@@ -138,6 +138,9 @@ class SimVm:
     def guests_done(self) -> bool:
         return all(a.done for a in self._guest_actors)
 
+    def passes_done(self, vcpu_id: int) -> int:
+        return sum(1 for r in self.passes if r.vcpu == vcpu_id)
+
     # -- the host script's calls (run inside ``run_host``) --------------------------------
     def now_ns(self) -> int:
         return self.engine.now

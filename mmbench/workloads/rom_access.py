@@ -85,6 +85,15 @@ class RomAccess:
             " test_delete_memory_region does; the vCPUs then shut down. 0: never",
             min=0,
         ),
+        Param(
+            "idle_reads",
+            int,
+            0,
+            "ROM reads rom.sh goes on making after the guest threads finish: deletes with"
+            " every vCPU idle, as in the 2013 delete/add testcase and memslot_perf_test",
+            min=0,
+            max=100000,
+        ),
     )
     default_plots = ("pass.ms", "rom-access.delete_ns", "mmu_lock_hold_hist")
     metrics = {
@@ -96,6 +105,11 @@ class RomAccess:
         "memslot_delete_max_ms": Metric("ms", "slowest of those steady-state deletes"),
         "memslot_delete_populating_ms": Metric(
             "ms", "median ROM delete while threads still populate (-1: none)"
+        ),
+        "memslot_delete_idle_ms": Metric(
+            "ms",
+            "first ROM delete after the threads finished, all memory still mapped and every"
+            " vCPU idle (--idle-reads; later ones find little left; -1: none)",
         ),
         "sps_per_delete": Metric("", "sps zapped per steady-state delete", kind="count"),
         "sptes_per_delete": Metric("", "sptes zapped per steady-state delete", kind="count"),
@@ -199,15 +213,19 @@ class RomAccess:
         for v in range(p.threads):
             ((g0, g1),) = spec.areas_per_vcpu[v]
             vm.start_passes(v, g0, g1, p.passes)
-        accesses: list[tuple[int, int, int]] = []
+        accesses: list[tuple[int, int, int, str, int, int]] = []
         rng = np.random.default_rng(p.seed)
+        idle_left = p.idle_reads
 
         def rom_sh() -> None:
+            nonlocal idle_left
             while True:
                 pause = p.rom_interval_ms * rng.uniform(1 - p.rom_jitter, 1 + p.rom_jitter)
                 vm.sleep_ns(pause * 1e6)
-                if vm.guests_done():
+                idle = vm.guests_done()
+                if idle and not idle_left:
                     return
+                idle_left -= idle
                 if p.delete_ram_after_pass and self._passes_done(vm, p) >= p.delete_ram_after_pass:
                     # QEMU removes the RAM under a running guest: the slot of its page
                     # tables goes, so every vCPU's reload finds CR3 outside every memslot
@@ -215,18 +233,20 @@ class RomAccess:
                     return
                 t_add = vm.add_memslot(ROM_SLOT, p.rom_gpa, p.rom_kib * 1024, "pc.rom")
                 t_read = vm.guest_access(rom_vcpu, rom0, rom1)
-                populating = self._passes_done(vm, p) < 1
+                state = "idle" if idle else "running"
+                if not idle and self._passes_done(vm, p) < 1:
+                    state = "populating"
                 before = vm.stats()
                 t_del = vm.delete_memslot(ROM_SLOT)
                 after = vm.stats()
                 sps, sptes = (after[k] - before[k] for k in ("mmu_shadow_zapped", "sptes_zapped"))
-                accesses.append((t_add, t_read, t_del, populating, sps, sptes))
+                accesses.append((t_add, t_read, t_del, state, sps, sptes))
                 vm.event(
                     "rom-access",
                     add_ns=t_add,
                     read_ns=t_read,
                     delete_ns=t_del,
-                    populating=populating,
+                    state=state,
                     sps_zapped=sps,
                     sptes_zapped=sptes,
                 )
@@ -236,21 +256,21 @@ class RomAccess:
 
     @staticmethod
     def _passes_done(vm: VmApi, p: WorkloadSpec) -> int:
-        """Passes every guest thread has finished."""
-        done = [0] * p.threads
-        for r in vm.passes:
-            if r.vcpu < p.threads:
-                done[r.vcpu] += 1
-        return min(done)
+        """Passes every guest thread has finished so far."""
+        return min(vm.passes_done(v) for v in range(p.threads))
 
     def _metrics(self, vm: VmApi, accesses, p: WorkloadSpec) -> dict[str, float]:
         """What mmtest reported plus what explains it, from what the backend observed."""
         warm = [r for r in vm.passes if r.index > 0]
         first = [r for r in vm.passes if r.index == 0]
-        acc = np.array([a[:3] for a in accesses], dtype=np.float64).reshape(-1, 3) / 1e6
-        populating = np.array([a[3] for a in accesses], dtype=bool)
-        zapped = np.array([a[4:] for a in accesses], dtype=np.float64).reshape(-1, 2)
-        steady = acc[~populating, 2]
+        state = np.array([a[3] for a in accesses], dtype=object)
+        idle = state == "idle"
+        populating = state == "populating"
+        running = state == "running"
+        every = np.array([a[:3] for a in accesses], dtype=np.float64).reshape(-1, 3) / 1e6
+        acc = every[~idle]  # while the guest threads run (mmtest's run)
+        zapped = np.array([a[4:] for a in accesses], dtype=np.float64).reshape(-1, 2)[running]
+        steady = every[running, 2]
         st = vm.stats()
         for r in vm.passes:
             vm.event("pass", vcpu=r.vcpu, index=r.index, ms=r.ms, t_ns=r.end_ns)
@@ -262,13 +282,14 @@ class RomAccess:
             "memslot_delete_p99_ms": float(np.percentile(steady, 99)) if len(steady) else -1.0,
             "memslot_delete_max_ms": float(steady.max()) if len(steady) else -1.0,
             "memslot_delete_populating_ms": (
-                float(np.median(acc[populating, 2])) if populating.any() else -1.0
+                float(np.median(every[populating, 2])) if populating.any() else -1.0
             ),
-            "sps_per_delete": float(zapped[~populating, 0].mean()) if len(steady) else 0.0,
-            "sptes_per_delete": float(zapped[~populating, 1].mean()) if len(steady) else 0.0,
+            "memslot_delete_idle_ms": float(every[idle, 2][0]) if idle.any() else -1.0,
+            "sps_per_delete": float(zapped[:, 0].mean()) if len(steady) else 0.0,
+            "sptes_per_delete": float(zapped[:, 1].mean()) if len(steady) else 0.0,
             "memslot_add_ms": float(acc[:, 0].mean()) if len(acc) else 0.0,
             "rom_access_ms": float(acc.sum(axis=1).mean()) if len(acc) else 0.0,
-            "rom_reads": len(acc),
+            "rom_reads": len(every),
             "refaults": sum(r.faults for r in warm),
         }
         named = {

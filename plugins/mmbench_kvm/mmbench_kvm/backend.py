@@ -251,6 +251,14 @@ class KvmVm:
     def guests_done(self) -> bool:
         return all(not t.is_alive() for t in self._threads.values())
 
+    def passes_done(self, vcpu_id: int) -> int:
+        """Recorded passes, plus those the running thread has finished (live pass_ns)."""
+        done = sum(1 for r in self.passes if r.vcpu == vcpu_id)
+        t = self._threads.get(vcpu_id)
+        if t is not None and t.is_alive():
+            done += len(t.pass_ns)
+        return done
+
     def run_host(self, script: Callable[[], None], name: str = "vmm") -> None:
         """Start the guest threads, run ``script`` here, then wait for the guests."""
         vm = self._vm()
