@@ -134,8 +134,9 @@ def test_calibrate_then_validate_on_tiny_guests(tmp_path, runs_dir):
     for name in ("touch_page", "fault_exit", "sp_alloc", "zap_sp", "zap_spte", "memslot_update"):
         cost = doc["costs"][name]
         assert cost["ns"] >= 0 and host in cost["provenance"]
-        assert cal["date"][:10] in cost["provenance"] and f"preempt {cal['preempt']}" in (
-            cost["provenance"]
+        assert (
+            cal["date"][:10] in cost["provenance"]
+            and f"preempt {cal['preempt']}" in (cost["provenance"])
         )
         lo, hi = cost["ci95"]
         assert len(cost["per_rep"]) == 2 and lo <= cost["ns"] <= hi
