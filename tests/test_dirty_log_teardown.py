@@ -22,7 +22,8 @@ TD_METRICS = {"teardown_ms", "cmo_bytes", "tlbi_count", "mmu_lock_max_hold_ms", 
 
 
 def test_dirty_log_policies_on_x86_tdp(runs_dir):
-    doc = run_json("dirty-log", "--arch", "x86-tdp", *SMALL_DL, "--check")
+    # a preemptible host, so that lock-break on contention exists
+    doc = run_json("dirty-log", "--arch", "x86-tdp", *SMALL_DL, "--check", "--preempt", "full")
     pols = [r["policy"] for r in doc["results"]]
     assert pols == ["collapse-sync", "lazy-collapse", "recover-in-place"]
     m = {r["policy"]: r["metrics"] for r in doc["results"]}

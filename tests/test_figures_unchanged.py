@@ -4,7 +4,9 @@
 ``dirty-log -b 1T``, ``teardown`` (arm64 and x86-tdp) and ``mmu-pressure`` runs as printed
 before the "one home per concept" restructuring (commit 089c9dc). A change that is meant to
 move a figure (a fidelity fix) regenerates the file in the same commit and says why in
-the commit message and the README.
+the commit message and the README. ``rom-access-preempt-full.json`` is the default
+``rom-access`` under ``--preempt full``: the figures of the model before it had a host
+kernel configuration (contention-driven lock-break always on), unchanged to the last digit.
 """
 
 from __future__ import annotations

@@ -6,11 +6,14 @@ import numpy as np
 
 from mmbench.model.engine import Engine
 from mmbench.model.lock import MmuLock
+from mmbench.model.sched import KernelConfig
+
+FULL = KernelConfig(preempt="full")
 
 
 def two_actors(lock_break: bool, arrive_ns: int):
     eng = Engine()
-    lock = MmuLock(eng, handoff_ns=0)
+    lock = MmuLock(eng, handoff_ns=0, kernel=FULL)
     log = {}
 
     def zapper():
@@ -56,7 +59,7 @@ def test_read_lock_readers_share_and_wait_only_for_a_writer():
     """``read_lock``: faults do not exclude each other, but queue behind a writer and get
     in at its lock-break."""
     eng = Engine()
-    lock = MmuLock(eng, handoff_ns=0)
+    lock = MmuLock(eng, handoff_ns=0, kernel=FULL)
     log: dict[str, int] = {}
 
     def reader(name: str, arrive_ns: int) -> None:

@@ -14,6 +14,7 @@ from mmbench.model.engine import Engine
 from mmbench.model.lock import MmuLock
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, Memslot, Memslots
 from mmbench.model.mmu import Mmu
+from mmbench.model.sched import KernelConfig
 from mmbench.model.stats import Stats
 from mmbench.model.vcpu import Vcpu
 
@@ -35,13 +36,15 @@ class Kvm(Generic[MmuT]):
         costs: CostTable,
         nr_vcpus: int,
         max_gfn: int,
+        kernel: KernelConfig | None = None,
     ) -> None:
         self.engine = engine
+        self.kernel = kernel or KernelConfig()  # the host kernel: preempt model, HZ, CPUs
         self.hook: RunHooks = hook  # typed calls of the run's event hooks
         self.arch = arch
         self.costs = costs
         self.stats = Stats()
-        self.mmu_lock = MmuLock(engine, costs.lock_handoff)
+        self.mmu_lock = MmuLock(engine, costs.lock_handoff, self.kernel)
         self.memslots = Memslots(max_gfn)
         self.vcpus = [Vcpu(self, i) for i in range(nr_vcpus)]
         self.mmu: MmuT = None  # type: ignore[assignment]  # built by the arch's setup()

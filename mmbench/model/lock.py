@@ -1,8 +1,11 @@
 """``kvm->mmu_lock``: a fair (queued) spinlock with hold times, waiters and lock-break.
 
-Waiting actors spin: their wait is vCPU stall time. ``cond_resched_lock`` drops and
-retakes the lock when someone waits (``spin_needbreak`` on a preemptible kernel), which
-bounds stalls but lets vCPUs build new mappings while a zap is in progress.
+Waiting actors spin: their wait is vCPU stall time. ``cond_resched`` is
+``cond_resched_lock``: it drops and retakes the lock when ``spin_needbreak()`` (someone
+waits, and the host kernel is preemptible) or ``need_resched()`` (the scheduler tick
+found the holder's slice used up on an overloaded CPU) -- the semantics of the run's
+``KernelConfig`` (``mmbench.model.sched``), so policies only say where they may yield.
+It is the one place where a lock-break happens; each is counted by cause.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from contextlib import contextmanager
 import numpy as np
 
 from mmbench.model.engine import Actor, Engine
+from mmbench.model.sched import KernelConfig, Scheduler
 
 
 class MmuLock:
-    def __init__(self, engine: Engine, handoff_ns: float) -> None:
+    def __init__(self, engine: Engine, handoff_ns: float, kernel: KernelConfig) -> None:
         self.engine = engine
         self.handoff_ns = handoff_ns
+        self.kernel = kernel
+        self.sched = Scheduler(engine, kernel)
         self.holder: Actor | None = None
         self.readers: list[Actor] = []  # actors inside read_lock()
         self.waiters: deque[tuple[Actor, int]] = deque()
@@ -29,6 +35,8 @@ class MmuLock:
         self.wait_ns: dict[str, int] = {}
         self.max_wait_ns: dict[str, int] = {}
         self.lock_breaks = 0
+        self.lock_breaks_contention = 0  # spin_needbreak(): a waiter, preempt=full only
+        self.lock_breaks_resched = 0  # need_resched(): the tick, under every model
         self.is_vcpu: Callable[[Actor], bool] = lambda a: a.name.startswith("vcpu")
 
     # -- acquire / release ---------------------------------------------------------------
@@ -41,7 +49,7 @@ class MmuLock:
             self._take(me)
             return
         self.waiters.append((me, self.engine.now))
-        if self.holder is not None:
+        if self.holder is not None and self.kernel.preemptible:
             self.engine.interrupt(self.holder)  # spin_needbreak() becomes true
         self.engine.block()
         # handed over by release(): account the spin
@@ -102,25 +110,44 @@ class MmuLock:
         )
 
     # -- lock-break ----------------------------------------------------------------------
+    def spin_needbreak(self) -> bool:
+        """``spin_needbreak(&kvm->mmu_lock)``: someone waits, on a preemptible kernel."""
+        return self.kernel.preemptible and bool(self.waiters)
+
+    def need_resched(self) -> bool:
+        """``need_resched()`` on the holder's CPU, from the scheduler tick."""
+        me = self.engine.current
+        return me is not None and self.sched.need_resched(me)
+
     def needbreak(self) -> bool:
-        """``spin_needbreak(&kvm->mmu_lock)``."""
-        return bool(self.waiters)
+        """``need_resched() || spin_needbreak()``: a zap loop's check before it yields."""
+        return self.spin_needbreak() or self.need_resched()
 
     def cond_resched(self) -> bool:
-        """``cond_resched_lock``: if someone waits, let them in, then retake the lock."""
-        if not self.waiters:
+        """``cond_resched_lock``: if the holder must yield, drop the lock (a waiter gets
+        it), schedule if need_resched is set, then retake it. Returns True if it broke."""
+        resched = self.need_resched()
+        if not (resched or self.spin_needbreak()):
             return False
         self.lock_breaks += 1
+        if resched:
+            self.lock_breaks_resched += 1
+        else:
+            self.lock_breaks_contention += 1
         self.release()
+        if resched:
+            self.sched.schedule()
         self.acquire()
         return True
 
     def work(self, item_ns: np.ndarray, lock_break: bool) -> int:
         """Spend the cost of a run of items while holding the lock.
 
-        Without lock-break every item is done. With it, a waiter arriving cuts the run
-        short at the end of the item in progress (the next ``need_resched() ||
-        spin_needbreak()`` check in a kernel loop). Returns how many items were done.
+        Without lock-break every item is done. With it, the run is cut short at the end of
+        the item in progress when the holder must yield (the next ``need_resched() ||
+        spin_needbreak()`` check in a kernel loop): when a waiter arrives on a
+        preemptible kernel, or at the tick that sets need_resched. Returns how many items
+        were done.
         """
         n = len(item_ns)
         if n == 0:
@@ -130,16 +157,23 @@ class MmuLock:
         if not lock_break:
             self.engine.sleep(total)
             return n
-        if self.waiters:  # someone is already waiting: stop after the first item
+        if self.needbreak():  # already due: stop after the first item
             self.engine.sleep(float(ends[0]))
             return 1
         start = self.engine.now
+        me = self.engine.current
 
-        def stop_at(now: int) -> int:
-            i = int(np.searchsorted(ends, now - start, side="left"))
+        def item_end(t: int) -> int:
+            i = int(np.searchsorted(ends, t - start, side="left"))
             return start + int(ends[min(i, n - 1)])
 
-        slept = self.engine.sleep_interruptible(total, stop_at)
+        resched = self.sched.resched_at(me)
+        plan = start + int(total) if resched is None else min(start + int(total), item_end(resched))
+
+        def stop_at(now: int) -> int:  # a waiter arrived (preempt=full only)
+            return item_end(now)
+
+        slept = self.engine.sleep_interruptible(plan - start, stop_at)
         if slept >= int(total):
             return n
         return min(n, int(np.searchsorted(ends, slept, side="left")) + 1)

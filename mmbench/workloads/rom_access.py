@@ -91,6 +91,12 @@ class RomAccess:
         "refaults": Metric("", "page faults in warm passes", kind="count"),
         "remote_tlb_flushes": Metric("", "remote TLB flushes", kind="count"),
         "lock_breaks": Metric("", "mmu_lock breaks taken by zaps", kind="count"),
+        "lock_breaks_contention": Metric(
+            "", "of those, for a waiter (spin_needbreak: preempt=full only)", kind="count"
+        ),
+        "lock_breaks_resched": Metric(
+            "", "of those, for the scheduler tick (need_resched)", kind="count"
+        ),
         "mmu_recycled": Metric("", "sps zapped by reclaim at n_max_mmu_pages", kind="count"),
         "mmu_lock_max_hold_ms": Metric("ms", "longest mmu_lock hold"),
         "vcpu_stall_ms": Metric("ms", "mmu_lock wait of the guest threads' vCPUs, summed"),
@@ -211,6 +217,8 @@ class RomAccess:
             "sp_allocs": ("mmu_cache_miss", 1),
             "remote_tlb_flushes": ("remote_tlb_flush", 1),
             "lock_breaks": ("lock_breaks", 1),
+            "lock_breaks_contention": ("lock_breaks_contention", 1),
+            "lock_breaks_resched": ("lock_breaks_resched", 1),
             "mmu_recycled": ("mmu_recycled", 1),
             "mmu_lock_max_hold_ms": ("mmu_lock_max_hold_ns", 1e-6),
             "vcpu_stall_ms": ("vcpu_stall_ns", 1e-6),

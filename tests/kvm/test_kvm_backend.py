@@ -33,7 +33,14 @@ from mmbench.run import assemble  # noqa: E402
 MiB = 1 << 20
 KVM_SMALL = ["-c", "2", "-m", "16", "--passes", "20", "--rom-interval-ms", "2"]
 KERNEL_COUNTERS = {"sptes_zapped", "sps_zapped", "sp_allocs", "refaults", "remote_tlb_flushes"}
-MODEL_ONLY = {"mmu_lock_max_hold_ms", "vcpu_stall_ms", "vcpu_stall_max_ms", "lock_breaks"}
+MODEL_ONLY = {
+    "mmu_lock_max_hold_ms",
+    "vcpu_stall_ms",
+    "vcpu_stall_max_ms",
+    "lock_breaks",
+    "lock_breaks_contention",
+    "lock_breaks_resched",
+}
 # glibc keeps stacks of exited threads in a bounded cache; a thread that has just left
 # join() may still hold one, so a few stack mappings come and go. A leak of VMs would show
 # as hundreds (guest memory, kvm_run): every VM maps at least three areas.
@@ -70,7 +77,10 @@ def test_run_rom_access_on_the_kernel_json(runs_dir):
         "--policy", "fast-invalidate", "--policy", "zap-slot", "--json", check=True,
     )  # fmt: skip
     doc = json.loads(proc.stdout)
-    assert set(doc) == {"workload", "name", "params", "results"}
+    assert set(doc) == {"workload", "name", "params", "kernel", "results"}
+    # the kernel it ran on, as the host says (this host: "Dynamic Preempt: none")
+    assert doc["kernel"]["preempt"] in ("none", "voluntary", "full", None)
+    assert doc["kernel"]["host_cpus"] == len(os.sched_getaffinity(0))
     by = {r["policy"]: r for r in doc["results"]}
     assert list(by) == ["fast-invalidate", "zap-slot"]
     for r in doc["results"]:

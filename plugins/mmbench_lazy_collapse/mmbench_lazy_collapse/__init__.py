@@ -55,7 +55,7 @@ class LazyCollapse:
 
     def zap_collapsible_sptes_fn(self, kvm: Kvm[RegionMmu]) -> None:
         """The delayed work: zap each queued slot that is still live."""
-        kvm.engine.sleep(self.delay_ns)
+        kvm.engine.idle(self.delay_ns)  # queued delayed work: no task runs meanwhile
         if kvm.destroyed:  # cancel_delayed_work_sync() in kvm_arch_sync_events
             self.work.clear()
             return
