@@ -25,7 +25,7 @@ def test_dirty_log_policies_on_x86_tdp(runs_dir):
     # a preemptible host, so that lock-break on contention exists
     doc = run_json("dirty-log", "--arch", "x86-tdp", *SMALL_DL, "--check", "--preempt", "full")
     pols = [r["policy"] for r in doc["results"]]
-    assert pols == ["collapse-sync", "lazy-collapse", "recover-in-place"]
+    assert pols == ["collapse-sync", "lazy-collapse", "tdp-zap-collapsible", "recover-in-place"]
     m = {r["policy"]: r["metrics"] for r in doc["results"]}
     for metrics in m.values():
         assert set(metrics) >= DL_METRICS

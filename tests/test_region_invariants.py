@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from mmbench import hookimpl
 from mmbench.backends.sim import SlotSpec, VmSpec
 from mmbench.errors import ConfigError, InvariantViolation
+from mmbench.model.sched import KernelConfig
 from mmbench.run import assemble
 
 REG = 512  # gfns per 2 MiB
@@ -26,7 +27,16 @@ POLICIES = [
     "collapse-sync:lock_break=true",
     "lazy-collapse:delay_s=0.0003",
     "recover-in-place",
+    "tdp-zap-collapsible",
+    "tdp-zap-collapsible:batch_flush=true",
 ]
+# every host kernel: the three preempt models, with CPUs to spare or fewer than threads
+kernels = st.builds(
+    KernelConfig,
+    preempt=st.sampled_from(["none", "voluntary", "full"]),
+    hz=st.just(1000),
+    host_cpus=st.sampled_from([1, 16]),
+)
 
 ops = st.lists(
     st.one_of(
@@ -43,10 +53,15 @@ ops = st.lists(
 )
 
 
-def make_vm(policy_spec: str | None, arch_name: str = "x86-tdp", plugins: tuple = ()):
+def make_vm(
+    policy_spec: str | None,
+    arch_name: str = "x86-tdp",
+    plugins: tuple = (),
+    kernel: KernelConfig | None = None,
+):
     """A VM on ``arch_name`` with the policies ``policy_spec`` (``+``-separated) and a
-    test's own policy objects ``plugins``."""
-    run = assemble(policy_spec, arch=arch_name, check=True, plugins=plugins)
+    test's own policy objects ``plugins``, under the host ``kernel``."""
+    run = assemble(policy_spec, arch=arch_name, check=True, plugins=plugins, kernel=kernel)
     return run.vm, run.monitors[0]
 
 
@@ -60,11 +75,12 @@ def play(
     arch: str = "x86-tdp",
     keep_slots: bool = False,
     plugins: tuple = (),
+    kernel: KernelConfig | None = None,
 ) -> int:
     """Play ``history`` in units of ``scale`` regions; ``scale`` 128 is a 4 GiB guest
     backed by 1 GiB pages. ``keep_slots``: tear the VM down with its slots still mapped
     (else they are deleted first)."""
-    vm, inv = make_vm(policy_spec, arch_name=arch, plugins=plugins)
+    vm, inv = make_vm(policy_spec, arch_name=arch, plugins=plugins, kernel=kernel)
     u = scale * REG  # gfns per unit
     window = (0, NREG * u)
     page = (1 << 30) if scale >= 128 else (2 << 20)
@@ -111,9 +127,11 @@ def play(
 
 @pytest.mark.parametrize("policy", POLICIES)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(history=ops, manual=st.booleans(), init_set=st.booleans(), eager=st.booleans())
-def test_dirty_log_policy_leaves_nothing_stale(policy, history, manual, init_set, eager):
-    assert play(policy, history, manual, init_set and manual, eager) >= 3
+@given(
+    history=ops, manual=st.booleans(), init_set=st.booleans(), eager=st.booleans(), kernel=kernels
+)
+def test_dirty_log_policy_leaves_nothing_stale(policy, history, manual, init_set, eager, kernel):
+    assert play(policy, history, manual, init_set and manual, eager, kernel=kernel) >= 3
 
 
 @pytest.mark.parametrize("policy", POLICIES)

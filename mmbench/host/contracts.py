@@ -59,13 +59,15 @@ class Policy(Protocol):
 
     ``paths`` declares the invalidation paths it serves; None derives them from the
     selection hooks it implements (``mmbench.run.paths``). ``year`` orders the default
-    policies oldest first, so the baseline is the oldest mechanism."""
+    policies oldest first, so the baseline is the oldest mechanism; ``kernel`` names the
+    kernel versions whose code it models (``mmbench list`` shows it)."""
 
     name: str
     archs: tuple[str, ...]
     description: str = DOC_LINE
     options: Mapping[str, Any] = MappingProxyType({})
     year: int = 9999
+    kernel: str = ""
     paths: tuple[str, ...] | None = None
 
     def __init__(self, **options: Any) -> None: ...

@@ -98,9 +98,7 @@ def load_config(path: str | Path, host: Host | None = None) -> RunRequest:
     except ConfigError as exc:
         key = exc.field.removeprefix("--").replace("-", "_").removeprefix("kernel.")
         raise ConfigError(field(f"kernel.{key}"), exc.message) from None
-    req = RunRequest(
-        workload, dict(params), list(policies), arch, backend, costs, check, reps=reps
-    )
+    req = RunRequest(workload, dict(params), list(policies), arch, backend, costs, check, reps=reps)
     req.kernel = dict(kernel)
     try:
         resolve(req, host)  # sizes, addresses, arch/policy pairs: what a run would refuse

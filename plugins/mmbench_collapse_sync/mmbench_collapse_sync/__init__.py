@@ -68,6 +68,7 @@ class CollapseSync:
 
     name = "collapse-sync"
     year = 2015  # kvm_mmu_zap_collapsible_sptes, 2015
+    kernel = "4.1-5.12 legacy MMU, write lock (seed 002's 2018 baseline)"
     description = "zap collapsible sptes under mmu_lock on dirty-log stop (2018 baseline)"
     archs = ("x86-tdp", "x86-shadow")  # x86-shadow: on --backend kvm (tdp_mmu=N)
     options = {"lock_break": Param("lock_break", bool, False, "drop mmu_lock when someone waits")}

@@ -498,9 +498,7 @@ class KvmBackend:
         for n in names:
             knobs.resolve(n, mask, tdp, paths)
 
-    def create_vm(
-        self, hook: pluggy.HookRelay, arch: Any, costs: Any, kernel: Any = None
-    ) -> KvmVm:
+    def create_vm(self, hook: pluggy.HookRelay, arch: Any, costs: Any, kernel: Any = None) -> KvmVm:
         """``kernel`` (the model's configuration) does not apply: the VM records the
         running kernel's own (``hostkernel.host_kernel``)."""
         monitors = run_monitors(hook)

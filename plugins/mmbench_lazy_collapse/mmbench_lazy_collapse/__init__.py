@@ -34,6 +34,7 @@ class LazyCollapse:
 
     name = "lazy-collapse"
     year = 2018  # seed 002
+    kernel = "2018 RFC on 4.x (seed 002; not merged), write lock"
     description = "delayed worker zaps collapsible sptes with lock-break (seed 002)"
     archs = ("x86-tdp",)
     options = {
