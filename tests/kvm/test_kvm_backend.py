@@ -152,9 +152,14 @@ def test_calibrate_then_validate_on_tiny_guests(tmp_path, runs_dir):
     args = ["--costs", str(table), "--sizes-mb", "12,16", "--repeat", "1", "--json"]
     res = mmbench("validate", *args, check=True)
     rows = json.loads(res.stdout)["rows"]
+    quantities = ("rom_delete_ms", "refault_pass_ms", "teardown_ms")
+    running = ("rom_delete_running_ms", "pass_running_ms")  # vCPUs run during the delete
     assert {(r["size_mb"], r["quantity"]) for r in rows} >= {
-        (s, q) for s in (12, 16) for q in ("rom_delete_ms", "refault_pass_ms", "teardown_ms")
+        (s, q) for s in (12, 16) for q in (*quantities, *running)
     }
+    # the model ran under this host's kernel configuration, as calibrate recorded it
+    assert doc["calibration"]["host_kernel"]["host_cpus"] == len(os.sched_getaffinity(0))
+    assert json.loads(res.stdout)["model_kernel"]["host_cpus"] == len(os.sched_getaffinity(0))
     for r in rows:
         assert r["model"] > 0 and r["kernel"] > 0 and r["error_pct"] is not None
 

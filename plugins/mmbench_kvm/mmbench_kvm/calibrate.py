@@ -35,6 +35,7 @@ from mmbench.report.environment import collect as collect_environment
 from . import ioctls as k
 from .backend import check_host_memory
 from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
+from .hostkernel import host_kernel
 from .system import KvmSystem
 from .vcpu import Vcpu
 from .vm import Vm
@@ -235,6 +236,8 @@ def cost_table_yaml(
             "host": host,
             "date": date,
             "kernel": platform.release(),
+            # the running kernel's configuration: validate runs the model under it
+            "host_kernel": host_kernel(),
             "sizes_mb": sizes,
             "fit_rms_error": {k: round(v, 4) for k, v in errors.items()},
             "samples": [asdict(s) for s in samples],
