@@ -24,7 +24,7 @@ REG = 512  # gfns per 2 MiB
 NREG = 16  # units of the window; a unit is ``scale`` regions
 POLICIES = [
     "collapse-sync",
-    "collapse-sync:lock_break=true",
+    "collapse-sync:lock_break=false",
     "lazy-collapse:delay_s=0.0003",
     "recover-in-place",
     "tdp-zap-collapsible",
@@ -273,8 +273,12 @@ def test_oracle_catches_broken_dirty_logging(history, extra, message):
     ("arch", "policy", "ipis"), [("x86-tdp", "collapse-sync", True), ("arm64", "s2-elide", False)]
 )
 def test_one_remote_flush_ipis_on_x86_and_broadcasts_on_arm64(arch, policy, ipis):
-    """``Kvm.flush_remote_tlbs`` serves both families: a batch of three flushes counts
-    three, IPIs each vCPU once on x86 and kicks nobody on arm64 (``TLBI VMALLS12E1IS``)."""
+    """``Kvm.flush_remote_tlbs`` serves both families. On x86 every vCPU gets the request
+    but only those in guest mode an IPI, each to be waited for: a batch of three flushes
+    with one of two vCPUs in the guest costs three flushes with one ack each and counts
+    three ``remote_tlb_flush``; with none in the guest it sends nothing and counts only
+    the requests, as ``kvm_flush_remote_tlbs`` does. arm64 broadcasts (``TLBI
+    VMALLS12E1IS``): no kick, every flush counts."""
     vm, _ = make_vm(policy, arch_name=arch)
     area = ((0, 8 * REG),)
     vm.create(VmSpec((SlotSpec(1, 0, 8 * REG << 12),), (area, area), 0, 8 * REG, True))
@@ -282,18 +286,28 @@ def test_one_remote_flush_ipis_on_x86_and_broadcasts_on_arm64(arch, policy, ipis
     took: list[int] = []
 
     def script() -> None:
-        t0 = kvm.now
-        kvm.flush_remote_tlbs(3)
-        took.append(kvm.now - t0)
+        guest = kvm.engine.spawn("vcpu1", kvm.engine.sleep, 1)  # a thread to kick
+        for in_guest in (False, True):
+            kvm.vcpus[1].in_guest = in_guest
+            kvm.vcpus[1].actor = guest if in_guest else None
+            t0 = kvm.now
+            kvm.flush_remote_tlbs(3)
+            took.append(kvm.now - t0)
+        kvm.vcpus[1].in_guest = False
 
     vm.run_host(script)
     st = kvm.stats.vm
-    assert st["remote_tlb_flush"] == st["remote_tlb_flush_requests"] == 3
-    assert st["tlbi"] == (0 if ipis else 3)
-    assert [v.pending_flushes for v in kvm.vcpus] == ([1, 1] if ipis else [0, 0])
     c = kvm.costs
-    per = c.remote_tlb_flush + (2 * c.kick_vcpu if ipis else 0)
-    assert took[0] == pytest.approx(3 * per, abs=1)
+    assert st["remote_tlb_flush_requests"] == 6
+    if ipis:
+        assert st["remote_tlb_flush"] == 3 and st["tlbi"] == 0
+        assert [v.pending_flushes for v in kvm.vcpus] == [2, 2]
+        assert took[0] == 0
+        assert took[1] == pytest.approx(3 * (c.remote_tlb_flush + c.kick_vcpu), abs=1)
+    else:
+        assert st["remote_tlb_flush"] == st["tlbi"] == 6
+        assert [v.pending_flushes for v in kvm.vcpus] == [0, 0]
+        assert took == [pytest.approx(3 * c.remote_tlb_flush, abs=1)] * 2
 
 
 def test_a_walk_in_progress_is_not_a_missing_flush():

@@ -78,24 +78,38 @@ class Kvm(Generic[MmuT]):
 
     def flush_remote_tlbs(self, count: int = 1) -> None:
         """``kvm_flush_remote_tlbs``, ``count`` times over (a batch of faults that each
-        flushed once): every vCPU exits and flushes before we go on.
+        flushed once): every vCPU flushes before it runs guest code again.
 
-        Where the arch flushes by IPI (x86, ``kvm_make_all_cpus_request``) each vCPU gets
-        a pending flush and a kick; where the hardware broadcasts TLB maintenance (arm64
-        ``__kvm_tlb_flush_vmid``: ``TLBI VMALLS12E1IS``) no vCPU is kicked and each flush
-        counts one ``tlbi``. The one remote flush of both MMU families.
+        Where the arch flushes by IPI (x86, ``kvm_make_all_cpus_request(kvm,
+        KVM_REQ_TLB_FLUSH)``) every vCPU gets the request, but only those in guest mode
+        (``kvm_request_needs_ipi``: ``IN_GUEST_MODE``) are sent an IPI, and the caller
+        waits for each of them to ack (``KVM_REQUEST_WAIT``): the cost grows with the
+        vCPUs running guest code. As the kernel counts, ``remote_tlb_flush_requests``
+        counts every call and ``remote_tlb_flush`` only those that sent an IPI
+        (``kvm_make_all_cpus_request`` returned true). Where the hardware broadcasts TLB
+        maintenance (arm64 ``__kvm_tlb_flush_vmid``: ``TLBI VMALLS12E1IS``) no vCPU is
+        kicked, each flush counts (``kvm_arch_flush_remote_tlbs`` succeeded) and one
+        ``tlbi``. The one remote flush of both MMU families.
         """
         c = self.costs
-        self.stats.vm["remote_tlb_flush_requests"] += count
-        self.stats.vm["remote_tlb_flush"] += count
-        per = c.remote_tlb_flush
+        st = self.stats.vm
+        st["remote_tlb_flush_requests"] += count
         if self.flush_ipis:
+            me = self.engine.current
+            acks = [
+                v for v in self.vcpus if v.in_guest and v.actor is not None and v.actor is not me
+            ]
             for vcpu in self.vcpus:
                 vcpu.pending_flushes += 1
-            self.kick_vcpus()
-            per += len(self.vcpus) * c.kick_vcpu
+            per = 0.0  # no vCPU in the guest: request bits only, no IPI to wait for
+            if acks:
+                st["remote_tlb_flush"] += count
+                per = c.remote_tlb_flush + len(acks) * c.kick_vcpu
+                self.kick_vcpus()
         else:
-            self.stats.vm["tlbi"] += count
+            st["remote_tlb_flush"] += count
+            st["tlbi"] += count
+            per = c.remote_tlb_flush
         self.charge(count * per)
         self.mmu.tlbs_dirty = False
 
