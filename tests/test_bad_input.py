@@ -62,6 +62,11 @@ FLAGS = [
     (["rom-access", "--policy", ""], "--policy: must not be empty"),
     (["rom-access", "--policy", "nope"], "--policy: unknown policy 'nope' (available:"),
     (["rom-access", "--bogus"], "unrecognized arguments: --bogus"),
+    # the host kernel
+    (["rom-access", "--preempt", "rt"], "--preempt: invalid choice: 'rt' (choose from"),
+    (["rom-access", "--hz", "123"], "--hz: must be one of 100, 250, 300, 1000 (got 123)"),
+    (["rom-access", "--hz", "fast"], "--hz: expected one of 100, 250, 300, 1000"),
+    (["rom-access", "--host-cpus", "0"], "--host-cpus: must be >= 1 (got 0)"),
     (["dirty-log", "-b"], "-b/--size: expected one argument"),
     (["nope"], "WORKLOAD: invalid choice: 'nope'"),
     # policy options: declared types and ranges, each given once; each policy once
@@ -97,6 +102,12 @@ CONFIGS = [
     ("workload: rom-access\nparams: {passes: true}\n", "params.passes: expected int"),
     ("workload: dirty-log\nparams: {size: 5P}\n", "5P exceeds what arch x86-tdp models"),
     ("workload: dirty-log\nparams: {size: '-64G'}\n", "params.size: expected a size"),
+    ("workload: rom-access\nkernel: {preempt: rt}\n", "kernel.preempt: must be one of none,"),
+    ("workload: rom-access\nkernel: {hz: 99}\n", "kernel.hz: must be one of 100, 250"),
+    ("workload: rom-access\nkernel: {host_cpus: 0}\n", "kernel.host_cpus: must be an integer"),
+    ("workload: rom-access\nkernel: {host_cpus: true}\n", "kernel.host_cpus: must be an"),
+    ("workload: rom-access\nkernel: {tick: 1}\n", "kernel.tick: unknown key (allowed:"),
+    ("workload: rom-access\nkernel: none\n", "kernel: expected a mapping"),
 ]
 
 # (cost file text, text the one line must contain)

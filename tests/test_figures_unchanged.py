@@ -4,7 +4,11 @@
 ``dirty-log -b 1T``, ``teardown`` (arm64 and x86-tdp) and ``mmu-pressure`` runs as printed
 before the "one home per concept" restructuring (commit 089c9dc). A change that is meant to
 move a figure (a fidelity fix) regenerates the file in the same commit and says why in
-the commit message and the README.
+the commit message and the README. ``rom-access-preempt-full.json`` is the default
+``rom-access`` under ``--preempt full``: the behaviour of the model before it had a host
+kernel configuration (contention-driven lock-break always on). It reproduced the previous
+default figures to the last digit when it was made; it has moved since only with the
+remote-flush fix (IPIs to running vCPUs only, commit 8306fc6), by microseconds.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from mmbench import hookimpl
 from mmbench.backends.sim import SlotSpec, VmSpec
 from mmbench.errors import ConfigError, InvariantViolation
+from mmbench.model.sched import KernelConfig
 from mmbench.run import assemble
 
 MiB = 1 << 20
@@ -37,8 +38,8 @@ ops = st.lists(
 )
 
 
-def make_vm(policy_spec: str | None, plugins: tuple = ()):
-    run = assemble(policy_spec, arch="x86-shadow", check=True, plugins=plugins)
+def make_vm(policy_spec: str | None, plugins: tuple = (), kernel: KernelConfig | None = None):
+    run = assemble(policy_spec, arch="x86-shadow", check=True, plugins=plugins, kernel=kernel)
     return run.vm, run.monitors[0]
 
 
@@ -47,8 +48,10 @@ def play_with(broken: object, history) -> int:
     return play(None, history, plugins=(broken,))
 
 
-def play(policy_spec: str | None, history, plugins: tuple = ()) -> int:
-    vm, inv = make_vm(policy_spec, plugins)
+def play(
+    policy_spec: str | None, history, plugins: tuple = (), kernel: KernelConfig | None = None
+) -> int:
+    vm, inv = make_vm(policy_spec, plugins, kernel)
     spec = VmSpec(
         slots=(SlotSpec(0, 0, 4 * MiB, "pt"),),
         areas_per_vcpu=(((WIN0, WIN1),), ((WIN0, WIN1),)),
@@ -92,9 +95,18 @@ def play(policy_spec: str | None, history, plugins: tuple = ()) -> int:
 
 @pytest.mark.parametrize("policy", POLICIES)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(history=ops)
-def test_policy_leaves_nothing_stale(policy, history):
-    assert play(policy, history) >= 2  # the final delete of slot 1 and the teardown
+@given(
+    history=ops,
+    kernel=st.builds(
+        KernelConfig,
+        preempt=st.sampled_from(["none", "voluntary", "full"]),
+        hz=st.just(1000),
+        host_cpus=st.sampled_from([1, 16]),
+    ),
+)
+def test_policy_leaves_nothing_stale(policy, history, kernel):
+    """Under every host kernel: the three preempt models, CPUs to spare or too few."""
+    assert play(policy, history, kernel=kernel) >= 2  # the final delete and the teardown
 
 
 @pytest.mark.parametrize("policy", POLICIES)

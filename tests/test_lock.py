@@ -6,11 +6,14 @@ import numpy as np
 
 from mmbench.model.engine import Engine
 from mmbench.model.lock import MmuLock
+from mmbench.model.sched import KernelConfig
+
+FULL = KernelConfig(preempt="full")
 
 
 def two_actors(lock_break: bool, arrive_ns: int):
     eng = Engine()
-    lock = MmuLock(eng, handoff_ns=0)
+    lock = MmuLock(eng, handoff_ns=0, kernel=FULL)
     log = {}
 
     def zapper():
@@ -56,7 +59,7 @@ def test_read_lock_readers_share_and_wait_only_for_a_writer():
     """``read_lock``: faults do not exclude each other, but queue behind a writer and get
     in at its lock-break."""
     eng = Engine()
-    lock = MmuLock(eng, handoff_ns=0)
+    lock = MmuLock(eng, handoff_ns=0, kernel=FULL, kind="rwlock")
     log: dict[str, int] = {}
 
     def reader(name: str, arrive_ns: int) -> None:
@@ -82,3 +85,48 @@ def test_read_lock_readers_share_and_wait_only_for_a_writer():
     assert log["a_in"] == 0 and log["b_in"] == 50 and log["a_out"] == 100
     assert log["c_in"] == 1300  # the writer's lock-break at the end of its third item
     assert lock.lock_breaks == 1 and lock.wait_ns["vcpu2"] == 50
+
+
+def test_qrwlock_a_waiting_writer_blocks_new_readers_and_waits_for_readers_inside():
+    """qrwlock fairness: the writer queues behind reader a (inside until 1000 ns); reader
+    b, arriving after the writer, waits for the writer although only a reader is in."""
+    eng = Engine()
+    lock = MmuLock(eng, handoff_ns=0, kernel=KernelConfig(preempt="none"), kind="rwlock")
+    log: dict[str, int] = {}
+
+    def reader(name: str, arrive_ns: int, hold_ns: int) -> None:
+        eng.sleep(arrive_ns)
+        with lock.read_lock():
+            log[f"{name}_in"] = eng.now
+            eng.sleep(hold_ns)
+
+    def writer() -> None:
+        eng.sleep(100)
+        with lock:
+            log["w_in"] = eng.now
+            eng.sleep(500)
+
+    eng.spawn("vcpu0", reader, "a", 0, 1000)
+    eng.spawn("host", writer)
+    eng.spawn("vcpu1", reader, "b", 200, 10)
+    eng.run()
+    assert log["a_in"] == 0 and log["w_in"] == 1000  # the writer waited for a to leave
+    assert log["b_in"] == 1500  # b queued behind the waiting writer
+    assert lock.wait_ns == {"host": 900, "vcpu1": 1300}
+
+
+def test_read_lock_is_refused_on_a_spinlock():
+    eng = Engine()
+    lock = MmuLock(eng, handoff_ns=0, kernel=FULL)
+    failed: list[str] = []
+
+    def reader() -> None:
+        try:
+            with lock.read_lock():
+                pass
+        except RuntimeError as exc:
+            failed.append(str(exc))
+
+    eng.spawn("vcpu0", reader)
+    eng.run()
+    assert failed and "spinlock" in failed[0]

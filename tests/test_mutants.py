@@ -26,6 +26,7 @@ from test_region_invariants import play as region_play
 
 from mmbench.errors import InvariantViolation
 from mmbench.host.manager import get_host
+from mmbench.model.sched import KernelConfig
 from mmbench.run import assemble
 from mmbench.workloads.base import resolve_params
 
@@ -65,7 +66,7 @@ SCENARIOS = {
     ),
     "rom-access, contended": (
         ["rom-access", "-c", "4", "-m", "64", "--passes", "4", "--rom-interval-ms", "0.3"]
-        + ["--rom-kib", "16384"],
+        + ["--rom-kib", "16384", "--preempt", "full"],  # lock-breaks for the waiting vCPUs
         "zap-slot",
         {"flushes-at-end": UNFLUSHED_BREAK},
     ),
@@ -185,9 +186,12 @@ def test_memslot_property_test_finds_each_mutant(name, mutants):
     message = {**SCENARIOS["rom-access"][2], **SCENARIOS["rom-access, the RAM slot deleted"][2]}
     message["flushes-at-end"] = UNFLUSHED_BREAK
 
+    # one host CPU: the tick makes the rmap walk yield (need_resched), under preempt=none
+    full = KernelConfig(preempt="none", host_cpus=1)
+
     @given(history=shadow_ops)
     def prop(history):
-        shadow_play(None, history, plugins=(cls(),))
+        shadow_play(None, history, plugins=(cls(),), kernel=full)
 
     find_breaking(prop, message[name])
 

@@ -17,16 +17,26 @@ from hypothesis import strategies as st
 from mmbench import hookimpl
 from mmbench.backends.sim import SlotSpec, VmSpec
 from mmbench.errors import ConfigError, InvariantViolation
+from mmbench.model.sched import KernelConfig
 from mmbench.run import assemble
 
 REG = 512  # gfns per 2 MiB
 NREG = 16  # units of the window; a unit is ``scale`` regions
 POLICIES = [
     "collapse-sync",
-    "collapse-sync:lock_break=true",
+    "collapse-sync:lock_break=false",
     "lazy-collapse:delay_s=0.0003",
     "recover-in-place",
+    "tdp-zap-collapsible",
+    "tdp-zap-collapsible:batch_flush=true",
 ]
+# every host kernel: the three preempt models, with CPUs to spare or fewer than threads
+kernels = st.builds(
+    KernelConfig,
+    preempt=st.sampled_from(["none", "voluntary", "full"]),
+    hz=st.just(1000),
+    host_cpus=st.sampled_from([1, 16]),
+)
 
 ops = st.lists(
     st.one_of(
@@ -43,10 +53,15 @@ ops = st.lists(
 )
 
 
-def make_vm(policy_spec: str | None, arch_name: str = "x86-tdp", plugins: tuple = ()):
+def make_vm(
+    policy_spec: str | None,
+    arch_name: str = "x86-tdp",
+    plugins: tuple = (),
+    kernel: KernelConfig | None = None,
+):
     """A VM on ``arch_name`` with the policies ``policy_spec`` (``+``-separated) and a
-    test's own policy objects ``plugins``."""
-    run = assemble(policy_spec, arch=arch_name, check=True, plugins=plugins)
+    test's own policy objects ``plugins``, under the host ``kernel``."""
+    run = assemble(policy_spec, arch=arch_name, check=True, plugins=plugins, kernel=kernel)
     return run.vm, run.monitors[0]
 
 
@@ -60,12 +75,13 @@ def play(
     arch: str = "x86-tdp",
     keep_slots: bool = False,
     plugins: tuple = (),
+    kernel: KernelConfig | None = None,
     passes: int = 3,
 ) -> int:
     """Play ``history`` in units of ``scale`` regions; ``scale`` 128 is a 4 GiB guest
     backed by 1 GiB pages. ``keep_slots``: tear the VM down with its slots still mapped
     (else they are deleted first). ``passes``: how long vCPU 0 writes its window."""
-    vm, inv = make_vm(policy_spec, arch_name=arch, plugins=plugins)
+    vm, inv = make_vm(policy_spec, arch_name=arch, plugins=plugins, kernel=kernel)
     u = scale * REG  # gfns per unit
     window = (0, NREG * u)
     page = (1 << 30) if scale >= 128 else (2 << 20)
@@ -112,9 +128,11 @@ def play(
 
 @pytest.mark.parametrize("policy", POLICIES)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(history=ops, manual=st.booleans(), init_set=st.booleans(), eager=st.booleans())
-def test_dirty_log_policy_leaves_nothing_stale(policy, history, manual, init_set, eager):
-    assert play(policy, history, manual, init_set and manual, eager) >= 3
+@given(
+    history=ops, manual=st.booleans(), init_set=st.booleans(), eager=st.booleans(), kernel=kernels
+)
+def test_dirty_log_policy_leaves_nothing_stale(policy, history, manual, init_set, eager, kernel):
+    assert play(policy, history, manual, init_set and manual, eager, kernel=kernel) >= 3
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -256,8 +274,12 @@ def test_oracle_catches_broken_dirty_logging(history, extra, message):
     ("arch", "policy", "ipis"), [("x86-tdp", "collapse-sync", True), ("arm64", "s2-elide", False)]
 )
 def test_one_remote_flush_ipis_on_x86_and_broadcasts_on_arm64(arch, policy, ipis):
-    """``Kvm.flush_remote_tlbs`` serves both families: a batch of three flushes counts
-    three, IPIs each vCPU once on x86 and kicks nobody on arm64 (``TLBI VMALLS12E1IS``)."""
+    """``Kvm.flush_remote_tlbs`` serves both families. On x86 every vCPU gets the request
+    but only those in guest mode an IPI, each to be waited for: a batch of three flushes
+    with one of two vCPUs in the guest costs three flushes with one ack each and counts
+    three ``remote_tlb_flush``; with none in the guest it sends nothing and counts only
+    the requests, as ``kvm_flush_remote_tlbs`` does. arm64 broadcasts (``TLBI
+    VMALLS12E1IS``): no kick, every flush counts."""
     vm, _ = make_vm(policy, arch_name=arch)
     area = ((0, 8 * REG),)
     vm.create(VmSpec((SlotSpec(1, 0, 8 * REG << 12),), (area, area), 0, 8 * REG, True))
@@ -265,18 +287,28 @@ def test_one_remote_flush_ipis_on_x86_and_broadcasts_on_arm64(arch, policy, ipis
     took: list[int] = []
 
     def script() -> None:
-        t0 = kvm.now
-        kvm.flush_remote_tlbs(3)
-        took.append(kvm.now - t0)
+        guest = kvm.engine.spawn("vcpu1", kvm.engine.sleep, 1)  # a thread to kick
+        for in_guest in (False, True):
+            kvm.vcpus[1].in_guest = in_guest
+            kvm.vcpus[1].actor = guest if in_guest else None
+            t0 = kvm.now
+            kvm.flush_remote_tlbs(3)
+            took.append(kvm.now - t0)
+        kvm.vcpus[1].in_guest = False
 
     vm.run_host(script)
     st = kvm.stats.vm
-    assert st["remote_tlb_flush"] == st["remote_tlb_flush_requests"] == 3
-    assert st["tlbi"] == (0 if ipis else 3)
-    assert [v.pending_flushes for v in kvm.vcpus] == ([1, 1] if ipis else [0, 0])
     c = kvm.costs
-    per = c.remote_tlb_flush + (2 * c.kick_vcpu if ipis else 0)
-    assert took[0] == pytest.approx(3 * per, abs=1)
+    assert st["remote_tlb_flush_requests"] == 6
+    if ipis:
+        assert st["remote_tlb_flush"] == 3 and st["tlbi"] == 0
+        assert [v.pending_flushes for v in kvm.vcpus] == [2, 2]
+        assert took[0] == 0
+        assert took[1] == pytest.approx(3 * (c.remote_tlb_flush + c.kick_vcpu), abs=1)
+    else:
+        assert st["remote_tlb_flush"] == st["tlbi"] == 6
+        assert [v.pending_flushes for v in kvm.vcpus] == [0, 0]
+        assert took == [pytest.approx(3 * c.remote_tlb_flush, abs=1)] * 2
 
 
 def test_a_walk_in_progress_is_not_a_missing_flush():

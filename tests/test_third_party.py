@@ -76,8 +76,11 @@ def test_third_party_policy_is_listed_and_runs(tmp_path, runs_dir):
     ).stdout
     res = {r["policy"]: r["metrics"] for r in json.loads(out)["results"]}
     base, mine = res["zap-slot"], res["zap-slot-double-flush"]
-    assert mine["remote_tlb_flushes"] == 2 * mine["rom_reads"]
-    assert base["remote_tlb_flushes"] == base["rom_reads"]
+    # every kvm_flush_remote_tlbs call counts a request (remote_tlb_flushes counts only
+    # those that found a vCPU in the guest to IPI, as the kernel's remote_tlb_flush does)
+    assert mine["remote_tlb_flush_requests"] == 2 * mine["rom_reads"]
+    assert base["remote_tlb_flush_requests"] == base["rom_reads"]
+    assert mine["remote_tlb_flushes"] <= mine["remote_tlb_flush_requests"]
 
 
 def test_blocked_plugin_is_not_loaded(tmp_path, runs_dir):

@@ -22,6 +22,7 @@ from mmbench.model.costs import CostTable
 from mmbench.model.engine import Actor, Engine
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT
+from mmbench.model.sched import KernelConfig
 from mmbench.model.stats import VCPU_STATS, VM_STATS
 from mmbench.model.vcpu import GuestShutdown
 
@@ -33,8 +34,11 @@ class SimVm:
 
     backend = "sim"
 
-    def __init__(self, hook: RunHooks, arch: Arch, costs: CostTable) -> None:
+    def __init__(
+        self, hook: RunHooks, arch: Arch, costs: CostTable, kernel: KernelConfig | None = None
+    ) -> None:
         self.engine = Engine()
+        self.kernel = kernel or KernelConfig()
         self.hook = hook
         self.arch = arch
         self.costs = costs
@@ -45,7 +49,9 @@ class SimVm:
     # -- building ------------------------------------------------------------------------
     def create(self, spec: VmSpec) -> Kvm:
         nr_vcpus = spec.nr_vcpus or len(spec.areas_per_vcpu)
-        kvm = Kvm(self.engine, self.hook, self.arch, self.costs, nr_vcpus, spec.max_gfn)
+        kvm = Kvm(
+            self.engine, self.hook, self.arch, self.costs, nr_vcpus, spec.max_gfn, self.kernel
+        )
         for s in spec.slots:
             kvm.memslots.check_new(s.id, s.gpa >> PAGE_SHIFT, s.size >> PAGE_SHIFT, f"slot {s.id}")
         self.kvm = kvm
@@ -146,7 +152,8 @@ class SimVm:
         return self.engine.now
 
     def sleep_ns(self, ns: float) -> None:
-        self.engine.sleep(ns)
+        """The host script sleeps (rom.sh's ``sleep``, the VMM waiting): off the CPU."""
+        self.engine.idle(ns)
 
     def _timed(self, fn: Callable[[], Any]) -> int:
         t0 = self.engine.now
@@ -229,6 +236,8 @@ class SimVm:
         out["vcpu_stall_max_ns"] = max((lock.max_wait_ns.get(n, 0) for n in names), default=0)
         out["lock_breaks"] = lock.lock_breaks
         out["vcpu_shutdowns"] = kvm.stats.vcpu_total("shutdowns", guests)
+        out["lock_breaks_contention"] = lock.lock_breaks_contention
+        out["lock_breaks_resched"] = lock.lock_breaks_resched
         out["mmu_lock_max_hold_host_ns"] = lock.max_hold_ns(vcpu=False)
         out.update(kvm.mmu.extra_stats())
         return out
@@ -268,8 +277,10 @@ class SimBackend:
     def available(self) -> tuple[bool, str]:
         return True, "always"
 
-    def create_vm(self, hook: RunHooks, arch: Arch, costs: CostTable) -> SimVm:
-        return SimVm(hook, arch, costs)
+    def create_vm(
+        self, hook: RunHooks, arch: Arch, costs: CostTable, kernel: KernelConfig | None = None
+    ) -> SimVm:
+        return SimVm(hook, arch, costs, kernel)
 
 
 @hookimpl

@@ -124,7 +124,8 @@ class VmApi(Protocol):
         ``mmu_cache_miss``, ``remote_tlb_flush``, ``pages_4k``...) plus per-vCPU stats summed
         over the guest threads' vCPUs (``pf_fixed``, ``exits``...); on the model also
         ``sptes_zapped`` and the mmu_lock figures ``mmu_lock_max_hold_ns``,
-        ``vcpu_stall_ns``, ``vcpu_stall_max_ns``, ``lock_breaks``."""
+        ``vcpu_stall_ns``, ``vcpu_stall_max_ns``, ``lock_breaks`` (and by cause,
+        ``lock_breaks_contention``, ``lock_breaks_resched``)."""
         ...
 
     def series(self) -> dict[str, list]: ...

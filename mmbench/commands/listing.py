@@ -29,6 +29,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             extra = ""
             if kind == "policy":
                 extra = f" [archs: {', '.join(obj.archs)}] [paths: {', '.join(policy_paths(obj))}]"
+                if obj.kernel:
+                    extra += f" [kernel: {obj.kernel}]"
                 if obj.options:
                     opts = ", ".join(option_text(p) for p in option_params(obj).values())
                     extra += f" [options: {opts}]"

@@ -46,3 +46,19 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
     return value
+
+
+def int_choice(choices: tuple[int, ...]):
+    """An integer option that takes one of ``choices`` (``--hz``)."""
+
+    def parse(text: str) -> int:
+        allowed = ", ".join(map(str, choices))
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected one of {allowed}, got {text!r}") from None
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"must be one of {allowed} (got {value})")
+        return value
+
+    return parse

@@ -7,10 +7,17 @@ import json
 import sys
 from datetime import UTC, datetime
 
-from mmbench.commands.parsing import nonempty, positive_int
+from mmbench.commands.parsing import int_choice, nonempty, positive_int
 from mmbench.commands.stored import params_line
 from mmbench.errors import ConfigError
 from mmbench.host.manager import get_host
+from mmbench.model.sched import (
+    DEFAULT_HOST_CPUS,
+    DEFAULT_HZ,
+    DEFAULT_PREEMPT,
+    HZ_CHOICES,
+    PREEMPT_MODELS,
+)
 from mmbench.report import environment, plots, store
 from mmbench.report.compare import compare, render_text
 from mmbench.run.config import load_config
@@ -44,6 +51,28 @@ def _common_run_options(p: argparse.ArgumentParser, sub: bool) -> None:
     )
     p.add_argument(
         "--reps", type=positive_int, default=d, help="repetitions per policy (default: 1)"
+    )
+    p.add_argument(
+        "--preempt",
+        choices=PREEMPT_MODELS,
+        default=d,
+        help=f"host kernel preemption model (default: {DEFAULT_PREEMPT}; contention-driven"
+        " lock-breaks only under full)",
+    )
+    p.add_argument(
+        "--hz",
+        type=int_choice(HZ_CHOICES),
+        default=d,
+        metavar="N",
+        help=f"host CONFIG_HZ, the scheduler tick (default: {DEFAULT_HZ})",
+    )
+    p.add_argument(
+        "--host-cpus",
+        type=positive_int,
+        default=d,
+        metavar="N",
+        help="host CPUs shared by the vCPU threads, the VMM and kernel workers"
+        f" (default: {DEFAULT_HOST_CPUS})",
     )
     p.add_argument(
         "--json",
@@ -149,6 +178,10 @@ def _request(args: argparse.Namespace) -> RunRequest:
         val = getattr(args, opt, None)
         if val is not None:
             setattr(req, attr, val)
+    for opt in ("preempt", "hz", "host_cpus"):
+        val = getattr(args, opt, None)
+        if val is not None:
+            req.kernel = {**req.kernel, opt: val}
     if getattr(args, "check", None):
         req.check = True
     if getattr(args, "trace", None):
@@ -201,6 +234,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             "config": args.config,
             "reps": req.reps,
             "environment": environment.collect(),
+            # what the backend ran under (kvm: the host's own), else what was asked
+            "kernel": next(
+                (r["kernel"] for r in results if r.get("kernel")),
+                req.kernel_config.as_dict(),
+            ),
             "results": results,
         }
         failed = [r for r in results if "failed" in r]
@@ -213,11 +251,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if plot_to:
         plots.plot_runs([record], None, plot_to)
     if as_json:
-        keys = ("policy", "arch", "backend", "metrics", "reps", "failed")
+        keys = ("policy", "arch", "backend", "kernel", "metrics", "reps", "failed")
         doc = {
             "workload": record["workload"],
             "name": name,
             "params": record["params"],
+            "kernel": record["kernel"],
             "results": [{k: r[k] for k in keys if k in r} for r in results],
         }
         print(json.dumps(doc, indent=1))

@@ -59,13 +59,15 @@ class Policy(Protocol):
 
     ``paths`` declares the invalidation paths it serves; None derives them from the
     selection hooks it implements (``mmbench.run.paths``). ``year`` orders the default
-    policies oldest first, so the baseline is the oldest mechanism."""
+    policies oldest first, so the baseline is the oldest mechanism; ``kernel`` names the
+    kernel versions whose code it models (``mmbench list`` shows it)."""
 
     name: str
     archs: tuple[str, ...]
     description: str = DOC_LINE
     options: Mapping[str, Any] = MappingProxyType({})
     year: int = 9999
+    kernel: str = ""
     paths: tuple[str, ...] | None = None
 
     def __init__(self, **options: Any) -> None: ...
@@ -143,7 +145,11 @@ class Backend(Protocol):
     traces: bool = False  # records the kernel's tracepoints: its VMs have enable_trace()
 
     def available(self) -> tuple[bool, str]: ...
-    def create_vm(self, hook: "RunHooks", arch: Arch, costs: CostTable) -> "VmApi": ...
+    def create_vm(
+        self, hook: "RunHooks", arch: Arch, costs: CostTable, kernel: Any = None
+    ) -> "VmApi":
+        """A VM on this backend; ``kernel`` is the run's ``KernelConfig`` (the model runs
+        under it; a real kernel records its own instead)."""
 
     @optional
     def default_arch(self) -> str | None:
@@ -193,6 +199,15 @@ def close_vm(vm: Any) -> None:
 def costs_name(vm: Any, costs: CostTable) -> str:
     """The cost table a result records: the VM's ``costs_name`` (kvm: none applies)."""
     return getattr(vm, "costs_name", costs.name)
+
+
+def kernel_config(vm: Any) -> dict[str, Any] | None:
+    """The host kernel configuration a result records: the one the model ran under
+    (sim), or what the backend read of the running kernel (kvm); None if unknown."""
+    kernel = getattr(vm, "kernel", None)
+    if kernel is None:
+        return None
+    return dict(kernel.as_dict() if hasattr(kernel, "as_dict") else kernel)
 
 
 # -- checking and filling ---------------------------------------------------------------

@@ -31,12 +31,16 @@ class Actor:
         self._token = 0  # invalidates stale heap entries when a sleep is cut short
         self._wake_at: int | None = None
         self.interrupt_hook: Callable[[int], int] | None = None
+        self.idle = False  # asleep off any runqueue (``Engine.idle``): not runnable
+        self.slice_start = engine.now  # when it last got a CPU (the scheduler's slice)
+        engine.nr_running += 1
 
         def body() -> None:
             try:
                 self.result = fn(*args)
             finally:
                 self.done = True
+                engine.nr_running -= 1
 
         self.glet = greenlet.greenlet(body, parent=engine.loop_glet)
 
@@ -54,6 +58,9 @@ class Engine:
         self.loop_glet = greenlet.getcurrent()
         self.current: Actor | None = None
         self.actors: list[Actor] = []
+        # actors not done and not idle: vCPUs in the guest or spinning on mmu_lock, host
+        # threads at work (``mmbench.model.sched`` counts them as runnable tasks)
+        self.nr_running = 0
 
     # -- actors --------------------------------------------------------------------------
     def spawn(self, name: str, fn: Callable[..., Any], *args: Any) -> Actor:
@@ -78,6 +85,21 @@ class Engine:
             return
         self._push(self.now + int(dt), self.current)  # type: ignore[arg-type]
         self._switch_out()
+
+    def idle(self, dt: float) -> None:
+        """Sleep ``dt`` ns off the runqueue (a shell's ``sleep``, a halted vCPU, delayed
+        work not yet due): the actor is not runnable meanwhile, and gets a new slice
+        when it wakes."""
+        actor = self.current
+        assert actor is not None
+        actor.idle = True
+        self.nr_running -= 1
+        try:
+            self.sleep(dt)
+        finally:
+            actor.idle = False
+            self.nr_running += 1
+            actor.slice_start = self.now
 
     def sleep_interruptible(self, dt: float, on_interrupt: Callable[[int], int]) -> int:
         """Spend up to ``dt`` ns; ``interrupt(actor)`` may cut it short.

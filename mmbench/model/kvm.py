@@ -14,6 +14,7 @@ from mmbench.model.engine import Engine
 from mmbench.model.lock import MmuLock
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, Memslot, Memslots
 from mmbench.model.mmu import Mmu
+from mmbench.model.sched import KernelConfig
 from mmbench.model.stats import Stats
 from mmbench.model.vcpu import Vcpu
 
@@ -35,13 +36,15 @@ class Kvm(Generic[MmuT]):
         costs: CostTable,
         nr_vcpus: int,
         max_gfn: int,
+        kernel: KernelConfig | None = None,
     ) -> None:
         self.engine = engine
+        self.kernel = kernel or KernelConfig()  # the host kernel: preempt model, HZ, CPUs
         self.hook: RunHooks = hook  # typed calls of the run's event hooks
         self.arch = arch
         self.costs = costs
         self.stats = Stats()
-        self.mmu_lock = MmuLock(engine, costs.lock_handoff)
+        self.mmu_lock = MmuLock(engine, costs.lock_handoff, self.kernel)
         self.memslots = Memslots(max_gfn)
         self.vcpus = [Vcpu(self, i) for i in range(nr_vcpus)]
         self.mmu: MmuT = None  # type: ignore[assignment]  # built by the arch's setup()
@@ -75,24 +78,38 @@ class Kvm(Generic[MmuT]):
 
     def flush_remote_tlbs(self, count: int = 1) -> None:
         """``kvm_flush_remote_tlbs``, ``count`` times over (a batch of faults that each
-        flushed once): every vCPU exits and flushes before we go on.
+        flushed once): every vCPU flushes before it runs guest code again.
 
-        Where the arch flushes by IPI (x86, ``kvm_make_all_cpus_request``) each vCPU gets
-        a pending flush and a kick; where the hardware broadcasts TLB maintenance (arm64
-        ``__kvm_tlb_flush_vmid``: ``TLBI VMALLS12E1IS``) no vCPU is kicked and each flush
-        counts one ``tlbi``. The one remote flush of both MMU families.
+        Where the arch flushes by IPI (x86, ``kvm_make_all_cpus_request(kvm,
+        KVM_REQ_TLB_FLUSH)``) every vCPU gets the request, but only those in guest mode
+        (``kvm_request_needs_ipi``: ``IN_GUEST_MODE``) are sent an IPI, and the caller
+        waits for each of them to ack (``KVM_REQUEST_WAIT``): the cost grows with the
+        vCPUs running guest code. As the kernel counts, ``remote_tlb_flush_requests``
+        counts every call and ``remote_tlb_flush`` only those that sent an IPI
+        (``kvm_make_all_cpus_request`` returned true). Where the hardware broadcasts TLB
+        maintenance (arm64 ``__kvm_tlb_flush_vmid``: ``TLBI VMALLS12E1IS``) no vCPU is
+        kicked, each flush counts (``kvm_arch_flush_remote_tlbs`` succeeded) and one
+        ``tlbi``. The one remote flush of both MMU families.
         """
         c = self.costs
-        self.stats.vm["remote_tlb_flush_requests"] += count
-        self.stats.vm["remote_tlb_flush"] += count
-        per = c.remote_tlb_flush
+        st = self.stats.vm
+        st["remote_tlb_flush_requests"] += count
         if self.flush_ipis:
+            me = self.engine.current
+            acks = [
+                v for v in self.vcpus if v.in_guest and v.actor is not None and v.actor is not me
+            ]
             for vcpu in self.vcpus:
                 vcpu.pending_flushes += 1
-            self.kick_vcpus()
-            per += len(self.vcpus) * c.kick_vcpu
+            per = 0.0  # no vCPU in the guest: request bits only, no IPI to wait for
+            if acks:
+                st["remote_tlb_flush"] += count
+                per = c.remote_tlb_flush + len(acks) * c.kick_vcpu
+                self.kick_vcpus()
         else:
-            self.stats.vm["tlbi"] += count
+            st["remote_tlb_flush"] += count
+            st["tlbi"] += count
+            per = c.remote_tlb_flush
         self.charge(count * per)
         self.mmu.tlbs_dirty = False
         self.mmu.zapped_unflushed = False

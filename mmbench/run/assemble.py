@@ -20,6 +20,7 @@ from mmbench.host import contracts
 from mmbench.host.contracts import Arch, CostTable, Monitor, Policy
 from mmbench.host.hooks import RunHooks
 from mmbench.host.manager import Host, get_host, run_manager
+from mmbench.model.sched import KernelConfig
 from mmbench.run.policy_spec import PolicySpec, parse_policy
 from mmbench.workloads.base import resolve_params
 
@@ -67,10 +68,12 @@ def assemble(
     backend: str = "sim",
     plugins: Iterable[object] = (),
     host: Host | None = None,
+    kernel: KernelConfig | None = None,
 ) -> AssembledRun:
     """The VM of one run: ``policy`` (a spec or ``NAME[:opts][+NAME...]``; None: the arch's
     defaults only) on ``arch``, monitors by name (``check`` adds ``invariants``) and
-    ``plugins``, extra plugin objects (a test's broken policy), on ``backend``."""
+    ``plugins``, extra plugin objects (a test's broken policy), on ``backend``, under the
+    host ``kernel`` configuration (None: ``KernelConfig()``, the defaults)."""
     host = host or get_host()
     reg = host.registry
     spec = as_policy_spec(policy, host)
@@ -81,7 +84,9 @@ def assemble(
     names = [*monitors, *(["invariants"] if check and "invariants" not in monitors else [])]
     monitor_objs = [reg.get("monitor", n)() for n in names]
     hooks = RunHooks(run_manager(arch_obj, *plugins, *policy_objs, *monitor_objs))
-    vm = reg.get("backend", backend)().create_vm(hooks, arch_obj, costs)
+    vm = reg.get("backend", backend)().create_vm(
+        hooks, arch_obj, costs, kernel=kernel or KernelConfig()
+    )
     return AssembledRun(vm, arch_obj, costs, spec, policy_objs, monitor_objs, hooks)
 
 
@@ -97,18 +102,25 @@ def run_once(
     trace: bool = False,
     rep: int = 0,
     host: Host | None = None,
+    kernel: KernelConfig | None = None,
 ) -> dict[str, Any]:
     """One repetition of ``workload`` under one policy; returns ``{"policy", "arch",
-    "backend", "costs", "metrics", "series", "checks", "seed"}``. Repetition ``i`` of a
-    workload with a ``seed`` parameter runs with seed + i. ``trace``: the backend records
-    the kernel's tracepoints of the workload's paths (``--trace``)."""
+    "backend", "costs", "kernel", "metrics", "series", "checks", "seed"}``. Repetition ``i``
+    of a workload with a ``seed`` parameter runs with seed + i. ``trace``: the backend
+    records the kernel's tracepoints of the workload's paths (``--trace``)."""
     host = host or get_host()
     wl = host.registry.get("workload", workload)()
     spec = resolve_params(wl.params, params or {})
     if "seed" in spec.values:
         spec.values["seed"] += rep
     run = assemble(
-        policy, arch=arch, costs_file=costs_file, check=check, backend=backend, host=host
+        policy,
+        arch=arch,
+        costs_file=costs_file,
+        check=check,
+        backend=backend,
+        host=host,
+        kernel=kernel,
     )
     with run:
         if trace:
@@ -126,6 +138,7 @@ def run_once(
         "arch": run.arch.name,
         "backend": run.vm.backend,
         "costs": contracts.costs_name(run.vm, run.costs),
+        "kernel": contracts.kernel_config(run.vm),
         "metrics": metrics,
         "series": {k: [_plain(x) for x in v] for k, v in series.items()},
         "checks": sum(m.checks for m in run.monitors),

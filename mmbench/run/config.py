@@ -9,6 +9,7 @@ from typing import Any
 
 from mmbench.errors import ConfigError
 from mmbench.host.manager import Host, get_host
+from mmbench.model.sched import KernelConfig
 from mmbench.run.runner import RunRequest, parse_policy, resolve
 from mmbench.workloads.base import resolve_params
 from mmbench.yamlfile import load_yaml
@@ -22,6 +23,7 @@ KEYS = {
     "reps": "repetitions per policy (int >= 1)",
     "costs": "cost table YAML file, relative to the config",
     "check": "attach the invariants monitor (bool)",
+    "kernel": "host kernel: mapping with preempt (none|voluntary|full), hz, host_cpus",
     "description": "free text",
 }
 
@@ -88,7 +90,16 @@ def load_config(path: str | Path, host: Host | None = None) -> RunRequest:
         costs = str((p.parent / costs).resolve())
         if not Path(costs).is_file():
             raise ConfigError(field("costs"), f"no such file: {costs}")
+    kernel = doc.get("kernel") or {}
+    if not isinstance(kernel, dict):
+        raise ConfigError(field("kernel"), "expected a mapping with keys preempt, hz, host_cpus")
+    try:
+        KernelConfig.from_options(kernel)
+    except ConfigError as exc:
+        key = exc.field.removeprefix("--").replace("-", "_").removeprefix("kernel.")
+        raise ConfigError(field(f"kernel.{key}"), exc.message) from None
     req = RunRequest(workload, dict(params), list(policies), arch, backend, costs, check, reps=reps)
+    req.kernel = dict(kernel)
     try:
         resolve(req, host)  # sizes, addresses, arch/policy pairs: what a run would refuse
     except ConfigError as exc:

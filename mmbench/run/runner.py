@@ -19,6 +19,7 @@ from typing import Any
 
 from mmbench.errors import BackendError, ConfigError, ModelError
 from mmbench.host.manager import Host, get_host
+from mmbench.model.sched import KernelConfig
 from mmbench.run import paths
 from mmbench.run.assemble import run_once
 from mmbench.run.policy_spec import PolicySpec, parse_policy
@@ -39,6 +40,12 @@ class RunRequest:
     trace: bool = False  # the kernel's tracepoints (a backend with ``traces``)
     jobs: int = 0  # 0: one process per policy, up to the CPU count
     reps: int = 1  # repetitions per policy; seeded workloads use seed + i
+    # the host kernel (--preempt, --hz, --host-cpus; a config's kernel:), None: defaults
+    kernel: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kernel_config(self) -> KernelConfig:
+        return KernelConfig.from_options(self.kernel)
 
 
 @dataclass
@@ -54,6 +61,7 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
     """Check every name and value before anything runs or is written."""
     host = host or get_host()
     workload_cls = host.registry.get("workload", req.workload)
+    req.kernel_config  # noqa: B018  (validates --preempt, --hz, --host-cpus)
     backend = host.registry.get("backend", req.backend)()
     ok, why = backend.available()
     if not ok:
@@ -109,6 +117,7 @@ def run_one(req: RunRequest, policy: PolicySpec, rep: int = 0) -> dict[str, Any]
         check=req.check,
         trace=req.trace,
         rep=rep,
+        kernel=req.kernel_config,
     )
 
 
@@ -193,6 +202,8 @@ def _aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
         return {**failed[0], "failed": rep + failed[0]["failed"]}
     keys = list(first["metrics"])
     out = {k: first[k] for k in ("policy", "arch", "backend", "costs")}
+    if first.get("kernel") is not None:
+        out["kernel"] = first["kernel"]
     out["metrics"] = {k: float(sum(r["metrics"][k] for r in reps) / len(reps)) for k in keys}
     out["reps"] = [r["metrics"] for r in reps]
     out["seeds"] = [r["seed"] for r in reps]

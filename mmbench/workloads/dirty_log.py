@@ -105,7 +105,12 @@ class DirtyLog:
         "vcpu_stall_ms": Metric("ms", "vCPU mmu_lock wait after logging stops, summed"),
         "vcpu_stall_max_ms": Metric("ms", "longest single mmu_lock wait of a vCPU in the run"),
         "mmu_lock_max_hold_ms": Metric("ms", "longest mmu_lock hold by the host (ioctls, worker)"),
-        "remote_tlb_flushes": Metric("", "remote TLB flushes after logging stops", kind="count"),
+        "remote_tlb_flushes": Metric(
+            "", "remote TLB flushes after logging stops (remote_tlb_flush: IPIs sent)", kind="count"
+        ),
+        "remote_tlb_flush_requests": Metric(
+            "", "kvm_flush_remote_tlbs calls after logging stops", kind="count"
+        ),
         "faults_after_disable": Metric("", "page faults after logging stops", kind="count"),
         "hugepage_recovery_ms": Metric(
             "ms", "from the disable until every region is 2 MiB-mapped again (-1: not in run)"
@@ -222,6 +227,9 @@ class DirtyLog:
             out["vcpu_stall_max_ms"] = after["vcpu_stall_max_ns"] / 1e6
             out["mmu_lock_max_hold_ms"] = after["mmu_lock_max_hold_host_ns"] / 1e6
         out["remote_tlb_flushes"] = after["remote_tlb_flush"] - before["remote_tlb_flush"]
+        if "remote_tlb_flush_requests" in after:
+            requests = after["remote_tlb_flush_requests"] - before["remote_tlb_flush_requests"]
+            out["remote_tlb_flush_requests"] = requests
         out["faults_after_disable"] = after["pf_fixed"] - before["pf_fixed"]
         if "huge_target" in after:
             full_at = after.get("huge_full_at_ns", -1)

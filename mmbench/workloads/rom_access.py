@@ -121,8 +121,17 @@ class RomAccess:
         "sps_zapped": Metric("", "shadow pages zapped (mmu_shadow_zapped)", kind="count"),
         "sp_allocs": Metric("", "shadow pages allocated (mmu_cache_miss)", kind="count"),
         "refaults": Metric("", "page faults in warm passes", kind="count"),
-        "remote_tlb_flushes": Metric("", "remote TLB flushes", kind="count"),
+        "remote_tlb_flushes": Metric(
+            "", "remote TLB flushes that IPI'd a vCPU (remote_tlb_flush)", kind="count"
+        ),
+        "remote_tlb_flush_requests": Metric("", "kvm_flush_remote_tlbs calls", kind="count"),
         "lock_breaks": Metric("", "mmu_lock breaks taken by zaps", kind="count"),
+        "lock_breaks_contention": Metric(
+            "", "of those, for a waiter (spin_needbreak: preempt=full only)", kind="count"
+        ),
+        "lock_breaks_resched": Metric(
+            "", "of those, for the scheduler tick (need_resched)", kind="count"
+        ),
         "mmu_recycled": Metric("", "sps zapped by reclaim at n_max_mmu_pages", kind="count"),
         "mmu_lock_max_hold_ms": Metric("ms", "longest mmu_lock hold"),
         "vcpu_stall_ms": Metric("ms", "mmu_lock wait of the guest threads' vCPUs, summed"),
@@ -301,7 +310,10 @@ class RomAccess:
             "sps_zapped": ("mmu_shadow_zapped", 1),
             "sp_allocs": ("mmu_cache_miss", 1),
             "remote_tlb_flushes": ("remote_tlb_flush", 1),
+            "remote_tlb_flush_requests": ("remote_tlb_flush_requests", 1),
             "lock_breaks": ("lock_breaks", 1),
+            "lock_breaks_contention": ("lock_breaks_contention", 1),
+            "lock_breaks_resched": ("lock_breaks_resched", 1),
             "mmu_recycled": ("mmu_recycled", 1),
             "mmu_lock_max_hold_ms": ("mmu_lock_max_hold_ns", 1e-6),
             "vcpu_stall_ms": ("vcpu_stall_ns", 1e-6),

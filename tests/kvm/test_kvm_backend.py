@@ -33,7 +33,14 @@ from mmbench.run import assemble  # noqa: E402
 MiB = 1 << 20
 KVM_SMALL = ["-c", "2", "-m", "16", "--passes", "20", "--rom-interval-ms", "2"]
 KERNEL_COUNTERS = {"sptes_zapped", "sps_zapped", "sp_allocs", "refaults", "remote_tlb_flushes"}
-MODEL_ONLY = {"mmu_lock_max_hold_ms", "vcpu_stall_ms", "vcpu_stall_max_ms", "lock_breaks"}
+MODEL_ONLY = {
+    "mmu_lock_max_hold_ms",
+    "vcpu_stall_ms",
+    "vcpu_stall_max_ms",
+    "lock_breaks",
+    "lock_breaks_contention",
+    "lock_breaks_resched",
+}
 # glibc keeps stacks of exited threads in a bounded cache; a thread that has just left
 # join() may still hold one, so a few stack mappings come and go. A leak of VMs would show
 # as hundreds (guest memory, kvm_run): every VM maps at least three areas.
@@ -70,7 +77,10 @@ def test_run_rom_access_on_the_kernel_json(runs_dir):
         "--policy", "fast-invalidate", "--policy", "zap-slot", "--json", check=True,
     )  # fmt: skip
     doc = json.loads(proc.stdout)
-    assert set(doc) == {"workload", "name", "params", "results"}
+    assert set(doc) == {"workload", "name", "params", "kernel", "results"}
+    # the kernel it ran on, as the host says (this host: "Dynamic Preempt: none")
+    assert doc["kernel"]["preempt"] in ("none", "voluntary", "full", None)
+    assert doc["kernel"]["host_cpus"] == len(os.sched_getaffinity(0))
     by = {r["policy"]: r for r in doc["results"]}
     assert list(by) == ["fast-invalidate", "zap-slot"]
     for r in doc["results"]:
@@ -150,9 +160,14 @@ def test_calibrate_then_validate_on_tiny_guests(tmp_path, runs_dir):
     args = ["--costs", str(table), "--sizes-mb", "12,16", "--repeat", "1", "--json"]
     res = mmbench("validate", *args, check=True)
     rows = json.loads(res.stdout)["rows"]
+    quantities = ("rom_delete_ms", "refault_pass_ms", "teardown_ms")
+    running = ("rom_delete_running_ms", "pass_running_ms")  # vCPUs run during the delete
     assert {(r["size_mb"], r["quantity"]) for r in rows} >= {
-        (s, q) for s in (12, 16) for q in ("rom_delete_ms", "refault_pass_ms", "teardown_ms")
+        (s, q) for s in (12, 16) for q in (*quantities, *running)
     }
+    # the model ran under this host's kernel configuration, as calibrate recorded it
+    assert doc["calibration"]["host_kernel"]["host_cpus"] == len(os.sched_getaffinity(0))
+    assert json.loads(res.stdout)["model_kernel"]["host_cpus"] == len(os.sched_getaffinity(0))
     for r in rows:
         assert r["model"] > 0 and r["kernel"] > 0 and r["error_pct"] is not None
 

@@ -24,6 +24,7 @@ class FastInvalidate:
 
     name = "fast-invalidate"
     year = 2013  # seed 000
+    kernel = "3.11 (2013, seed 000); restored in 5.3"
     archs = ("x86-shadow",)
     options = {
         "batch": Param(

@@ -33,6 +33,7 @@ from mmbench.errors import BackendError, ConfigError
 from . import knobs
 from .errors import GuestExitError, KvmError, VcpuTimeout
 from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
+from .hostkernel import host_kernel
 from .system import KvmSystem
 from .tracing import TraceInstance
 from .vcpu import Vcpu, VcpuThread, install_kick_handler
@@ -154,6 +155,7 @@ class KvmVm:
         self.npages_touched = 0
         self._manual_protect: bool | None = None
         self._trace: TraceInstance | None = None
+        self.kernel = host_kernel()  # the result records the kernel it ran on
 
     # -- building ------------------------------------------------------------------------
     def create(self, spec: VmSpec) -> Vm:
@@ -538,7 +540,9 @@ class KvmBackend:
         for n in names:
             knobs.resolve(n, mask, tdp, paths)
 
-    def create_vm(self, hook: pluggy.HookRelay, arch: Any, costs: Any) -> KvmVm:
+    def create_vm(self, hook: pluggy.HookRelay, arch: Any, costs: Any, kernel: Any = None) -> KvmVm:
+        """``kernel`` (the model's configuration) does not apply: the VM records the
+        running kernel's own (``hostkernel.host_kernel``)."""
         monitors = run_monitors(hook)
         if monitors:
             raise ConfigError(

@@ -29,7 +29,6 @@ the reason, not fitted.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +44,7 @@ from mmbench.report.environment import collect as collect_environment
 from . import ioctls as k
 from .backend import check_host_memory
 from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
+from .hostkernel import host_kernel
 from .system import KvmSystem
 from .tracing import TraceInstance
 from .vcpu import Vcpu
@@ -270,29 +270,6 @@ def estimate(per_rep: list[dict[str, float]]) -> dict[str, Estimate]:
     return out
 
 
-def preempt_model() -> str:
-    """The host's preemption model: ``/sys/kernel/debug/sched/preempt`` (PREEMPT_DYNAMIC),
-    else the boot log's "Dynamic Preempt:" line, else the build flags in ``uname -v``."""
-    import re
-    import subprocess
-
-    with contextlib.suppress(OSError):
-        text = Path("/sys/kernel/debug/sched/preempt").read_text()
-        m = re.search(r"\((\w+)\)", text)
-        if m:
-            return m.group(1)
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        log = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10).stdout
-        m = re.search(r"Dynamic Preempt: (\w+)", log)
-        if m:
-            return m.group(1)
-    flags = platform.version()
-    for word, model in (("PREEMPT_RT", "rt"), ("PREEMPT_DYNAMIC", "dynamic")):
-        if word in flags:
-            return model
-    return "full" if "PREEMPT" in flags else "none or voluntary"
-
-
 def cost_table_yaml(
     costs: dict[str, Estimate],
     errors: dict[str, float],
@@ -303,7 +280,7 @@ def cost_table_yaml(
     env = collect_environment()
     host = env["hostname"]
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    preempt = preempt_model()
+    preempt = host_kernel()["preempt"] or "unknown"
     where = (
         f"{host} ({env['cpu']}, kernel {env['kernel']}, preempt {preempt}, modules"
         f" {'+'.join(env['kvm_modules'])}, tdp_mmu={env['kvm_params'].get('kvm.tdp_mmu', '?')})"
@@ -350,6 +327,8 @@ def cost_table_yaml(
             "kernel": platform.release(),
             "preempt": preempt,
             "reps": reps,
+            # the running kernel's configuration: validate runs the model under it
+            "host_kernel": host_kernel(),
             "sizes_mb": sizes,
             "not_fitted": NOT_FITTED,
             "fit_rms_error": {k: round(v, 4) for k, v in errors.items()},

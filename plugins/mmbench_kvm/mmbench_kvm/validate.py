@@ -5,7 +5,11 @@ calibration did not use: a guest thread populates its memory and makes a warm pa
 rom.sh adds, reads and deletes the 128 KiB ROM slot, the thread makes one more pass
 (refaulting whatever the delete zapped), and the VM is destroyed. Under fast-invalidate
 (``SLOT_ZAP_ALL`` on) that gives the ROM delete, refault and teardown times; under
-zap-slot the ROM delete time again.
+zap-slot the ROM delete time again. A second scenario is ``rom-access`` itself with two
+guest threads that keep running while rom.sh deletes the ROM slot again and again: the
+steady-state ROM delete latency and the time per pass, where contention for mmu_lock (and
+whether the kernel yields it) decides the figures. The model runs under the host's kernel
+configuration (preempt model, HZ, CPUs: ``hostkernel``), as recorded by ``calibrate``.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import yaml
 from mmbench.backends.vmapi import VmApi
 from mmbench.errors import ConfigError
 from mmbench.host.manager import get_host
+from mmbench.model.sched import KernelConfig
 from mmbench.run import assemble
 from mmbench.workloads.base import resolve_params
 from mmbench.workloads.rom_access import ROM_SLOT, RomAccess
 
 from .calibrate import parse_sizes
+from .hostkernel import host_kernel, model_config
 
 DEFAULT_SIZES_MB = (256, 1024)
 QUANTITIES = (
@@ -36,7 +42,11 @@ QUANTITIES = (
     # counts: the model's structure, not its costs
     ("fast-invalidate", "sps_zapped", "sps zapped by the delete (count)"),
     ("fast-invalidate", "refaults", "faults in the pass after it (count)"),
+    # vCPUs running while the ROM slot is deleted (rom-access, 2 threads)
+    ("fast-invalidate", "rom_delete_running_ms", "ROM delete while 2 vCPUs run, SLOT_ZAP_ALL on"),
+    ("fast-invalidate", "pass_running_ms", "time per pass of 2 vCPUs across ROM deletes"),
 )
+RUNNING = {"rom_delete_running_ms", "pass_running_ms"}
 
 
 def scenario(vm: VmApi, size_mb: int) -> dict[str, float]:
@@ -69,24 +79,55 @@ def scenario(vm: VmApi, size_mb: int) -> dict[str, float]:
     return out
 
 
-def play(backend: str, policy: str, size_mb: int, costs_file: str | None) -> dict[str, float]:
-    """The scenario on one backend under one policy (a fresh VM, closed afterwards)."""
-    with assemble(policy, arch="x86-shadow", costs_file=costs_file, backend=backend) as run:
-        return scenario(run.vm, size_mb)
+def scenario_running(vm: VmApi, size_mb: int) -> dict[str, float]:
+    """``rom-access -c 2 -m SIZE --passes 20 --rom-interval-ms 1``: ROM deletes while two
+    guest threads write their memory; mean delete latency and mean warm pass, in ms."""
+    wl = RomAccess()
+    p = resolve_params(
+        wl.params, {"threads": 2, "mb": size_mb, "passes": 20, "rom_interval_ms": 1.0}
+    )
+    m = wl.run(vm, p)
+    return {"rom_delete_running_ms": m["memslot_delete_ms"], "pass_running_ms": m["pass_time_ms"]}
 
 
-def compare(sizes: list[int], costs_file: str, repeat: int = 3) -> list[dict[str, Any]]:
-    """Model once (it is deterministic), kernel ``repeat`` times (median: it is noisy)."""
+def play(
+    backend: str,
+    policy: str,
+    size_mb: int,
+    costs_file: str | None,
+    kernel: KernelConfig | None = None,
+) -> dict[str, float]:
+    """The scenarios on one backend under one policy (fresh VMs, closed afterwards); the
+    model under ``kernel``, the host's configuration."""
+
+    def one(fn) -> dict[str, float]:
+        with assemble(
+            policy, arch="x86-shadow", costs_file=costs_file, backend=backend, kernel=kernel
+        ) as run:
+            return fn(run.vm, size_mb)
+
+    out = one(scenario)
+    if any(pol == policy and key in RUNNING for pol, key, _ in QUANTITIES):
+        out.update(one(scenario_running))
+    return out
+
+
+def compare(
+    sizes: list[int], costs_file: str, repeat: int = 3, kernel: KernelConfig | None = None
+) -> list[dict[str, Any]]:
+    """Model once (it is deterministic) under the host's ``kernel`` configuration, kernel
+    ``repeat`` times (median: it is noisy)."""
+    kernel = kernel or model_config()
     rows = []
     for mb in sizes:
         for policy in dict.fromkeys(q[0] for q in QUANTITIES):
-            model = play("sim", policy, mb, costs_file)
+            model = play("sim", policy, mb, costs_file, kernel)
             runs = [play("kvm", policy, mb, None) for _ in range(repeat)]
-            kernel = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
+            real = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
             for pol, key, what in QUANTITIES:
                 if pol != policy:
                     continue
-                m, k = model[key], kernel[key]
+                m, k = model[key], real[key]
                 rows.append(
                     {
                         "size_mb": mb,
@@ -143,11 +184,16 @@ class Validate:
         ok, why = KvmBackend().available()
         if not ok:
             raise ConfigError("validate", f"needs the kvm backend, unavailable here: {why}")
-        rows = compare(sizes, str(path), args.repeat)
+        here = host_kernel()
+        kernel = model_config(cal.get("host_kernel") or here)
+        rows = compare(sizes, str(path), args.repeat, kernel)
         if args.json:
-            print(json.dumps({"costs": str(path), "fit_sizes_mb": sorted(fitted), "rows": rows}))
+            doc = {"costs": str(path), "fit_sizes_mb": sorted(fitted), "kernel": here}
+            print(json.dumps({**doc, "model_kernel": kernel.as_dict(), "rows": rows}))
             return 0
         print(f"model with {path} (fitted on {sorted(fitted)} MiB) vs this kernel")
+        k = kernel.as_dict()
+        print(f"model's host kernel: preempt {k['preempt']}, HZ {k['hz']}, {k['host_cpus']} CPUs")
         head = f"{'size':>6}  {'quantity (ms unless a count)':<52} {'model':>10} {'kernel':>10}"
         print(f"{head} {'error':>8}")
         for r in rows:

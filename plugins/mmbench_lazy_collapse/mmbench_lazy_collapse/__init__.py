@@ -34,6 +34,7 @@ class LazyCollapse:
 
     name = "lazy-collapse"
     year = 2018  # seed 002
+    kernel = "2018 RFC on 4.x (seed 002; not merged), write lock"
     description = "delayed worker zaps collapsible sptes with lock-break (seed 002)"
     archs = ("x86-tdp",)
     options = {
@@ -55,7 +56,7 @@ class LazyCollapse:
 
     def zap_collapsible_sptes_fn(self, kvm: Kvm[RegionMmu]) -> None:
         """The delayed work: zap each queued slot that is still live."""
-        kvm.engine.sleep(self.delay_ns)
+        kvm.engine.idle(self.delay_ns)  # queued delayed work: no task runs meanwhile
         if kvm.destroyed:  # cancel_delayed_work_sync() in kvm_arch_sync_events
             self.work.clear()
             return

@@ -70,18 +70,22 @@ class RecoverInPlace:
 
     Each 4 KiB table that a huge page could replace becomes a 2 MiB leaf built from one of
     its children; the table is freed. Nothing is zapped, so the guest never refaults.
-    Yields mmu_lock when someone waits.
+    Runs under ``read_lock(&kvm->mmu_lock)``, as ``kvm_mmu_recover_huge_pages`` does, so
+    faulting vCPUs share the lock; the walk's flushes are batched: one at each yield
+    (``tdp_mmu_iter_cond_resched`` with ``flush``) and one at the end
+    (``kvm_flush_remote_tlbs_memslot``).
     """
 
     name = "recover-in-place"
-    year = 2022  # in-place huge page recovery in the TDP MMU, 2022
+    year = 2024  # merged for 6.13
+    kernel = "6.13"
     description = "install huge sptes over 4 KiB tables in place, no refault (6.13)"
     archs = ("x86-tdp",)
     options = {}
 
     @hookimpl
     def mmbench_dirty_log_disable(self, kvm: Kvm[RegionMmu], slot: Memslot) -> bool:
-        with kvm.mmu_lock:
+        with kvm.mmu_lock.read_lock():
             kvm_tdp_mmu_recover_huge_pages(kvm, slot, lock_break=True)
         return True
 

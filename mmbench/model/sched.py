@@ -1,0 +1,153 @@
+"""The host kernel the model runs on: preemption model, HZ, CPUs, and a scheduler tick.
+
+Whether a zap loop gives mmu_lock away depends on the host kernel, not on the policy.
+``cond_resched_lock()`` (kernel/sched/core.c ``__cond_resched_lock``) drops the lock when
+``spin_needbreak(lock) || need_resched()``:
+
+- ``spin_needbreak()`` / ``rwlock_needbreak()`` (include/linux/spinlock.h) report
+  contention only on a preemptible kernel: under ``#ifdef CONFIG_PREEMPTION`` until
+  "sched/core: Drop spinlocks on contention iff kernel is preemptible" (Sean
+  Christopherson, 2024, upstream in v6.13) made them ``if (!preempt_model_preemptible())
+  return 0;``, so that a PREEMPT_DYNAMIC kernel booted ``preempt=none`` or ``voluntary``
+  behaves like a static one. Only ``full`` breaks on contention.
+- ``need_resched()`` is set on the holder's CPU by the scheduler tick under every model:
+  CFS's ``check_preempt_tick()`` (kernel/sched/fair.c, v2.6.23 .. 6.5) calls
+  ``resched_curr()`` at the first tick after the running task used up its
+  ``sched_slice()``, which only happens when its CPU has more than one runnable task.
+
+The tick model here: runnable threads are every actor that is not idle (vCPUs running
+guest code or spinning on mmu_lock, the VMM inside an ioctl, a kernel worker at work);
+they spread evenly over ``host_cpus``, so the holder's CPU runs ``ceil(nr_running /
+host_cpus)`` of them. Its slice is CFS's for that many equal-weight (nice 0) tasks:
+``__sched_period(nr) / nr`` with ``sysctl_sched_latency`` = 6 ms and
+``sysctl_sched_min_granularity`` = 0.75 ms, both scaled by ``1 + ilog2(min(cpus, 8))``
+(``SCHED_TUNABLESCALING_LOG``, ``get_update_sysctl_factor``), and ``sched_nr_latency`` = 8.
+need_resched is set at the first tick (every ``1/HZ`` s) at or after the slice's end.
+When the holder then schedules, the other tasks of its CPU run their slices before it
+runs again. What is not modelled: time sharing outside mmu_lock (a vCPU thread runs at
+full speed whatever the load), wakeup preemption, and EEVDF (6.6+), whose base slice is
+0.75 ms x the same factor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mmbench.errors import ConfigError
+
+PREEMPT_MODELS = ("none", "voluntary", "full")
+HZ_CHOICES = (100, 250, 300, 1000)  # kernel/Kconfig.hz
+MAX_HOST_CPUS = 8192  # CONFIG_NR_CPUS's upper bound on x86 (MAXSMP)
+
+# The default host (README, "The kernel the model runs"): a distribution kernel of the
+# seeds' years (2013-2019: RHEL 6/7, Fedora, Ubuntu all shipped PREEMPT_VOLUNTARY), the
+# Kconfig default HZ (HZ_250, also Ubuntu's and this development host's), and 16 CPUs,
+# an estimate (range 8-64) of a test server that runs an 8-vCPU guest plus QEMU without
+# overcommit. With these, nothing in the default runs is overloaded: no tick-driven
+# breaks, and no contention-driven ones either.
+DEFAULT_PREEMPT = "voluntary"
+DEFAULT_HZ = 250
+DEFAULT_HOST_CPUS = 16
+
+SCHED_LATENCY_NS = 6_000_000  # sysctl_sched_latency, before scaling
+SCHED_MIN_GRANULARITY_NS = 750_000  # sysctl_sched_min_granularity, before scaling
+SCHED_NR_LATENCY = 8  # sched_nr_latency
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """``--preempt``, ``--hz`` and ``--host-cpus`` of one run (also a config's ``kernel:``)."""
+
+    preempt: str = DEFAULT_PREEMPT
+    hz: int = DEFAULT_HZ
+    host_cpus: int = DEFAULT_HOST_CPUS
+
+    def __post_init__(self) -> None:
+        if self.preempt not in PREEMPT_MODELS:
+            raise ConfigError(
+                "--preempt", f"must be one of {', '.join(PREEMPT_MODELS)} (got {self.preempt!r})"
+            )
+        if not _is_int(self.hz) or self.hz not in HZ_CHOICES:
+            raise ConfigError(
+                "--hz", f"must be one of {', '.join(map(str, HZ_CHOICES))} (got {self.hz!r})"
+            )
+        if not _is_int(self.host_cpus) or not 1 <= self.host_cpus <= MAX_HOST_CPUS:
+            raise ConfigError(
+                "--host-cpus", f"must be an integer 1..{MAX_HOST_CPUS} (got {self.host_cpus!r})"
+            )
+
+    @property
+    def preemptible(self) -> bool:
+        """``preempt_model_preemptible()``: spin_needbreak() reports contention."""
+        return self.preempt == "full"
+
+    @property
+    def tick_ns(self) -> int:
+        return 1_000_000_000 // self.hz
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"preempt": self.preempt, "hz": self.hz, "host_cpus": self.host_cpus}
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | None) -> KernelConfig:
+        """From ``{"preempt", "hz", "host_cpus"}`` (missing keys: the defaults)."""
+        opts = dict(options or {})
+        unknown = sorted(set(opts) - {"preempt", "hz", "host_cpus"})
+        if unknown:
+            raise ConfigError(
+                f"kernel.{unknown[0]}", "unknown key (allowed: preempt, hz, host_cpus)"
+            )
+        return cls(**{k: v for k, v in opts.items() if v is not None})
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def sysctl_factor(cpus: int) -> int:
+    """``get_update_sysctl_factor()`` with ``SCHED_TUNABLESCALING_LOG``."""
+    return 1 + (min(cpus, 8).bit_length() - 1)
+
+
+def sched_slice_ns(nr_on_cpu: int, cpus: int) -> int:
+    """CFS ``sched_slice()`` of one of ``nr_on_cpu`` equal-weight tasks on a runqueue."""
+    f = sysctl_factor(cpus)
+    latency, min_gran = SCHED_LATENCY_NS * f, SCHED_MIN_GRANULARITY_NS * f
+    period = nr_on_cpu * min_gran if nr_on_cpu > SCHED_NR_LATENCY else latency
+    return period // max(1, nr_on_cpu)
+
+
+class Scheduler:
+    """need_resched() from the tick, for the actors of one engine."""
+
+    def __init__(self, engine: Any, config: KernelConfig) -> None:
+        self.engine = engine
+        self.config = config
+
+    def per_cpu(self) -> int:
+        """Runnable tasks on the holder's CPU: ``ceil(nr_running / host_cpus)``."""
+        return -(-self.engine.nr_running // self.config.host_cpus)
+
+    def resched_at(self, actor: Any) -> int | None:
+        """When the tick sets need_resched on ``actor``'s CPU (None: its CPU has no other
+        runnable task, so its slice never runs out)."""
+        k = self.per_cpu()
+        if k <= 1:
+            return None
+        due = actor.slice_start + sched_slice_ns(k, self.config.host_cpus)
+        tick = self.config.tick_ns
+        return -(-due // tick) * tick
+
+    def need_resched(self, actor: Any) -> bool:
+        at = self.resched_at(actor)
+        return at is not None and self.engine.now >= at
+
+    def schedule(self) -> None:
+        """``schedule()`` from ``cond_resched``: the other tasks of this CPU run their
+        slices, then the current actor runs again with a new slice."""
+        k = self.per_cpu()
+        actor = self.engine.current
+        if k > 1:
+            self.engine.sleep((k - 1) * sched_slice_ns(k, self.config.host_cpus))
+        actor.slice_start = self.engine.now

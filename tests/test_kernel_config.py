@@ -1,0 +1,123 @@
+"""The host kernel a run names (--preempt, --hz, --host-cpus, a config's kernel:): what
+breaks mmu_lock and why, as a user sees it in the figures and the stored record."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import SMALL, mmbench, run_json
+
+from mmbench.model.engine import Engine
+from mmbench.model.lock import MmuLock
+from mmbench.model.sched import KernelConfig, sched_slice_ns
+
+# four guest threads and rom.sh on its own vCPU: five runnable threads during a delete
+ROM = ["-c", "4", "-m", "128", "--passes", "6", "--rom-interval-ms", "20"]
+
+
+def _fast(*args: str) -> dict:
+    doc = run_json("rom-access", *ROM, "--policy", "fast-invalidate", *args)
+    return doc, doc["results"][0]["metrics"]
+
+
+def test_no_contention_breaks_on_a_non_preemptible_kernel(runs_dir):
+    """preempt=none with enough CPUs: a waiting vCPU never makes the zap yield."""
+    doc, m = _fast("--preempt", "none", "--host-cpus", "16")
+    assert doc["kernel"] == {"preempt": "none", "hz": 250, "host_cpus": 16}
+    assert m["lock_breaks"] == m["lock_breaks_contention"] == m["lock_breaks_resched"] == 0
+    assert m["vcpu_stall_ms"] > 0  # the vCPUs waited all the same
+
+
+def test_contention_breaks_on_a_preemptible_kernel(runs_dir):
+    _, m = _fast("--preempt", "full", "--host-cpus", "16")
+    assert m["lock_breaks_contention"] > 0 and m["lock_breaks_resched"] == 0
+    assert m["lock_breaks"] == m["lock_breaks_contention"]
+
+
+@pytest.mark.parametrize("preempt", ["none", "voluntary"])
+def test_tick_breaks_when_threads_outnumber_cpus(preempt, runs_dir):
+    """Five runnable threads on two CPUs: the tick sets need_resched once the zapper's
+    slice runs out, and it yields then, whatever the model; never for contention."""
+    _, calm = _fast("--preempt", preempt, "--host-cpus", "16")
+    _, busy = _fast("--preempt", preempt, "--host-cpus", "2", "--hz", "1000")
+    assert busy["lock_breaks_resched"] > 0 and busy["lock_breaks_contention"] == 0
+    assert busy["vcpu_stall_max_ms"] < calm["vcpu_stall_max_ms"]  # the yields bound it
+    assert busy["memslot_delete_ms"] > calm["memslot_delete_ms"]  # and cost it CPU time
+
+
+def test_kernel_config_from_yaml_is_recorded(tmp_path, runs_dir):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "workload: rom-access\n"
+        "params: {threads: 2, mb: 64, passes: 6, rom_interval_ms: 5}\n"
+        "policies: [fast-invalidate]\n"
+        "kernel: {preempt: full, hz: 1000, host_cpus: 2}\n"
+    )
+    proc = mmbench("run", "--config", str(cfg), "--host-cpus", "4", "--name", "k", check=True)
+    assert "saved:" in proc.stdout
+    rec = json.loads((runs_dir / "k" / "result.json").read_text())
+    want = {"preempt": "full", "hz": 1000, "host_cpus": 4}  # the flag wins over the file
+    assert rec["kernel"] == want and rec["results"][0]["kernel"] == want
+
+
+def test_default_kernel_is_recorded(runs_dir):
+    doc = run_json("rom-access", *SMALL, "--policy", "zap-slot")
+    assert doc["kernel"] == {"preempt": "voluntary", "hz": 250, "host_cpus": 16}
+    assert doc["results"][0]["kernel"] == doc["kernel"]
+
+
+# -- the lock and the tick, on a bare engine ------------------------------------------------
+def _spinning_zap(kernel: KernelConfig, busy: int):
+    """A zapper holding mmu_lock for 100 ms of 10 us items with lock-break, a vCPU that
+    wants the lock at 1 ms, and ``busy`` other threads running (guest vCPUs)."""
+    eng = Engine()
+    lock = MmuLock(eng, handoff_ns=0, kernel=kernel)
+    log: dict[str, int] = {}
+
+    def zapper() -> None:
+        todo = 10_000
+        with lock:
+            while todo:
+                todo -= lock.work(np.full(todo, 10_000.0), True)
+                if todo:
+                    lock.cond_resched()
+        log["zap_end"] = eng.now
+
+    def vcpu() -> None:
+        eng.sleep(1_000_000)
+        with lock:
+            log["vcpu_in"] = eng.now
+
+    def guest() -> None:
+        eng.sleep(200_000_000)
+
+    eng.spawn("host", zapper)
+    eng.spawn("vcpu0", vcpu)
+    for i in range(busy):
+        eng.spawn(f"vcpu{i + 1}", guest)
+    eng.run()
+    return log, lock
+
+
+def test_spin_needbreak_only_when_preemptible():
+    log, lock = _spinning_zap(KernelConfig(preempt="full", host_cpus=8), busy=0)
+    assert lock.lock_breaks_contention == 1 and log["vcpu_in"] == 1_000_000
+    for model in ("none", "voluntary"):
+        log, lock = _spinning_zap(KernelConfig(preempt=model, host_cpus=8), busy=0)
+        assert lock.lock_breaks == 0 and log["vcpu_in"] == 100_000_000
+
+
+def test_need_resched_at_the_tick_after_the_slice():
+    """Four threads on two CPUs: two per CPU, CFS slice latency/2 with the log factor
+    of two CPUs (6 ms x 2 / 2 = 6 ms); at HZ=250 the first tick after it is at 8 ms. The
+    zapper yields there, is off the CPU for the other task's slice, and goes on."""
+    kernel = KernelConfig(preempt="none", hz=250, host_cpus=2)
+    assert sched_slice_ns(2, 2) == 6_000_000
+    log, lock = _spinning_zap(kernel, busy=2)
+    assert log["vcpu_in"] == 8_000_000
+    assert lock.lock_breaks_resched >= 1 and lock.lock_breaks_contention == 0
+    assert lock.holds[0][1] == 8_000_000  # the first hold ends at the tick
+    # every yield costs the zapper one slice of the other task on its CPU
+    assert log["zap_end"] >= 100_000_000 + lock.lock_breaks_resched * 6_000_000
