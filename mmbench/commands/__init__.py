@@ -29,7 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_runs)
     p = sub.add_parser("compare", help="set stored runs side by side (first is the baseline)")
     p.add_argument("runs", nargs="+", metavar="RUN")
-    p.add_argument("--format", choices=sorted(RENDERERS), default="text")
+    p.add_argument(
+        "--format",
+        choices=sorted(RENDERERS),
+        default="text",
+        help="text (rich tables on a terminal, plain in pipes), markdown, json or html",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="RUN/POLICY",
+        help="column the others are set against (default: the first run's first policy)",
+    )
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("show", help="print a stored run's comparison")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from datetime import UTC, datetime
 
 from mmbench.commands.parsing import nonempty, positive_int
@@ -12,7 +13,7 @@ from mmbench.commands.stored import params_line
 from mmbench.errors import ConfigError
 from mmbench.host.manager import get_host
 from mmbench.report import environment, plots, store
-from mmbench.report.compare import compare, render_text
+from mmbench.report.compare import compare, render_terminal
 from mmbench.run.config import load_config
 from mmbench.run.runner import RunRequest, execute, resolve
 
@@ -178,6 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         plots.check_out(plot_to, "--plot")
     as_json = bool(getattr(args, "json", False))
     with store.reserve(root, name) as slot:  # name and runs dir checked before the run
+        started = time.monotonic()
         bar, tick = _progress(len(resolved.policies) * req.reps, enabled=not as_json)
         if bar:
             with bar:
@@ -191,6 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "params": resolved.spec.values,
             "config": args.config,
             "reps": req.reps,
+            "duration_s": round(time.monotonic() - started, 3),
             "environment": environment.collect(),
             "results": results,
         }
@@ -214,7 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=1))
     else:
         print(params_line(record))
-        print(render_text(compare([record], resolved.workload.metrics)))
+        print(render_terminal(compare([record], resolved.workload.metrics)))
         print(f"saved: {run_dir}")
     for r in failed:  # the others were stored; the run says which failed, and exits 1
         print(f"mmbench: policy {r['policy']} failed: {r['failed']}", file=sys.stderr)

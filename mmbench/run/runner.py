@@ -190,4 +190,6 @@ def _aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
     out["seeds"] = [r["seed"] for r in reps]
     out["checks"] = sum(r["checks"] for r in reps)
     out["series"] = first["series"]  # repetition 0's time series, for plots
+    if len(reps) > 1:  # the others', for percentiles over every repetition and plots of all
+        out["rep_series"] = [r["series"] for r in reps[1:]]
     return out

@@ -94,11 +94,43 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Samples:
+    """Where a metric's per-event samples are stored: field ``field`` of the events of
+    series ``series`` (times ``scale``), only those whose field ``where[0]`` lies in
+    ``[where[1], where[2]]``. ``compare`` reads its tail percentiles from them."""
+
+    series: str
+    field: str
+    scale: float = 1.0
+    where: tuple[str, float, float] | None = None
+
+    def of(self, series: dict[str, list]) -> list[float]:
+        """The samples in one repetition's ``series`` (``[t_ns, {fields}]`` events)."""
+        out = []
+        for item in series.get(self.series, ()):
+            ev = item[1]
+            if not isinstance(ev, dict) or not isinstance(ev.get(self.field), int | float):
+                continue
+            if self.where and not self.where[1] <= ev.get(self.where[0], -1) <= self.where[2]:
+                continue
+            out.append(float(ev[self.field]) * self.scale)
+        return out
+
+
+@dataclass(frozen=True)
 class Metric:
+    """A workload's figure: its unit, what it means, its direction and how to average it.
+
+    ``stat`` names the kernel statistic it is (KVM's binary stats / debugfs name, e.g.
+    ``mmu_shadow_zapped``) where there is one; ``samples`` says where its per-event
+    samples are, for percentiles."""
+
     unit: str
     doc: str
     lower_is_better: bool = True
     kind: str = "time"  # time -> arithmetic mean; rate -> harmonic mean; count
+    stat: str = ""
+    samples: Samples | None = None
 
 
 @dataclass

@@ -43,7 +43,9 @@ class Teardown:
         "tlbi_count": Metric("", "TLBI instructions issued (per-IPA and VMALL)", kind="count"),
         "pages_freed": Metric("", "page-table pages freed", kind="count"),
         "sptes_zapped": Metric("", "leaf sptes (stage-2 ptes/blocks) zapped", kind="count"),
-        "remote_tlb_flushes": Metric("", "remote TLB flushes", kind="count"),
+        "remote_tlb_flushes": Metric(
+            "", "remote TLB flushes", kind="count", stat="remote_tlb_flush"
+        ),
         "populate_ms": Metric("ms", "time for the vCPUs to map all memory"),
     }
 
