@@ -34,7 +34,8 @@ class MmuPressure:
     description = "many guest processes with a hot and a cold set, at the shadow-page limit"
     paths = ("reclaim",)
     backends = ("sim",)
-    default_plots = ("mmu_used_pages", "mmu_recycled", "pf_fixed")
+    default_plots = ("mmu_used_pages", "mmu_recycled", "pf_fixed", "slice.ms")
+    phases = ("hot_slice_ms", "cold_slice_ms")
     params = (
         Param("vcpus", int, 4, "vCPUs the processes share", ("-c", "--vcpus"), min=1, max=64),
         Param("processes", int, 64, "guest processes, each with its own page tables", min=1),

@@ -78,6 +78,7 @@ class RomAccess:
         ),
     )
     default_plots = ("pass.ms", "rom-access.delete_ns", "mmu_lock_hold_hist")
+    phases = ("populate_ms", "pass_time_ms", "memslot_add_ms", "memslot_delete_ms")
     metrics = {
         "pass_time_ms": Metric(
             "ms",
