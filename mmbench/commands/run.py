@@ -13,6 +13,7 @@ from mmbench.commands.stored import params_line
 from mmbench.errors import ConfigError
 from mmbench.host.manager import get_host
 from mmbench.report import environment, plots, store
+from mmbench.report import record as record_mod
 from mmbench.report.compare import compare, render_terminal
 from mmbench.run.config import load_config
 from mmbench.run.runner import RunRequest, execute, resolve
@@ -186,6 +187,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 results = execute(resolved, tick)
         else:
             results = execute(resolved)
+        info = resolved.workload.metrics
+        results = record_mod.typed_results(results, info)
         record = {
             "name": name,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -194,6 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "config": args.config,
             "reps": req.reps,
             "duration_s": round(time.monotonic() - started, 3),
+            "units": record_mod.units(info, results),
             "environment": environment.collect(),
             "results": results,
         }
@@ -207,14 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if plot_to:
         plots.plot_runs([record], None, plot_to)
     if as_json:
-        keys = ("policy", "arch", "backend", "metrics", "reps", "failed")
-        doc = {
-            "workload": record["workload"],
-            "name": name,
-            "params": record["params"],
-            "results": [{k: r[k] for k in keys if k in r} for r in results],
-        }
-        print(json.dumps(doc, indent=1))
+        print(json.dumps(record_mod.run_document(record), indent=1))
     else:
         print(params_line(record))
         print(render_terminal(compare([record], resolved.workload.metrics)))
