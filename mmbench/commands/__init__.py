@@ -22,6 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     reg = get_host().registry
     p = sub.add_parser("list", help="plugins and what each provides")
+    p.add_argument(
+        "--metrics",
+        metavar="WORKLOAD",
+        choices=reg.names("workload"),
+        help="a workload's metrics: kernel stat name, unit, direction, meaning"
+        f" ({', '.join(reg.names('workload'))})",
+    )
     p.set_defaults(func=cmd_list)
     run_parser(sub, reg)
     p = sub.add_parser("runs", help="list stored runs")

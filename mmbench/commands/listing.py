@@ -14,6 +14,9 @@ from mmbench.workloads.base import Param
 def cmd_list(args: argparse.Namespace) -> int:
     host = get_host()
     reg = host.registry
+    if getattr(args, "metrics", None):
+        print(metrics_text(reg.get("workload", args.metrics)))
+        return 0
     out = []
     for kind, title in (
         ("workload", "Workloads"),
@@ -29,11 +32,13 @@ def cmd_list(args: argparse.Namespace) -> int:
             extra = ""
             if kind == "policy":
                 extra = f" [archs: {', '.join(obj.archs)}] [paths: {', '.join(policy_paths(obj))}]"
-                if obj.options:
-                    opts = ", ".join(option_text(p) for p in option_params(obj).values())
-                    extra += f" [options: {opts}]"
             provider = reg.provider[(kind, name)]
             out.append(f"  {name:<18} {obj.description}{extra}  (from {provider})")
+            if kind == "policy":
+                for p in option_params(obj).values():  # NAME:key=value, one line each
+                    out.append(
+                        f"{'':<21}option {option_text(p)}" + (f": {p.help}" if p.help else "")
+                    )
     out.append("Plugins loaded:")
     for origin, hooks in host.plugins():
         where = f", entry point {origin.entry_point}" if origin.entry_point else ""
@@ -47,3 +52,32 @@ def option_text(p: Param) -> str:
     bounds = ((">=", p.min), (">", p.above), ("<=", p.max))
     rule = " ".join([p.type.__name__, *(f"{op} {p.show(v)}" for op, v in bounds if v is not None)])
     return f"{p.name}={p.show(p.default)} ({rule})"
+
+
+def metrics_text(wl: type) -> str:
+    """``mmbench list --metrics WORKLOAD``: each metric with the kernel stat it is, its
+    unit, direction, how repetitions are averaged, where its samples are, and what it means."""
+    from mmbench.report.compare import mean_name
+
+    rows = [("metric", "kernel stat", "unit", "better", "mean", "samples", "meaning")]
+    for name, m in wl.metrics.items():
+        samples = f"{m.samples.series}.{m.samples.field}" if m.samples else "-"
+        rows.append(
+            (
+                name,
+                m.stat or "-",
+                m.unit or m.kind,
+                "lower" if m.lower_is_better else "higher",
+                mean_name(m.kind),
+                samples,
+                m.doc,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [f"{wl.name}: {wl.description}"]
+    for r in rows:
+        lines.append("  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    lines.append(
+        "kernel stat: KVM's binary stats / debugfs name (- : a figure of the model or workload)"
+    )
+    return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -100,7 +101,7 @@ def run_parser(sub: argparse._SubParsersAction, reg) -> None:
         p = wsub.add_parser(
             name,
             help=wl.description,
-            description=wl.__doc__,
+            description=workload_description(wl),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         for prm in wl.params:
@@ -108,10 +109,17 @@ def run_parser(sub: argparse._SubParsersAction, reg) -> None:
                 *prm.cli,
                 dest=f"param_{prm.name}",
                 default=None,
-                metavar=prm.type.__name__.upper(),
-                help=f"{prm.help} (default: {prm.show(prm.default)})",
+                metavar=prm.metavar,
+                help=prm.help_text(),
             )
         _common_run_options(p, sub=True)
+
+
+def workload_description(wl: type) -> str:
+    """A workload's paragraph for ``--help``: its one-line description, then its class
+    docstring or, failing that, its module's (what it models and after which tool)."""
+    doc = wl.__doc__ or getattr(sys.modules.get(wl.__module__), "__doc__", None) or ""
+    return f"{wl.description}\n\n{inspect.cleandoc(doc)}" if doc else wl.description
 
 
 def _request(args: argparse.Namespace) -> RunRequest:

@@ -54,13 +54,48 @@ class Param:
 
     def show(self, value: Any) -> str:
         """A value as the user would type it: sizes with units, addresses in hex."""
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool):
+            return str(value).lower()  # as typed: true / false
+        if not isinstance(value, int | float):
             return str(value)
         if self.unit == "size" and float(value).is_integer():
             return size_text(int(value))
         if self.unit == "gpa" and float(value).is_integer():
             return f"{int(value):#x}"
         return f"{value:g}"
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The values allowed, where they are a fixed set (``--enable``, booleans)."""
+        if self.type is bool:
+            return ("true", "false")
+        return tuple(getattr(self.parse, "allowed", ()))
+
+    @property
+    def metavar(self) -> str:
+        """How ``--help`` names the value: ``SIZE``, ``GPA``, ``{a,b}``, ``INT``."""
+        if self.choices:
+            return "{" + ",".join(self.choices) + "}"
+        return {"size": "SIZE", "gpa": "GPA"}.get(self.unit) or self.type.__name__.upper()
+
+    def rule(self) -> str:
+        """The bounds as a user reads them: ``>= 2M``, ``1..512``, ``> 0``."""
+        lo = self.min if self.min is not None else None
+        if lo is not None and self.max is not None:
+            return f"{self.show(lo)}..{self.show(self.max)}"
+        parts = [
+            f"{op} {self.show(v)}"
+            for op, v in ((">=", self.min), (">", self.above), ("<=", self.max))
+            if v is not None
+        ]
+        return ", ".join(parts)
+
+    def help_text(self) -> str:
+        """``--help``'s line: what it is, then the default as typed and the bounds."""
+        extra = [f"default: {self.show(self.default)}"]
+        if self.rule() and not self.choices:
+            extra.append(self.rule())
+        return f"{self.help} ({'; '.join(extra)})"
 
     def convert(self, raw: Any) -> Any:
         """Check and convert a value from the CLI (str) or a config file (typed)."""
@@ -167,15 +202,24 @@ def parse_int_auto(text: str) -> int:
     return int(text, 0)
 
 
-def choice(field: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
-    """A parser for a parameter with a fixed set of values."""
+@dataclass(frozen=True)
+class Choice:
+    """A parser for a parameter with a fixed set of values (``allowed``: what help lists)."""
 
-    def parse(text: str) -> str:
-        if text not in allowed:
-            raise ConfigError(field, f"expected one of {', '.join(allowed)} (got {text!r})")
+    field: str
+    allowed: tuple[str, ...]
+
+    def __call__(self, text: str) -> str:
+        if text not in self.allowed:
+            raise ConfigError(
+                self.field, f"expected one of {', '.join(self.allowed)} (got {text!r})"
+            )
         return text
 
-    return parse
+
+def choice(field: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser for a parameter with a fixed set of values."""
+    return Choice(field, allowed)
 
 
 def parse_bool(text: str) -> bool:
