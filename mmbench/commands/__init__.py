@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a workload's metrics: kernel stat name, unit, direction, meaning"
         f" ({', '.join(reg.names('workload'))})",
     )
+    p.add_argument(
+        "--primitives",
+        action="store_true",
+        help="the model primitives a policy composes, with signatures and docstrings",
+    )
     p.set_defaults(func=cmd_list)
     run_parser(sub, reg)
     p = sub.add_parser("runs", help="list stored runs")

@@ -17,6 +17,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if getattr(args, "metrics", None):
         print(metrics_text(reg.get("workload", args.metrics)))
         return 0
+    if getattr(args, "primitives", False):
+        print(primitives_text())
+        return 0
     out = []
     for kind, title in (
         ("workload", "Workloads"),
@@ -81,3 +84,48 @@ def metrics_text(wl: type) -> str:
         "kernel stat: KVM's binary stats / debugfs name (- : a figure of the model or workload)"
     )
     return "\n".join(lines)
+
+
+PRIMITIVE_CLASSES = (
+    ("mmbench.model.kvm", "Kvm", "kvm"),
+    ("mmbench.model.lock", "MmuLock", "kvm.mmu_lock"),
+    ("mmbench.model.shadow.mmu", "ShadowMmu", "kvm.mmu (x86-shadow)"),
+    ("mmbench.model.region.mmu", "RegionMmu", "kvm.mmu (x86-tdp, arm64)"),
+)
+
+
+def primitives_text() -> str:
+    """``mmbench list --primitives``: what a policy composes, generated from the model's
+    own signatures and docstrings (first paragraph), grouped by the object a hook gets
+    and the module that defines each (so the reference cannot drift from the code)."""
+    import importlib
+    import inspect
+
+    out = []
+    for module, cls_name, where in PRIMITIVE_CLASSES:
+        cls = getattr(importlib.import_module(module), cls_name)
+        out.append(f"{where}: {cls.__module__}.{cls_name}")
+        for name, member in sorted(vars_with_bases(cls).items()):
+            fn = member.fget if isinstance(member, property) else member
+            if name.startswith("_") or not callable(fn):
+                continue
+            owner = next(c for c in cls.__mro__ if name in vars(c))
+            try:
+                sig = "" if isinstance(member, property) else str(inspect.signature(fn))
+            except (TypeError, ValueError):
+                sig = "(...)"
+            sig = sig.replace("(self, ", "(").replace("(self)", "()")
+            doc = (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
+            out.append(f"  {name}{sig}  [{owner.__module__.rsplit('.', 1)[-1]}]")
+            if doc:
+                out.append(f"      {doc}")
+    return "\n".join(out)
+
+
+def vars_with_bases(cls: type) -> dict[str, object]:
+    """Every attribute defined on ``cls`` or its mmbench bases, the nearest winning."""
+    found: dict[str, object] = {}
+    for c in reversed(cls.__mro__):
+        if c.__module__.startswith("mmbench"):
+            found.update(vars(c))
+    return found

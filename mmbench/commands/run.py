@@ -224,6 +224,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(params_line(record))
         print(render_terminal(compare([record], resolved.workload.metrics)))
         print(f"saved: {run_dir}")
+    for r in results:
+        asked = r.get("policy_calls")
+        if asked and not any(asked.values()):  # e.g. no ROM read happened: nothing compared
+            hooks = ", ".join(sorted(asked))
+            print(
+                f"mmbench: warning: policy {r['policy']} was never invoked ({hooks} never"
+                " called): its figures are the workload's without it",
+                file=sys.stderr,
+            )
     for r in failed:  # the others were stored; the run says which failed, and exits 1
         print(f"mmbench: policy {r['policy']} failed: {r['failed']}", file=sys.stderr)
     return 1 if failed else 0

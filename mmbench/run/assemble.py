@@ -20,7 +20,7 @@ from mmbench.host import contracts
 from mmbench.host.contracts import Arch, CostTable, Monitor, Policy
 from mmbench.host.hooks import RunHooks
 from mmbench.host.manager import Host, get_host, run_manager
-from mmbench.run.policy_spec import PolicySpec, parse_policy
+from mmbench.run.policy_spec import PolicySpec, parse_policy, policy_hooks
 from mmbench.workloads.base import resolve_params
 
 
@@ -98,8 +98,9 @@ def run_once(
     host: Host | None = None,
 ) -> dict[str, Any]:
     """One repetition of ``workload`` under one policy; returns ``{"policy", "arch",
-    "backend", "costs", "metrics", "series", "checks", "seed"}``. Repetition ``i`` of a
-    workload with a ``seed`` parameter runs with seed + i."""
+    "backend", "costs", "metrics", "series", "checks", "seed", "policy_calls"}``
+    (how often each selection hook the policy implements was called). Repetition ``i``
+    of a workload with a ``seed`` parameter runs with seed + i."""
     host = host or get_host()
     wl = host.registry.get("workload", workload)()
     spec = resolve_params(wl.params, params or {})
@@ -117,8 +118,17 @@ def run_once(
                 exc.add_note(f"raised in {where}")
             raise
         series = run.vm.series()
+    asked = {
+        hook: n
+        for pol in run.policies
+        for hook in policy_hooks(type(pol))
+        if (n := run.hooks.calls.get(hook)) is not None
+    }
+    if host.registry.get("backend", backend).exclusive:
+        asked = {}  # the kernel plays a policy's knob, not its hooks: nothing to count
     return {
         "policy": run.label,
+        "policy_calls": asked,
         "arch": run.arch.name,
         "backend": run.vm.backend,
         "costs": contracts.costs_name(run.vm, run.costs),

@@ -189,6 +189,8 @@ def _aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
     out["reps"] = [r["metrics"] for r in reps]
     out["seeds"] = [r["seed"] for r in reps]
     out["checks"] = sum(r["checks"] for r in reps)
+    calls = [r.get("policy_calls", {}) for r in reps]
+    out["policy_calls"] = {h: sum(c.get(h, 0) for c in calls) for h in calls[0]}
     out["series"] = first["series"]  # repetition 0's time series, for plots
     if len(reps) > 1:  # the others', for percentiles over every repetition and plots of all
         out["rep_series"] = [r["series"] for r in reps[1:]]
