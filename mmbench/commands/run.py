@@ -6,18 +6,19 @@ import argparse
 import inspect
 import json
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 
 from mmbench.commands.parsing import nonempty, positive_int
-from mmbench.commands.stored import params_line
 from mmbench.errors import ConfigError
 from mmbench.host.manager import get_host
 from mmbench.report import environment, plots, store
 from mmbench.report import record as record_mod
 from mmbench.report.compare import compare, render_terminal
 from mmbench.run.config import load_config
-from mmbench.run.runner import RunRequest, execute, resolve
+from mmbench.run.progress import Board
+from mmbench.run.runner import RunRequest, execute, resolve, tasks_of
 
 
 def _common_run_options(p: argparse.ArgumentParser, sub: bool) -> None:
@@ -159,23 +160,72 @@ def _request(args: argparse.Namespace) -> RunRequest:
     return req
 
 
-def _progress(total: int, enabled: bool):
-    """A rich progress bar on a terminal's stderr; nothing otherwise (pipes, --json)."""
-    if not enabled or not sys.stderr.isatty():
-        return None, None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+class _Bar:
+    """A rich progress bar on a terminal's stderr, one row per policy: guest passes done
+    against those planned (every repetition), with rich's ETA from the rate so far. It
+    reads the run's progress board a few times a second; the run never waits for it."""
 
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    task = bar.add_task("running", total=total)
-    return bar, lambda label: bar.update(task, advance=1, description=label)
+    def __init__(self, resolved) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.tasks = tasks_of(resolved)
+        self.board = Board(len(self.tasks))
+        self.reps = resolved.request.reps
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=24),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[passes]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+            refresh_per_second=4,
+        )
+        labels = list(dict.fromkeys(p.label for p, _ in self.tasks))
+        width = max(len(lab) for lab in labels)
+        self.rows = {
+            lab: self.bar.add_task(f"{lab:<{width}}", total=float(self.reps), passes="")
+            for lab in labels
+        }
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="mmbench-progress", daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.25):
+            self.update()
+
+    def update(self) -> None:
+        by: dict[str, list[tuple[float, float]]] = {lab: [] for lab in self.rows}
+        for n, (p, _) in enumerate(self.tasks):
+            by[p.label].append(self.board.read(n))
+        for lab, cells in by.items():
+            frac = sum(d / t for d, t in cells if t > 0)
+            done, total = sum(d for d, _ in cells), sum(t for _, t in cells)
+            runs = sum(1 for d, t in cells if t and d >= t)
+            text = f"{done:.0f}/{total:.0f} passes"
+            if self.reps > 1:
+                text += f", {runs}/{self.reps} reps done"
+            self.bar.update(self.rows[lab], completed=frac, passes=text if total else "")
+
+    def __enter__(self) -> _Bar:
+        self.bar.__enter__()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.bar.__exit__(*exc)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -189,10 +239,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     as_json = bool(getattr(args, "json", False))
     with store.reserve(root, name) as slot:  # name and runs dir checked before the run
         started = time.monotonic()
-        bar, tick = _progress(len(resolved.policies) * req.reps, enabled=not as_json)
-        if bar:
-            with bar:
-                results = execute(resolved, tick)
+        if not as_json and sys.stderr.isatty():  # a terminal only: never in pipes or --json
+            with _Bar(resolved) as bar:
+                results = execute(resolved, board=bar.board)
         else:
             results = execute(resolved)
         info = resolved.workload.metrics
@@ -221,7 +270,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if as_json:
         print(json.dumps(record_mod.run_document(record), indent=1))
     else:
-        print(params_line(record))
         print(render_terminal(compare([record], resolved.workload.metrics)))
         print(f"saved: {run_dir}")
     for r in results:

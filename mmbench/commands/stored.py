@@ -9,16 +9,6 @@ from typing import Any
 from mmbench.host.manager import get_host
 from mmbench.report import store
 from mmbench.report.compare import RENDERERS, compare, render_terminal
-from mmbench.report.describe import duration_text, params_text
-
-
-def params_line(record: dict[str, Any]) -> str:
-    first = record["results"][0]
-    return (
-        f"{record['workload']} {params_text(record)}\nrun {record['name']}: arch {first['arch']},"
-        f" backend {first['backend']}, costs '{first.get('costs', '-')}',"
-        f" reps {record.get('reps', 1)}, {duration_text(record.get('duration_s'))}"
-    )
 
 
 def _metric_info(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -60,6 +50,5 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rec, indent=1))
         return 0
-    print(params_line(rec))
     print(render_terminal(compare([rec], _metric_info([rec]))))
     return 0

@@ -72,7 +72,9 @@ def compare_header(
         lines.append(f"differs: {k} ({vals})")
     for rec in records:
         ok = [r for r in rec["results"] if "failed" not in r]
-        where = sorted({f"{r['arch']} on {r['backend']}" for r in ok})
+        where = sorted(
+            {f"{r['arch']} on {r['backend']}, costs '{r.get('costs', '-')}'" for r in ok}
+        )
         lines.append(
             f"run {rec['name']}: {duration_text(rec.get('duration_s'))},"
             f" {rec.get('reps', 1)} rep(s), {', '.join(where) or 'all failed'},"

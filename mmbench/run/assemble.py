@@ -10,7 +10,7 @@ workload on it for one repetition and returns the result the runner records. The
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -96,11 +96,13 @@ def run_once(
     check: bool = False,
     rep: int = 0,
     host: Host | None = None,
+    progress: Callable[[float, float], None] | None = None,
 ) -> dict[str, Any]:
     """One repetition of ``workload`` under one policy; returns ``{"policy", "arch",
     "backend", "costs", "metrics", "series", "checks", "seed", "policy_calls"}``
     (how often each selection hook the policy implements was called). Repetition ``i``
-    of a workload with a ``seed`` parameter runs with seed + i."""
+    of a workload with a ``seed`` parameter runs with seed + i. ``progress(done, planned)``
+    hears of every guest pass (backends that have passes)."""
     host = host or get_host()
     wl = host.registry.get("workload", workload)()
     spec = resolve_params(wl.params, params or {})
@@ -109,6 +111,8 @@ def run_once(
     run = assemble(
         policy, arch=arch, costs_file=costs_file, check=check, backend=backend, host=host
     )
+    if progress is not None and hasattr(run.vm, "on_progress"):
+        run.vm.on_progress = progress  # (passes done, planned) after every guest pass
     with run:
         try:
             metrics = wl.run(run.vm, spec)
