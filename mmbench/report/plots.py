@@ -128,7 +128,9 @@ def default_series(record: dict[str, Any], kind: str = "line") -> list[str]:
 
     wl = get_host().registry.entries["workload"].get(record["workload"])
     names = set().union(*(r.get("series", {}) for r in record["results"]))
-    wanted = [s for s in (wl.default_plots if wl else ()) if s.split(".")[0] in names]
+    wanted = [
+        s for s in (wl.default_plots if wl else ()) if s.split(".")[0] in names or s == PHASES
+    ]
     if kind in ("hist", "cdf"):
         events = event_fields(record)
         return [s for s in wanted if s in events] or events
@@ -186,6 +188,9 @@ def plot_runs(
     have = {k for rec in records for res in rec["results"] for s in rep_series(res) for k in s}
     panels: list[tuple[str, list[Line], str]] = []
     for name in series:
+        if name == PHASES:  # the per-phase bars, as one panel among the others
+            panels.append((PHASES, _check_phases(records, None), ""))  # type: ignore[arg-type]
+            continue
         base, _, field = name.partition(".")
         if base not in have:
             names = ", ".join(sorted(have)) or "none"
@@ -224,7 +229,8 @@ def plot_runs(
         lo, hi = window
         title = title or f"{_title(records)}; {lo:g}-{hi:g} ms"
         panels = [
-            (name, [_clip(line, lo, hi) for line in lines], unit) for name, lines, unit in panels
+            (name, lines if name == PHASES else [_clip(line, lo, hi) for line in lines], unit)
+            for name, lines, unit in panels
         ]
     return _draw(records, panels, out, kind, title, x)
 
@@ -328,10 +334,8 @@ def _log_axes(ax, x_times: bool, edges: list[float] | None = None) -> None:
     from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
     if x_times:
-        if edges is not None and len(edges) <= 14:
-            ax.xaxis.set_major_locator(FixedLocator(edges))
-        elif edges is not None:
-            ax.xaxis.set_major_locator(LogLocator(base=2, numticks=12))
+        if edges is not None:  # at bin edges (powers of 2 ns), at most about 12 of them
+            ax.xaxis.set_major_locator(FixedLocator(edges[:: -(-len(edges) // 12)]))
         else:
             ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: duration_text(v)))
@@ -357,9 +361,12 @@ def _draw(records, panels, out: Path, kind: str, title: str | None, x: str | Non
         squeeze=False,
         layout="constrained",
     )
-    labels = _labels([ln for _, lines, _ in panels for ln in lines])
+    labels = _labels([ln for name, lines, _ in panels if name != PHASES for ln in lines])
     for ax, (name, lines, unit_note) in zip(axes[:, 0], panels, strict=True):
         what, unit = _panel_title(name, unit_note)
+        if name == PHASES:
+            _draw_phases(ax, records, lines)
+            continue
         if ":" in name:  # pre-binned log2 histogram
             _draw_binned(ax, lines, labels, what, unit)
         elif kind == "hist":
@@ -511,29 +518,45 @@ def phase_metrics(record: dict[str, Any]) -> list[str]:
     return [m for m in (wl.phases if wl else ()) if m in have]
 
 
-def plot_phases(
-    records: list[dict[str, Any]], metrics: list[str] | None, out: Path, title: str | None
-) -> Path:
-    """Per-phase bars: one group per phase, one bar per run and policy (mean of reps),
-    every repetition a dot on its bar. Log scale: phases span many decades."""
+PHASES = "phases"  # in default_plots / --series: the per-phase bars as a panel
+
+
+def _check_phases(records: list[dict[str, Any]], metrics: list[str] | None) -> list[str]:
     metrics = metrics or phase_metrics(records[0])
     if not metrics:
         raise ConfigError(
             "--kind", f"{records[0]['workload']} declares no phases; name metrics with --series"
         )
-    cols = [(rec, res) for rec in records for res in rec["results"]]
+    cols = [res for rec in records for res in rec["results"]]
     for m in metrics:
-        if any(m not in res["metrics"] for _, res in cols):
-            known = ", ".join(sorted(cols[0][1]["metrics"]))
+        if any(m not in res["metrics"] for res in cols):
+            known = ", ".join(sorted(cols[0]["metrics"]))
             raise ConfigError("--series", f"no metric {m!r} in every run (metrics: {known})")
+    return metrics
+
+
+def plot_phases(
+    records: list[dict[str, Any]], metrics: list[str] | None, out: Path, title: str | None
+) -> Path:
+    """Per-phase bars: one group per phase, one bar per run and policy (mean of reps),
+    every repetition a dot on its bar. Log scale: phases span many decades."""
+    metrics = _check_phases(records, metrics)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ncols = sum(len(rec["results"]) for rec in records)
     fig, ax = plt.subplots(
-        figsize=(max(8, 1.4 * len(metrics) * max(1, len(cols)) / 2), 5), layout="constrained"
+        figsize=(max(8, 1.4 * len(metrics) * max(1, ncols) / 2), 5), layout="constrained"
     )
+    _draw_phases(ax, records, metrics)
+    _suptitle(fig, title or _title(records))
+    return _save(fig, out)
+
+
+def _draw_phases(ax, records: list[dict[str, Any]], metrics: list[str]) -> None:
+    cols = [(rec, res) for rec in records for res in rec["results"]]
     width = 0.8 / len(cols)
     x = np.arange(len(metrics))
     floor = None
@@ -566,9 +589,6 @@ def plot_phases(
     ax.set_title("Per-phase times (dots: repetitions)")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=9)
-    heading = title or _title(records)
-    _suptitle(fig, heading)
-    return _save(fig, out)
 
 
 def _suptitle(fig, heading: str) -> None:

@@ -48,7 +48,7 @@ class DirtyLog:
         "disable_dirty_log_ms",
         "hugepage_recovery_ms",
     )
-    default_plots = ("iteration.dirty_ms", "iteration.clear_ms", "mmu_lock_hold_hist")
+    default_plots = ("phases", "mmu_lock_hold_hist")
     default_arch = "x86-tdp"
     params = (
         size_param(4 * TiB, "guest memory: 4T, 64G, 512M or bytes (memstress -b, in total)"),

@@ -30,7 +30,7 @@ class Teardown:
     description = "destroy a VM with all of --size mapped: kvm_arch_flush_shadow_all"
     paths = ("teardown",)
     phases = ("populate_ms", "teardown_ms")
-    default_plots = ("mmu_lock_hold_hist",)
+    default_plots = ("phases", "mmu_lock_hold_hist")
     default_arch = "arm64"  # seed 003
     params = (
         size_param(64 * GiB, "guest memory: 64G, 4T, 512M or bytes"),
