@@ -22,6 +22,11 @@ FLAGS = [
     (["rom-access", "--rom-gpa", "0x100000000000000"], "guest-physical space arch x86-shadow"),
     (["rom-access", "--rom-gpa", "zz"], "--rom-gpa: expected int"),
     (["rom-access", "--mmu-pages", "10"], "--mmu-pages: must be 0 (KVM's default) or >= 64"),
+    (
+        ["rom-access", "--passes", "4", "--delete-ram-after-pass", "4"],
+        "--delete-ram-after-pass: must be 0 (never) or below --passes (4), got 4",
+    ),
+    (["dirty-log", "--delete-slot-after-s", "-1"], "--delete-slot-after-s: must be >= 0"),
     (["dirty-log", "-b", "infG"], "-b/--size: expected a size like 4T, 64G, 512M"),
     (["dirty-log", "-b", "1e400G"], "-b/--size: expected a size like 4T"),
     (["dirty-log", "-b", "5X"], "units K, M, G, T, P"),

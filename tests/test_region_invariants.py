@@ -60,10 +60,11 @@ def play(
     arch: str = "x86-tdp",
     keep_slots: bool = False,
     plugins: tuple = (),
+    passes: int = 3,
 ) -> int:
     """Play ``history`` in units of ``scale`` regions; ``scale`` 128 is a 4 GiB guest
     backed by 1 GiB pages. ``keep_slots``: tear the VM down with its slots still mapped
-    (else they are deleted first)."""
+    (else they are deleted first). ``passes``: how long vCPU 0 writes its window."""
     vm, inv = make_vm(policy_spec, arch_name=arch, plugins=plugins)
     u = scale * REG  # gfns per unit
     window = (0, NREG * u)
@@ -72,7 +73,7 @@ def play(
     if manual:
         vm.enable_manual_protect(init_set)
     vm.set_eager_page_split(eager)
-    vm.start_passes(0, *window, passes=3)
+    vm.start_passes(0, *window, passes=passes)
     live: dict[int, tuple[int, int]] = {}
 
     def script() -> None:

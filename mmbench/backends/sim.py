@@ -144,6 +144,9 @@ class SimVm:
     def guests_done(self) -> bool:
         return all(a.done for a in self._guest_actors)
 
+    def passes_done(self, vcpu_id: int) -> int:
+        return sum(1 for r in self.passes if r.vcpu == vcpu_id)
+
     # -- the host script's calls (run inside ``run_host``) --------------------------------
     def now_ns(self) -> int:
         return self.engine.now
@@ -160,7 +163,16 @@ class SimVm:
         return self._timed(lambda: self.kvm.create_memslot(slot_id, gpa, size, 0, name))
 
     def delete_memslot(self, slot_id: int) -> int:
-        return self._timed(lambda: self.kvm.delete_memslot(slot_id))
+        """Timed delete; series ``trace:memslot-delete`` has what it zapped under the
+        kernel's tracepoint names, beside which ``--backend kvm --trace`` puts the kernel's."""
+        st = self.kvm.stats.vm
+        sps, sptes = st["mmu_shadow_zapped"], st["sptes_zapped"]
+        ns = self._timed(lambda: self.kvm.delete_memslot(slot_id))
+        zapped = st["mmu_shadow_zapped"] - sps
+        data = {"kvm_mmu_prepare_zap_page": zapped, "mmu_shadow_zapped": zapped}
+        data["sptes_zapped"] = st["sptes_zapped"] - sptes
+        self.kvm.stats.series["trace:memslot-delete"].append((self.engine.now, data))
+        return ns
 
     def move_memslot(self, slot_id: int, new_gpa: int) -> int:
         return self._timed(lambda: self.kvm.move_memslot(slot_id, new_gpa))
@@ -222,6 +234,7 @@ class SimVm:
         out["vcpu_stall_ns"] = sum(lock.wait_ns.get(n, 0) for n in names)
         out["vcpu_stall_max_ns"] = max((lock.max_wait_ns.get(n, 0) for n in names), default=0)
         out["lock_breaks"] = lock.lock_breaks
+        out["vcpu_shutdowns"] = kvm.stats.vcpu_total("shutdowns", guests)
         out["mmu_lock_max_hold_host_ns"] = lock.max_hold_ns(vcpu=False)
         out.update(kvm.mmu.extra_stats())
         return out

@@ -71,6 +71,13 @@ def _common_run_options(p: argparse.ArgumentParser, sub: bool) -> None:
         help="check invariants after every invalidation (slower)",
     )
     p.add_argument(
+        "--trace",
+        action="store_true",
+        default=d,
+        help="--backend kvm: record the kernel's kvmmmu tracepoints of the workload's paths"
+        " (series trace:OP, beside the model's)",
+    )
+    p.add_argument(
         "--jobs",
         type=positive_int,
         default=d,
@@ -155,6 +162,8 @@ def _request(args: argparse.Namespace) -> RunRequest:
             setattr(req, attr, val)
     if getattr(args, "check", None):
         req.check = True
+    if getattr(args, "trace", None):
+        req.trace = True
     if not 1 <= req.reps <= 1000:
         raise ConfigError("--reps", f"must be 1..1000 (got {req.reps})")
     return req

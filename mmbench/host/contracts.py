@@ -140,6 +140,7 @@ class Backend(Protocol):
     name: str
     description: str = DOC_LINE
     exclusive: bool = False
+    traces: bool = False  # records the kernel's tracepoints: its VMs have enable_trace()
 
     def available(self) -> tuple[bool, str]: ...
     def create_vm(self, hook: "RunHooks", arch: Arch, costs: CostTable) -> "VmApi": ...

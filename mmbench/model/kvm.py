@@ -95,6 +95,7 @@ class Kvm(Generic[MmuT]):
             self.stats.vm["tlbi"] += count
         self.charge(count * per)
         self.mmu.tlbs_dirty = False
+        self.mmu.zapped_unflushed = False
 
     def flush_remote_tlbs_if_dirty(self) -> None:
         if self.mmu.tlbs_dirty:

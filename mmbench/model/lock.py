@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from mmbench.errors import InvariantViolation
 from mmbench.model.engine import Actor, Engine
 
 
@@ -29,6 +30,8 @@ class MmuLock:
         self.wait_ns: dict[str, int] = {}
         self.max_wait_ns: dict[str, int] = {}
         self.lock_breaks = 0
+        # called by the holder just before it drops the lock (the --check oracle)
+        self.before_release: list[Callable[[], None]] = []
         self.is_vcpu: Callable[[Actor], bool] = lambda a: a.name.startswith("vcpu")
 
     # -- acquire / release ---------------------------------------------------------------
@@ -54,6 +57,8 @@ class MmuLock:
     def release(self) -> None:
         me = self.engine.current
         assert self.holder is me, "mmu_lock released by a non-holder"
+        for check in self.before_release:
+            check()
         now = self.engine.now
         self.holds.append((self._hold_start, now - self._hold_start, self.is_vcpu(me)))
         self.holder = None
@@ -125,6 +130,9 @@ class MmuLock:
         n = len(item_ns)
         if n == 0:
             return 0
+        me = self.engine.current
+        if self.holder is not me and me not in self.readers:
+            raise InvariantViolation(f"{me.name}: MMU work done without holding mmu_lock")
         ends = np.cumsum(item_ns, dtype=np.float64)
         total = float(ends[-1])
         if not lock_break:

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 class Mmu(Protocol):
     supports_dirty_log: bool
     tlbs_dirty: bool  # sptes zapped or write-protected since the last remote flush
+    # leaf sptes made non-present (zapped) since the last remote flush: whoever drops
+    # mmu_lock must flush them first, or a thread taking the lock finds them gone, skips
+    # its own flush, and a vCPU's TLB still maps the page (see ``check_lock_break``)
+    zapped_unflushed: bool
     trace: bool  # record series over time (``mmu_used_pages``, ``pf_fixed``)
 
     def set_mmu_pages_limit(self, nr_mmu_pages: int, nr_memslot_pages: int) -> None:
@@ -26,6 +30,10 @@ class Mmu(Protocol):
 
     def nr_mapped(self) -> int:
         """What is still mapped: live sps (shadow) or leaves (region); 0 after teardown."""
+
+    def nr_page_tables(self) -> int:
+        """Page-table pages still allocated (shadow: live sps; region: tables below the
+        roots); 0 after teardown, or they leaked."""
 
     def extra_stats(self) -> dict[str, float]:
         """MMU-family counters beyond ``kvm->stat`` (``pages_4k``, ``cmo_bytes``...)."""

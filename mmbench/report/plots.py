@@ -214,7 +214,7 @@ def plot_runs(
                     lines.append((label, ts, ys, rep))
         if by_holder:  # one panel per holder: host and vCPU holds differ by decades
             for holder, own in sorted(by_holder.items()):
-                panels.append((f"{name}:{holder}", own, "ms"))
+                panels.append((f"{name}#{holder}", own, "ms"))
         elif (
             kind == "line"
             and not field
@@ -275,7 +275,7 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
 
 def _panel_title(name: str, unit: str) -> tuple[str, str]:
     """(title, unit) of a panel: the kernel developer's name and the unit shown."""
-    base, _, holder = name.partition(":")
+    base, _, holder = name.partition("#")
     base, _, only = base.partition("@")
     what, known_unit = LABELS.get(base, (base, unit))
     if holder:
@@ -367,7 +367,7 @@ def _draw(records, panels, out: Path, kind: str, title: str | None, x: str | Non
         if name == PHASES:
             _draw_phases(ax, records, lines)
             continue
-        if ":" in name:  # pre-binned log2 histogram
+        if "#" in name:  # pre-binned log2 histogram, one panel per holder
             _draw_binned(ax, lines, labels, what, unit)
         elif kind == "hist":
             _draw_hist(ax, lines, labels, what, unit)

@@ -94,6 +94,7 @@ def run_once(
     backend: str = "sim",
     costs_file: str | None = None,
     check: bool = False,
+    trace: bool = False,
     rep: int = 0,
     host: Host | None = None,
     progress: Callable[[float, float], None] | None = None,
@@ -101,8 +102,9 @@ def run_once(
     """One repetition of ``workload`` under one policy; returns ``{"policy", "arch",
     "backend", "costs", "metrics", "series", "checks", "seed", "policy_calls"}``
     (how often each selection hook the policy implements was called). Repetition ``i``
-    of a workload with a ``seed`` parameter runs with seed + i. ``progress(done, planned)``
-    hears of every guest pass (backends that have passes)."""
+    of a workload with a ``seed`` parameter runs with seed + i. ``trace``: the backend
+    records the kernel's tracepoints of the workload's paths (``--trace``).
+    ``progress(done, planned)`` hears of every guest pass (backends that have passes)."""
     host = host or get_host()
     wl = host.registry.get("workload", workload)()
     spec = resolve_params(wl.params, params or {})
@@ -114,6 +116,8 @@ def run_once(
     if progress is not None and hasattr(run.vm, "on_progress"):
         run.vm.on_progress = progress  # (passes done, planned) after every guest pass
     with run:
+        if trace:
+            run.vm.enable_trace(tuple(wl.paths))
         try:
             metrics = wl.run(run.vm, spec)
         except Exception as exc:  # say whose hook it was: the runner records it per policy

@@ -36,6 +36,7 @@ class RunRequest:
     backend: str = "sim"
     costs_file: str | None = None
     check: bool = False  # attach the invariants monitor
+    trace: bool = False  # the kernel's tracepoints (a backend with ``traces``)
     jobs: int = 0  # 0: one process per policy, up to the CPU count
     reps: int = 1  # repetitions per policy; seeded workloads use seed + i
 
@@ -61,6 +62,12 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
         req.arch = backend.default_arch() or workload_cls.default_arch
     arch_cls = host.registry.get("arch", req.arch)
     spec = resolve_params(workload_cls.params, req.params)
+    if req.trace and not backend.traces:
+        raise ConfigError(
+            "--trace",
+            f"backend {req.backend!r} has no tracepoints (the kernel's: --backend kvm); the"
+            " model records its own events in every run's series",
+        )
     allowed = workload_cls.backends
     if allowed and req.backend not in allowed:
         raise ConfigError("--backend", f"{req.workload} runs on: {', '.join(allowed)}")
@@ -103,6 +110,7 @@ def run_one(
         backend=req.backend,
         costs_file=req.costs_file,
         check=req.check,
+        trace=req.trace,
         rep=rep,
         progress=progress.reporter(task),
     )

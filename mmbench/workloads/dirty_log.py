@@ -87,6 +87,14 @@ class DirtyLog:
         ),
         backing_param(),
         Param("run_on_s", float, 90.0, "seconds the guest runs on after logging stops", above=0),
+        Param(
+            "delete_slot_after_s",
+            float,
+            0.0,
+            "seconds after logging stops at which QEMU deletes the slot (memory unplugged):"
+            " a lazy-collapse worker still pending must drop it. 0: never",
+            min=0,
+        ),
     )
     metrics = {
         "populate_ms": Metric("ms", "Populate memory time: every vCPU writes its slice"),
@@ -138,6 +146,10 @@ class DirtyLog:
 
     def run(self, vm: VmApi, p: WorkloadSpec) -> dict[str, float]:
         spec = self.layout(p, vm.arch)
+        if p.delete_slot_after_s and getattr(vm, "backend", "sim") != "sim":
+            raise ConfigError(
+                "--delete-slot-after-s", "runs on backend sim only (the slot holds the guest)"
+            )
         vm.create(spec)
         areas = [a[0] for a in spec.areas_per_vcpu]
         npages = p.size >> PAGE_SHIFT
@@ -210,6 +222,9 @@ class DirtyLog:
             vm.sleep_ns(DISABLE_AFTER_NS)
             times["disable_at"] = vm.now_ns()
             times["disable"] = vm.set_dirty_logging(SLOT, False)
+            if p.delete_slot_after_s:
+                vm.sleep_ns(p.delete_slot_after_s * 1e9)
+                vm.event("slot-delete", delete_ns=vm.delete_memslot(SLOT))
 
         vm.run_host(stop, "vmm-disable")
         after = vm.stats()

@@ -76,6 +76,24 @@ class RomAccess:
             " of guest pages (compose a reclaim policy: --policy zap-slot+lru-scan)",
             min=0,
         ),
+        Param(
+            "delete_ram_after_pass",
+            int,
+            0,
+            "once every thread has done this many passes, delete RAM slot 0 (the guest"
+            " kernel and its page tables) while they run, as set_memory_region_test's"
+            " test_delete_memory_region does; the vCPUs then shut down. 0: never",
+            min=0,
+        ),
+        Param(
+            "idle_reads",
+            int,
+            0,
+            "ROM reads rom.sh goes on making after the guest threads finish: deletes with"
+            " every vCPU idle, as in the 2013 delete/add testcase and memslot_perf_test",
+            min=0,
+            max=100000,
+        ),
     )
     default_plots = ("pass.ms", "rom-access.delete_ns", "mmu_lock_hold_hist")
     phases = ("populate_ms", "pass_time_ms", "memslot_add_ms", "memslot_delete_ms")
@@ -95,6 +113,20 @@ class RomAccess:
             "ROM memslot delete latency (the policy's flush)",
             samples=Samples("rom-access", "delete_ns", 1e-6),
         ),
+        "memslot_delete_p50_ms": Metric("ms", "median ROM delete once every thread populated"),
+        "memslot_delete_p99_ms": Metric("ms", "99th percentile of those steady-state deletes"),
+        "memslot_delete_max_ms": Metric("ms", "slowest of those steady-state deletes"),
+        "memslot_delete_populating_ms": Metric(
+            "ms", "median ROM delete while threads still populate (-1: none)"
+        ),
+        "memslot_delete_idle_p50_ms": Metric(
+            "ms", "median ROM delete after the threads finished, every vCPU idle (-1: none)"
+        ),
+        "memslot_delete_idle_max_ms": Metric(
+            "ms", "slowest of those (the first, which still finds all memory mapped)"
+        ),
+        "sps_per_delete": Metric("", "sps zapped per steady-state delete", kind="count"),
+        "sptes_per_delete": Metric("", "sptes zapped per steady-state delete", kind="count"),
         "memslot_add_ms": Metric(
             "ms", "ROM memslot add latency", samples=Samples("rom-access", "add_ns", 1e-6)
         ),
@@ -114,6 +146,9 @@ class RomAccess:
         "mmu_lock_max_hold_ms": Metric("ms", "longest mmu_lock hold"),
         "vcpu_stall_ms": Metric("ms", "mmu_lock wait of the guest threads' vCPUs, summed"),
         "vcpu_stall_max_ms": Metric("ms", "longest single mmu_lock wait of a vCPU"),
+        "vcpu_shutdowns": Metric(
+            "", "guest threads ended by KVM_EXIT_SHUTDOWN (--delete-ram-after-pass)", kind="count"
+        ),
     }
 
     # -- layout --------------------------------------------------------------------------
@@ -147,6 +182,11 @@ class RomAccess:
                 "--mmu-pages",
                 f"must be 0 (KVM's default) or >= {KVM_MIN_ALLOC_MMU_PAGES}"
                 f" (KVM_SET_NR_MMU_PAGES refuses less), got {p.mmu_pages}",
+            )
+        if p.delete_ram_after_pass >= p.passes:
+            raise ConfigError(
+                "--delete-ram-after-pass",
+                f"must be 0 (never) or below --passes ({p.passes}), got {p.delete_ram_after_pass}",
             )
         rom0 = p.rom_gpa >> PAGE_SHIFT
         rom_area = (rom0, rom0 + (rom_bytes >> PAGE_SHIFT))
@@ -183,35 +223,74 @@ class RomAccess:
     # -- the run -------------------------------------------------------------------------
     def run(self, vm: VmApi, p: WorkloadSpec) -> dict[str, float]:
         spec = self.layout(p, vm.arch)
+        if p.delete_ram_after_pass and getattr(vm, "backend", "sim") != "sim":
+            raise ConfigError(
+                "--delete-ram-after-pass", "runs on backend sim only (the model's guest shuts down)"
+            )
         vm.create(spec)
         rom_vcpu = p.threads
         rom0, rom1 = spec.areas_per_vcpu[rom_vcpu][0]
         for v in range(p.threads):
             ((g0, g1),) = spec.areas_per_vcpu[v]
             vm.start_passes(v, g0, g1, p.passes)
-        accesses: list[tuple[int, int, int]] = []
+        accesses: list[tuple[int, int, int, str, int, int]] = []
         rng = np.random.default_rng(p.seed)
+        idle_left = p.idle_reads
 
         def rom_sh() -> None:
+            nonlocal idle_left
             while True:
                 pause = p.rom_interval_ms * rng.uniform(1 - p.rom_jitter, 1 + p.rom_jitter)
                 vm.sleep_ns(pause * 1e6)
-                if vm.guests_done():
+                idle = vm.guests_done()
+                if idle and not idle_left:
+                    return
+                idle_left -= idle
+                if p.delete_ram_after_pass and self._passes_done(vm, p) >= p.delete_ram_after_pass:
+                    # QEMU removes the RAM under a running guest: the slot of its page
+                    # tables goes, so every vCPU's reload finds CR3 outside every memslot
+                    vm.event("ram-delete", delete_ns=vm.delete_memslot(0))
                     return
                 t_add = vm.add_memslot(ROM_SLOT, p.rom_gpa, p.rom_kib * 1024, "pc.rom")
                 t_read = vm.guest_access(rom_vcpu, rom0, rom1)
+                state = "idle" if idle else "running"
+                if not idle and self._passes_done(vm, p) < 1:
+                    state = "populating"
+                before = vm.stats()
                 t_del = vm.delete_memslot(ROM_SLOT)
-                accesses.append((t_add, t_read, t_del))
-                vm.event("rom-access", add_ns=t_add, read_ns=t_read, delete_ns=t_del)
+                after = vm.stats()
+                sps, sptes = (after[k] - before[k] for k in ("mmu_shadow_zapped", "sptes_zapped"))
+                accesses.append((t_add, t_read, t_del, state, sps, sptes))
+                vm.event(
+                    "rom-access",
+                    add_ns=t_add,
+                    read_ns=t_read,
+                    delete_ns=t_del,
+                    state=state,
+                    sps_zapped=sps,
+                    sptes_zapped=sptes,
+                )
 
         vm.run_host(rom_sh, name="vmm-rom.sh")
         return self._metrics(vm, accesses, p)
+
+    @staticmethod
+    def _passes_done(vm: VmApi, p: WorkloadSpec) -> int:
+        """Passes every guest thread has finished so far."""
+        return min(vm.passes_done(v) for v in range(p.threads))
 
     def _metrics(self, vm: VmApi, accesses, p: WorkloadSpec) -> dict[str, float]:
         """What mmtest reported plus what explains it, from what the backend observed."""
         warm = [r for r in vm.passes if r.index > 0]
         first = [r for r in vm.passes if r.index == 0]
-        acc = np.array(accesses, dtype=np.float64).reshape(-1, 3) / 1e6
+        state = np.array([a[3] for a in accesses], dtype=object)
+        idle = state == "idle"
+        populating = state == "populating"
+        running = state == "running"
+        every = np.array([a[:3] for a in accesses], dtype=np.float64).reshape(-1, 3) / 1e6
+        acc = every[~idle]  # while the guest threads run (mmtest's run)
+        zapped = np.array([a[4:] for a in accesses], dtype=np.float64).reshape(-1, 2)[running]
+        steady = every[running, 2]
         st = vm.stats()
         for r in vm.passes:
             vm.event("pass", vcpu=r.vcpu, index=r.index, ms=r.ms, t_ns=r.end_ns)
@@ -219,9 +298,21 @@ class RomAccess:
             "pass_time_ms": float(np.mean([r.ms for r in warm])),
             "populate_ms": float(np.mean([r.ms for r in first])),
             "memslot_delete_ms": float(acc[:, 2].mean()) if len(acc) else 0.0,
+            "memslot_delete_p50_ms": float(np.median(steady)) if len(steady) else -1.0,
+            "memslot_delete_p99_ms": float(np.percentile(steady, 99)) if len(steady) else -1.0,
+            "memslot_delete_max_ms": float(steady.max()) if len(steady) else -1.0,
+            "memslot_delete_populating_ms": (
+                float(np.median(every[populating, 2])) if populating.any() else -1.0
+            ),
+            "memslot_delete_idle_p50_ms": (
+                float(np.median(every[idle, 2])) if idle.any() else -1.0
+            ),
+            "memslot_delete_idle_max_ms": float(every[idle, 2].max()) if idle.any() else -1.0,
+            "sps_per_delete": float(zapped[:, 0].mean()) if len(steady) else 0.0,
+            "sptes_per_delete": float(zapped[:, 1].mean()) if len(steady) else 0.0,
             "memslot_add_ms": float(acc[:, 0].mean()) if len(acc) else 0.0,
             "rom_access_ms": float(acc.sum(axis=1).mean()) if len(acc) else 0.0,
-            "rom_reads": len(acc),
+            "rom_reads": len(every),
             "refaults": sum(r.faults for r in warm),
         }
         named = {
@@ -238,6 +329,8 @@ class RomAccess:
         for metric, (stat, scale) in named.items():
             if stat in st:
                 out[metric] = st[stat] * scale
+        if p.delete_ram_after_pass:
+            out["vcpu_shutdowns"] = st["vcpu_shutdowns"]
         return out
 
 

@@ -123,15 +123,23 @@ def test_doctor_says_what_the_host_supports():
 
 def test_calibrate_then_validate_on_tiny_guests(tmp_path, runs_dir):
     table = tmp_path / "costs.yaml"
-    out = mmbench("calibrate", "--sizes-mb", "4,8", "-o", str(table), check=True).stdout
-    assert "zap_spte" in out
+    args = ["--sizes-mb", "4,8", "--reps", "2", "-o", str(table)]
+    out = mmbench("calibrate", *args, check=True).stdout
+    assert "zap_spte" in out and "95% CI" in out and "not fitted: fault_locked" in out
     doc = yaml.safe_load(table.read_text())
     host = os.uname().nodename
-    assert doc["calibration"]["sizes_mb"] == [4, 8]
+    cal = doc["calibration"]
+    assert cal["sizes_mb"] == [4, 8] and cal["reps"] == 2 and cal["preempt"]
+    assert "lock_handoff" in cal["not_fitted"]
     for name in ("touch_page", "fault_exit", "sp_alloc", "zap_sp", "zap_spte", "memslot_update"):
         cost = doc["costs"][name]
         assert cost["ns"] >= 0 and host in cost["provenance"]
-        assert doc["calibration"]["date"][:10] in cost["provenance"]
+        assert (
+            cal["date"][:10] in cost["provenance"]
+            and f"preempt {cal['preempt']}" in (cost["provenance"])
+        )
+        lo, hi = cost["ci95"]
+        assert len(cost["per_rep"]) == 2 and lo <= cost["ns"] <= hi
     # the model reads it
     small = ["-c", "1", "-m", "8", "--passes", "3", "--rom-interval-ms", "1"]
     proc = mmbench("run", "rom-access", *small, "--costs", str(table), "--json", check=True)

@@ -43,7 +43,7 @@ class RegionLeaves(RegionWalk):
             self.huge_wp[sl] = False
             self.huge_changed(-nh)
         if flush:
-            self.tlbs_dirty = True
+            self.tlbs_dirty = self.zapped_unflushed = True
         self.zapped(sl)
         return nh, n, npt
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mmbench.errors import ConfigError, ModelError
+from mmbench.errors import ConfigError, InvariantViolation
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, Memslot
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ class RegionState:
         self.nr_huge = 0
         self.huge_full_at = -1  # last time every huge-capable region was huge-mapped
         self.tlbs_dirty = False
+        self.zapped_unflushed = False  # leaves or tables zapped, not yet flushed
         self.native: dict[int, tuple[int, int]] = {}  # vCPU id -> regions it runs over
 
     # -- lookups -----------------------------------------------------------------------------
@@ -113,7 +114,10 @@ class RegionState:
     def check_live(self, slot: Memslot) -> None:
         """A walk over ``slot`` must not run after the slot was deleted or replaced."""
         if not self.kvm.memslots.is_live(slot) or self.kvm.destroyed:
-            raise ModelError(f"{slot} was deleted or changed, yet an MMU walk touched it")
+            raise InvariantViolation(
+                f"{slot} was deleted or changed, yet an MMU walk touched it (a use after"
+                " free of its struct kvm_memory_slot)"
+            )
 
     def zapped(self, sl: slice) -> None:
         """A walk removed mappings in ``sl``: a vCPU running over them faults there at
@@ -152,3 +156,8 @@ class RegionState:
 
     def nr_mapped(self) -> int:
         return int(self.huge.sum()) + int(self.n4k.sum(dtype=np.int64)) + int(self.gb.sum())
+
+    def nr_page_tables(self) -> int:
+        """4 KiB-leaf tables and level-2 tables (``free_tables`` frees the levels above
+        with them)."""
+        return int(self.pt.sum()) + int(self.l2.sum())

@@ -65,7 +65,7 @@ class RegionUnmap(RegionLeaves):
                 if tlbi_per_ipa:
                     st["tlbi"] += k
                 else:
-                    self.tlbs_dirty = True
+                    self.tlbs_dirty = self.zapped_unflushed = True
                 self.gb[gs] = False
                 self.gb_wp[gs] = False
                 self.huge_changed(-GIB_REGIONS * k)
@@ -116,4 +116,4 @@ class RegionUnmap(RegionLeaves):
         """One ``TLBI VMALLS12E1IS`` + ``DSB ISH`` for the whole VMID (arm64)."""
         self.kvm.charge(self.kvm.costs.tlbi_vmall)
         self.kvm.stats.vm["tlbi"] += 1
-        self.tlbs_dirty = False
+        self.tlbs_dirty = self.zapped_unflushed = False

@@ -264,6 +264,7 @@ class ShadowFault(ShadowReclaim):
         if not self.kvm.memslots.backed(lo, int(gfns.max()) + 1)[gfns - lo].all():
             vcpu.shutdown = True
             vcpu.stats["exits"] += 1
+            vcpu.stats["shutdowns"] += 1
             raise GuestShutdown(f"vcpu {vcpu.id}: its page tables are outside every memslot")
 
     def _all_tables_visible(self) -> bool:

@@ -36,6 +36,9 @@ class ShadowMmu(ShadowFault, ShadowReclaim, ShadowZap, SpTable):
     def nr_mapped(self) -> int:
         return self.nr_live_sps()
 
+    def nr_page_tables(self) -> int:
+        return self.nr_live_sps()
+
     def extra_stats(self) -> dict[str, float]:
         return {}  # everything it counts is in kvm->stat
 

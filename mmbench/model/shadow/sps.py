@@ -60,6 +60,7 @@ class SpTable:
         self.lpage_disallow = np.zeros((max_gfn >> LEVEL_SHIFT) + 1, dtype=np.int32)
         self.mmu_valid_gen = 0
         self.tlbs_dirty = False
+        self.zapped_unflushed = False  # leaf sptes zapped by rmap walks, not yet flushed
         self.vcpu_root = np.full(nr_vcpus, -1, dtype=np.int32)
         # the guest process (CR3) each vCPU runs: vCPU v starts on process v
         self.vcpu_process = np.arange(nr_vcpus, dtype=np.int32)

@@ -189,5 +189,6 @@ class ShadowZap(SpTable):
                 dropped += k
         if dropped:
             self.tlbs_dirty = True
+            self.zapped_unflushed = True
             self.kvm.stats.vm["sptes_zapped"] += dropped
         return dropped

@@ -34,6 +34,7 @@ from . import knobs
 from .errors import GuestExitError, KvmError, VcpuTimeout
 from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
 from .system import KvmSystem
+from .tracing import TraceInstance
 from .vcpu import Vcpu, VcpuThread, install_kick_handler
 from .vm import Vm, bitmap_popcount
 
@@ -152,6 +153,7 @@ class KvmVm:
         self.teardown_ns: int | None = None
         self.npages_touched = 0
         self._manual_protect: bool | None = None
+        self._trace: TraceInstance | None = None
 
     # -- building ------------------------------------------------------------------------
     def create(self, spec: VmSpec) -> Vm:
@@ -249,6 +251,14 @@ class KvmVm:
     def guests_done(self) -> bool:
         return all(not t.is_alive() for t in self._threads.values())
 
+    def passes_done(self, vcpu_id: int) -> int:
+        """Recorded passes, plus those the running thread has finished (live pass_ns)."""
+        done = sum(1 for r in self.passes if r.vcpu == vcpu_id)
+        t = self._threads.get(vcpu_id)
+        if t is not None and t.is_alive():
+            done += len(t.pass_ns)
+        return done
+
     def run_host(self, script: Callable[[], None], name: str = "vmm") -> None:
         """Start the guest threads, run ``script`` here, then wait for the guests."""
         vm = self._vm()
@@ -341,13 +351,37 @@ class KvmVm:
         st = self._vm().stats()
         return st.get("pages_4k", 0) + 512 * st.get("pages_2m", 0)
 
+    def enable_trace(self, paths: tuple[str, ...]) -> None:
+        """``--trace``: the kvmmmu tracepoints of ``paths`` in a private tracefs instance."""
+        self._trace = TraceInstance(paths)
+
     def delete_memslot(self, slot_id: int) -> int:
         """Timed delete; sptes zapped = the drop in pages_4k/2m across it (a lower bound
-        when vCPUs fault concurrently)."""
-        before = self._live_sptes()
-        ns = self._vm().delete_memslot(slot_id)
-        self._sptes_zapped += max(0, before - self._live_sptes())
+        when vCPUs fault concurrently). With ``--trace``, what the delete emitted."""
+        vm = self._vm()
+        before = vm.stats()
+        if self._trace:
+            self._trace.clear()
+        ns = vm.delete_memslot(slot_id)
+        if self._trace:
+            self._traced("memslot-delete", before)
+        after = vm.stats()
+        live = [st.get("pages_4k", 0) + 512 * st.get("pages_2m", 0) for st in (before, after)]
+        self._sptes_zapped += max(0, live[0] - live[1])
         return ns
+
+    def _traced(self, op: str, before: dict[str, float]) -> None:
+        """Series ``trace:OP``: per tracepoint, the events the operation emitted, beside the
+        kernel's stat for the same count (``mmu_shadow_zapped``) and the events' span."""
+        counts, first, last, lost = self._trace.take()
+        after = self._vm().stats() if self.vm is not None and not self.vm.closed else before
+        data: dict[str, float] = {e: counts.get(e, 0) for e in self._trace.events}
+        data["mmu_shadow_zapped"] = after.get("mmu_shadow_zapped", 0) - before.get(
+            "mmu_shadow_zapped", 0
+        )
+        data["span_us"] = round((last - first) * 1e6, 1)
+        data["lost"] = lost
+        self._series[f"trace:{op}"].append((self.now_ns(), data))
 
     def move_memslot(self, slot_id: int, new_gpa: int) -> int:
         before = self._live_sptes()
@@ -410,7 +444,12 @@ class KvmVm:
         if self.teardown_ns is None:
             self._stop_threads()
             final = self.stats()
+            if self._trace:
+                self._trace.clear()
             self.teardown_ns = self._vm().close()
+            if self._trace:  # the stats died with the VM: what it had is what it freed
+                self._traced("teardown", {"mmu_shadow_zapped": -final.get("mmu_cache_miss", 0)
+                             + final.get("mmu_shadow_zapped", 0)})  # fmt: skip
             # The stats die with the VM, but destroy frees every live spte and sp: the
             # kernel's own counts just before the close() say how many.
             live = sum(final.get(k, 0) for k in ("pages_4k", "pages_2m", "pages_1g"))
@@ -429,6 +468,8 @@ class KvmVm:
                     self._final = self._final or self.stats()
                 self.teardown_ns = self.vm.close()
         finally:
+            if self._trace:
+                self._trace.close()
             self.system.close()
 
     def _vm(self) -> Vm:
@@ -459,6 +500,7 @@ class KvmBackend:
     name = "kvm"
     description = "the host's KVM through /dev/kvm (real time; policies = kernel knobs)"
     exclusive = True  # timings: policies run one after another, never in parallel
+    traces = True  # --trace: the kernel's kvmmmu tracepoints (tracing.py)
 
     def available(self) -> tuple[bool, str]:
         if not os.path.exists("/dev/kvm"):

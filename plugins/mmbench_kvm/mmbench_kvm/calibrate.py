@@ -11,15 +11,25 @@ made of; least squares over several sizes gives the per-item costs the model cha
   2 MiB stride: 1 sp and 8 sptes per fault;    ``fault_locked`` estimate),
   fresh tables: 1 spte per fault)              ``spte_install``, ``sp_alloc``
 * ROM-slot delete, quirk off               -> ``memslot_update`` (a delete does two)
-* ROM-slot delete, quirk on, dense/sparse  -> ``zap_sp``, ``zap_spte``
+* ROM-slot delete, quirk on, dense/sparse  -> ``zap_sp``, ``zap_spte``: directly from the
+  kernel's ``kvm_mmu_prepare_zap_page`` timestamps inside the delete where tracefs is
+  mounted (the mean interval between two sps' zaps is one sp's zap with its sptes, free
+  of the SRCU grace period that dominates a delete's time), else from the delete times
 
 The patterns differ in faults:sptes:sps ratios, which is what makes the three populate
 costs separable; the same holds for sps:sptes in the two zap patterns.
+
+With ``--reps N`` every experiment runs N times and each repetition is fitted on its own:
+a cost is the median of its N fits (robust to one noisy repetition, as kernel timings
+here vary up to 3x) with a bootstrap 95% confidence interval of that median
+(``scipy.stats.bootstrap``). The costs no experiment here can separate are listed with
+the reason, not fitted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +46,7 @@ from . import ioctls as k
 from .backend import check_host_memory
 from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
 from .system import KvmSystem
+from .tracing import TraceInstance
 from .vcpu import Vcpu
 from .vm import Vm
 
@@ -100,17 +111,26 @@ class _Rig:
             "pages": (end - start) // stride,
         }
 
-    def rom_delete(self) -> tuple[int, dict[str, int]]:
-        """Add the ROM slot, read it once, then time its delete (what rom.sh does)."""
+    def rom_delete(self, trace: TraceInstance | None = None) -> tuple[int, dict[str, int]]:
+        """Add the ROM slot, read it once, then time its delete (what rom.sh does). With
+        ``trace``, also the span of its ``kvm_mmu_prepare_zap_page`` events."""
         self.vm.add_memslot(2, self.rom, ROM_BYTES, thp=False)
         self.vcpu.set_touch(self.rom, self.rom + ROM_BYTES, write=False)
         self.vcpu.run()
         s0 = self.stats()
+        if trace:
+            trace.clear()
         ns = self.vm.delete_memslot(2)
         s1 = self.stats()
         sps = _delta(s0, s1, "mmu_shadow_zapped")
         # the model's zap_spte is charged per spte *or child link* an sp held
-        return ns, {"sps": sps, "sptes": -_delta(s0, s1, "pages_4k") + sps}
+        out = {"sps": sps, "sptes": -_delta(s0, s1, "pages_4k") + sps}
+        if trace:
+            counts, first, last, lost = trace.take()
+            traced = counts.get("kvm_mmu_prepare_zap_page", 0)
+            if traced == sps and traced > 1 and not lost:
+                out["span_ns"] = round((last - first) * 1e9)  # sps - 1 intervals
+        return ns, out
 
     def close(self) -> int:
         return self.vm.close()
@@ -122,7 +142,9 @@ def _now() -> int:
     return time.perf_counter_ns()
 
 
-def measure(system: KvmSystem, sizes_mb: list[int]) -> list[Sample]:
+def measure(
+    system: KvmSystem, sizes_mb: list[int], trace: TraceInstance | None = None
+) -> list[Sample]:
     """All calibration experiments at each size (about 3 small VMs per size)."""
     out: list[Sample] = []
     for mb in sizes_mb:
@@ -135,7 +157,7 @@ def measure(system: KvmSystem, sizes_mb: list[int]) -> list[Sample]:
             out.append(Sample("populate", "4k-warm", mb, ns, c))
             ns, c = rig.timed_pass(rig.base, end, PAGE_SIZE_4K)
             out.append(Sample("warm", "4k", mb, ns, c))
-            ns, c = rig.rom_delete()
+            ns, c = rig.rom_delete(trace)
             out.append(Sample("delete_all", "dense", mb, ns, c))
         finally:
             rig.close()
@@ -143,7 +165,7 @@ def measure(system: KvmSystem, sizes_mb: list[int]) -> list[Sample]:
         try:
             ns, c = rig.timed_pass(rig.base, rig.base + size, PAGE_SIZE_2M)
             out.append(Sample("populate", "2m-stride", mb, ns, c))
-            ns, c = rig.rom_delete()
+            ns, c = rig.rom_delete(trace)
             out.append(Sample("delete_all", "sparse", mb, ns, c))
         finally:
             rig.close()
@@ -181,10 +203,17 @@ def fit(samples: list[Sample], defaults: Any) -> tuple[dict[str, float], dict[st
         [s.ns - s.counts["pages"] * touch for s in pop],
     )
     dels = by["delete_all"]
-    (c_zap_sp, c_zap_spte), err_zap = _rel_fit(
-        [[s.counts["sps"], s.counts["sptes"]] for s in dels],
-        [max(1.0, s.ns - 2 * memslot_update) for s in dels],
-    )
+    timed = [s for s in dels if "span_ns" in s.counts]
+    if len(timed) >= 2:  # one sp's zap = zap_sp + its sptes x zap_spte, between two events
+        (c_zap_sp, c_zap_spte), err_zap = _rel_fit(
+            [[1.0, s.counts["sptes"] / s.counts["sps"]] for s in timed],
+            [max(1.0, s.counts["span_ns"] / (s.counts["sps"] - 1)) for s in timed],
+        )
+    else:
+        (c_zap_sp, c_zap_spte), err_zap = _rel_fit(
+            [[s.counts["sps"], s.counts["sptes"]] for s in dels],
+            [max(1.0, s.ns - 2 * memslot_update) for s in dels],
+        )
     locked = defaults["fault_locked"].ns
     costs = {
         "touch_page": touch,
@@ -198,15 +227,87 @@ def fit(samples: list[Sample], defaults: Any) -> tuple[dict[str, float], dict[st
     return costs, {"populate": err_pop, "zap": err_zap}
 
 
+# costs the model charges that these experiments cannot separate, and why
+NOT_FITTED = {
+    "fault_locked": "the kernel's fault time cannot be split at mmu_lock from outside; an"
+    " estimate, subtracted from the fitted per-fault cost",
+    "rmap_walk": "an empty rmap head costs too little to see beside the delete's SRCU wait",
+    "remote_tlb_flush": "one vCPU here: a flush IPIs nobody, so its cost is in memslot_update",
+    "kick_vcpu": "one vCPU here: nobody to kick",
+    "lock_handoff": "needs contention on mmu_lock, which one vCPU never makes",
+    "root_reload": "a reload is inside the refault pass, not separable by counts",
+    "vcpu_flush_exit": "inside the refault pass, not separable by counts",
+}
+
+
+@dataclass
+class Estimate:
+    """One cost over the repetitions: the median of the per-repetition fits and the
+    bootstrap 95% CI of that median (None with one repetition)."""
+
+    ns: float
+    ci: tuple[float, float] | None
+    per_rep: list[float]
+
+
+def estimate(per_rep: list[dict[str, float]]) -> dict[str, Estimate]:
+    """Median and bootstrap CI of each cost over repetitions' own fits."""
+    from scipy.stats import bootstrap
+
+    out = {}
+    for name in per_rep[0]:
+        vals = np.array([r[name] for r in per_rep], dtype=float)
+        ci = None
+        if len(vals) > 1 and np.ptp(vals) > 0:
+            res = bootstrap(
+                (vals,), np.median, confidence_level=0.95, n_resamples=2000,
+                method="percentile", random_state=0,
+            )  # fmt: skip
+            ci = (float(res.confidence_interval.low), float(res.confidence_interval.high))
+        elif len(vals) > 1:
+            ci = (float(vals[0]), float(vals[0]))
+        out[name] = Estimate(float(np.median(vals)), ci, [round(float(v), 2) for v in vals])
+    return out
+
+
+def preempt_model() -> str:
+    """The host's preemption model: ``/sys/kernel/debug/sched/preempt`` (PREEMPT_DYNAMIC),
+    else the boot log's "Dynamic Preempt:" line, else the build flags in ``uname -v``."""
+    import re
+    import subprocess
+
+    with contextlib.suppress(OSError):
+        text = Path("/sys/kernel/debug/sched/preempt").read_text()
+        m = re.search(r"\((\w+)\)", text)
+        if m:
+            return m.group(1)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        log = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10).stdout
+        m = re.search(r"Dynamic Preempt: (\w+)", log)
+        if m:
+            return m.group(1)
+    flags = platform.version()
+    for word, model in (("PREEMPT_RT", "rt"), ("PREEMPT_DYNAMIC", "dynamic")):
+        if word in flags:
+            return model
+    return "full" if "PREEMPT" in flags else "none or voluntary"
+
+
 def cost_table_yaml(
-    costs: dict[str, float], errors: dict[str, float], samples: list[Sample], sizes: list[int]
+    costs: dict[str, Estimate],
+    errors: dict[str, float],
+    samples: list[Sample],
+    sizes: list[int],
+    reps: int,
 ) -> dict[str, Any]:
     env = collect_environment()
     host = env["hostname"]
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    preempt = preempt_model()
     where = (
-        f"{host} ({env['cpu']}, kernel {env['kernel']}, modules {'+'.join(env['kvm_modules'])},"
-        f" tdp_mmu={env['kvm_params'].get('kvm.tdp_mmu', '?')}) on {date}"
+        f"{host} ({env['cpu']}, kernel {env['kernel']}, preempt {preempt}, modules"
+        f" {'+'.join(env['kvm_modules'])}, tdp_mmu={env['kvm_params'].get('kvm.tdp_mmu', '?')})"
+        f" on {date}"
     )
     sz = "/".join(map(str, sizes))
     how = {
@@ -219,15 +320,27 @@ def cost_table_yaml(
         "zap_sp": "per sp zapped (mmu_shadow_zapped), ROM delete fit with SLOT_ZAP_ALL on",
         "zap_spte": "per spte or child link dropped, ROM delete fit with SLOT_ZAP_ALL on",
     }
+    if any("span_ns" in s.counts for s in samples if s.kind == "delete_all"):
+        how["zap_sp"] = (
+            "per sp, from the intervals between kvm_mmu_prepare_zap_page tracepoints inside"
+            " ROM deletes with SLOT_ZAP_ALL on (dense and sparse sps)"
+        )
+        how["zap_spte"] = "per spte or child link, from the same tracepoint intervals"
     group = {"zap_sp": "zap", "zap_spte": "zap", "spte_install": "populate"}
     group |= {"sp_alloc": "populate", "fault_exit": "populate"}
     out = {}
-    for name, ns in costs.items():
+    for name, est in costs.items():
         resid = f", fit rms error {errors[group[name]]:.0%}" if name in group else ""
-        out[name] = {
-            "ns": round(float(ns), 2),
-            "provenance": f"mmbench calibrate on {where}: {how[name]}, {sz} MiB guests{resid}",
+        ci = f", 95% CI {est.ci[0]:.1f}-{est.ci[1]:.1f} ns" if est.ci else ", one repetition"
+        entry: dict[str, Any] = {
+            "ns": round(est.ns, 2),
+            "provenance": f"mmbench calibrate on {where}: {how[name]}, {sz} MiB guests,"
+            f" median of {reps} repetitions' fits{ci}{resid}",
+            "per_rep": est.per_rep,
         }
+        if est.ci:
+            entry["ci95"] = [round(est.ci[0], 2), round(est.ci[1], 2)]
+        out[name] = entry
     return {
         "name": f"x86-shadow calibrated on {host} {date}",
         "costs": out,
@@ -235,11 +348,28 @@ def cost_table_yaml(
             "host": host,
             "date": date,
             "kernel": platform.release(),
+            "preempt": preempt,
+            "reps": reps,
             "sizes_mb": sizes,
+            "not_fitted": NOT_FITTED,
             "fit_rms_error": {k: round(v, 4) for k, v in errors.items()},
             "samples": [asdict(s) for s in samples],
         },
     }
+
+
+def _tracer() -> TraceInstance | None:
+    """The kvmmmu tracepoints of a memslot delete, where tracefs is mounted; else the zap
+    costs come from delete times (the provenance says which)."""
+    try:
+        return TraceInstance(("memslot-delete",))
+    except (ConfigError, OSError):
+        return None
+
+
+def _half_width(est: Estimate) -> float:
+    """Half the CI's width relative to the estimate."""
+    return (est.ci[1] - est.ci[0]) / 2 / est.ns if est.ci and est.ns else 0.0
 
 
 def parse_sizes(text: str, field: str) -> list[int]:
@@ -265,7 +395,12 @@ class Calibrate:
             help="guest sizes to fit on, MiB (default: %(default)s)",
         )
         parser.add_argument(
-            "--repeat", type=int, default=3, help="runs of every experiment (%(default)s)"
+            "--reps",
+            "--repeat",
+            dest="reps",
+            type=int,
+            default=3,
+            help="repetitions of every experiment, each fitted on its own (%(default)s)",
         )
         parser.add_argument(
             "-o", "--output", default="costs-kvm.yaml", help="cost table file (%(default)s)"
@@ -277,8 +412,8 @@ class Calibrate:
         from .backend import KvmBackend
 
         sizes = parse_sizes(args.sizes_mb, "--sizes-mb")
-        if args.repeat < 1:
-            raise ConfigError("--repeat", f"must be >= 1 (got {args.repeat})")
+        if not 1 <= args.reps <= 100:
+            raise ConfigError("--reps", f"must be 1..100 (got {args.reps})")
         ok, why = KvmBackend().available()
         if not ok:
             raise ConfigError("calibrate", f"needs the kvm backend, unavailable here: {why}")
@@ -286,17 +421,34 @@ class Calibrate:
         if not out.parent.is_dir():
             raise ConfigError("--output", f"directory {out.parent} does not exist")
         defaults = get_host().registry.get("arch", "x86-shadow").costs
-        with KvmSystem() as system:
-            samples = [s for _ in range(args.repeat) for s in measure(system, sizes)]
-        costs, errors = fit(samples, defaults)
-        doc = cost_table_yaml(costs, errors, samples, sizes)
+        trace = _tracer()
+        try:
+            with KvmSystem() as system:
+                per_rep = [measure(system, sizes, trace) for _ in range(args.reps)]
+        finally:
+            if trace:
+                trace.close()
+        fits = [fit(rep, defaults) for rep in per_rep]
+        costs = estimate([c for c, _ in fits])
+        errors = {g: float(np.median([e[g] for _, e in fits])) for g in fits[0][1]}
+        samples = [s for rep in per_rep for s in rep]
+        doc = cost_table_yaml(costs, errors, samples, sizes, args.reps)
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
         tmp.replace(out)
-        print(f"calibrated on {', '.join(map(str, sizes))} MiB guests ({len(samples)} runs)")
-        for name, c in doc["costs"].items():
+        print(
+            f"calibrated on {', '.join(map(str, sizes))} MiB guests, {args.reps} repetitions"
+            f" ({len(samples)} runs); each cost: median of the repetitions' fits, 95% CI"
+        )
+        for name, est in costs.items():
             old = defaults[name].ns
-            print(f"  {name:<15} {c['ns']:>10.1f} ns   (default {old:g} ns)")
-        print("  fit rms error: " + ", ".join(f"{k} {v:.1%}" for k, v in errors.items()))
+            ci = (
+                f"[{est.ci[0]:9.1f} .. {est.ci[1]:9.1f}] +-{_half_width(est):4.0%}"
+                if est.ci
+                else "(one repetition: no CI)"
+            )
+            print(f"  {name:<15} {est.ns:>10.1f} ns  {ci}   (default {old:g} ns)")
+        print("  fit rms error (median): " + ", ".join(f"{k} {v:.1%}" for k, v in errors.items()))
+        print("  not fitted: " + "; ".join(f"{k} ({v})" for k, v in NOT_FITTED.items()))
         print(f"wrote {out}")
         return 0
