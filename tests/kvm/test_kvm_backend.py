@@ -70,7 +70,16 @@ def test_run_rom_access_on_the_kernel_json(runs_dir):
         "--policy", "fast-invalidate", "--policy", "zap-slot", "--json", check=True,
     )  # fmt: skip
     doc = json.loads(proc.stdout)
-    assert set(doc) == {"workload", "name", "params", "results"}
+    assert set(doc) == {
+        "schema_version",
+        "workload",
+        "name",
+        "params",
+        "reps",
+        "duration_s",
+        "units",
+        "results",
+    }
     by = {r["policy"]: r for r in doc["results"]}
     assert list(by) == ["fast-invalidate", "zap-slot"]
     for r in doc["results"]:
