@@ -9,21 +9,27 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import SMALL, mmbench, run_json
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def _two_runs() -> None:
-    run_json("rom-access", *SMALL, "--reps", "3", "--name", "a")
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> dict[str, str]:
+    """Runs ``a`` (-m 64) and ``b`` (-m 96) of 3 repetitions, shared by the tests that only
+    read them; returns the environment that points mmbench at them."""
+    env = {"MMBENCH_RUNS_DIR": str(tmp_path_factory.mktemp("two") / "runs")}
+    run_json("rom-access", *SMALL, "--reps", "3", "--name", "a", env=env)
     bigger = [*SMALL[:2], "-m", "96", *SMALL[4:]]
-    run_json("rom-access", *bigger, "--reps", "3", "--name", "b")
+    run_json("rom-access", *bigger, "--reps", "3", "--name", "b", env=env)
+    return env
 
 
-def _on_a_terminal(*args: str) -> str:
+def _on_a_terminal(*args: str, env: dict[str, str]) -> str:
     """``mmbench ARGS`` with stdout on a pseudo-terminal 100 columns wide."""
     main, sub = pty.openpty()
-    env = {**os.environ, "COLUMNS": "100", "LINES": "50", "TERM": "xterm"}
+    env = {**os.environ, **env, "COLUMNS": "100", "LINES": "50", "TERM": "xterm"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mmbench", *args], stdout=sub, stderr=subprocess.PIPE, env=env
     )
@@ -43,9 +49,8 @@ def _on_a_terminal(*args: str) -> str:
     return ANSI.sub("", b"".join(chunks).decode()).replace("\r", "")
 
 
-def test_compare_two_runs_of_three_repetitions(runs_dir):
-    _two_runs()
-    out = mmbench("compare", "a", "b", check=True).stdout
+def test_compare_two_runs_of_three_repetitions(two_runs):
+    out = mmbench("compare", "a", "b", env=two_runs, check=True).stdout
     lines = out.splitlines()
     assert max(map(len, lines)) <= 100, max(lines, key=len)
     assert "differs: mb (a: 64, b: 96)" in out
@@ -60,7 +65,7 @@ def test_compare_two_runs_of_three_repetitions(runs_dir):
     # counts as integers: no 3-decimal means of counts
     block = out[out.index("sptes_zapped (") :].splitlines()[1:6]
     assert not any(re.search(r"\d+\.\d{3}\b", line) for line in block if "Stddev" not in line)
-    doc = json.loads(mmbench("compare", "a", "b", "--format", "json", check=True).stdout)
+    doc = json.loads(mmbench("compare", "a", "b", "--format", "json", env=two_runs).stdout)
     assert doc["format_version"] == 2 and doc["differing_params"] == {"mb": {"a": 64, "b": 96}}
     slot = doc["metrics"]["pass_time_ms"]["cells"][2]  # a/zap-slot vs a/zap-all
     assert slot["direction"] == "better" and slot["significant"]
@@ -71,15 +76,13 @@ def test_compare_two_runs_of_three_repetitions(runs_dir):
     assert doc["metrics"]["sps_zapped"]["stat"] == "mmu_shadow_zapped"
 
 
-def test_baseline_choice_and_bad_baseline(runs_dir):
-    _two_runs()
-    doc = json.loads(
-        mmbench("compare", "a", "b", "--baseline", "b/zap-slot", "--format", "json").stdout
-    )
+def test_baseline_choice_and_bad_baseline(two_runs):
+    args = ["compare", "a", "b", "--baseline", "b/zap-slot", "--format", "json"]
+    doc = json.loads(mmbench(*args, env=two_runs).stdout)
     assert doc["baseline"] == "b/zap-slot"
     assert [c["label"] for c in doc["columns"]][:2] == ["b/zap-slot", "a/zap-all"]
     assert doc["metrics"]["pass_time_ms"]["cells"][0]["verdict"] == "baseline"
-    bad = mmbench("compare", "a", "b", "--baseline", "c/zap-all")
+    bad = mmbench("compare", "a", "b", "--baseline", "c/zap-all", env=two_runs)
     assert bad.returncode == 2
     (line,) = bad.stderr.splitlines()
     assert "--baseline" in line and "a/zap-all" in line
@@ -99,9 +102,8 @@ def test_deterministic_figures_are_identical_or_changed_never_significant(runs_d
     assert "size (t1: 512M, t2: 512M, t3: 1G)" in text  # human sizes
 
 
-def test_rich_tables_on_a_terminal_fit_100_columns(runs_dir):
-    _two_runs()
-    out = _on_a_terminal("compare", "a", "b")
+def test_rich_tables_on_a_terminal_fit_100_columns(two_runs):
+    out = _on_a_terminal("compare", "a", "b", env=two_runs)
     lines = [line for line in out.splitlines() if line.strip()]
     assert max(map(len, lines)) <= 100, max(lines, key=len)
     assert any(set(line.strip()) == {"─"} for line in lines)  # rich's header rule
