@@ -47,13 +47,19 @@ def run_model(
     except ImportError:  # a commit before the public run API
         pass
     else:
-        return run_once(workload, dict(params), policy, arch=arch, backend=backend)["metrics"]
+        return resolved(run_once(workload, dict(params), policy, arch=arch, backend=backend))
     runner = _first_module("mmbench.run.runner", "mmbench.runner")
     spec = runner.parse_policy(policy, get_host()) if ":" in policy else runner.PolicySpec(policy)
     req = runner.RunRequest(
         workload=workload, params=dict(params), policies=[policy], arch=arch, backend=backend
     )
-    return runner.run_one(req, spec)["metrics"]
+    return resolved(runner.run_one(req, spec))
+
+
+def resolved(result: dict) -> dict:
+    """A result's metrics to what the model resolves: its clock counts whole ns, so a
+    value in ms has 6 decimals (186.394225, not 186.39422499999998 from ns / 1e6)."""
+    return {k: round(float(v), 6) for k, v in result["metrics"].items()}
 
 
 def have_dev_kvm() -> bool:

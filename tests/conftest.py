@@ -36,6 +36,28 @@ def mmbench(*args: str, env: dict | None = None, check: bool = False):
     return proc
 
 
+SCHEMAS = REPO / "mmbench" / "report"
+
+
+def check_schema(doc: dict, schema_file: str) -> None:
+    """``doc`` against one of the JSON Schemas shipped in the repo (jsonschema itself,
+    not mmbench's own validator)."""
+    import jsonschema
+
+    schema = json.loads((SCHEMAS / schema_file).read_text())
+    jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
+
+
 def run_json(*args: str, env: dict | None = None) -> dict:
+    """``mmbench run ARGS --json``: the document and the stored record, each checked
+    against its schema."""
     proc = mmbench("run", *args, "--json", env=env, check=True)
-    return json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)
+    check_schema(doc, "run.schema.json")
+    where = {**os.environ, **(env or {})}.get("MMBENCH_RUNS_DIR") or "work/log"
+    if "--runs-dir" in args:
+        where = args[args.index("--runs-dir") + 1]
+    stored = Path(where) / doc["name"] / "result.json"
+    if stored.exists():
+        check_schema(json.loads(stored.read_text()), "result.schema.json")
+    return doc

@@ -35,8 +35,10 @@ def test_config_runs_then_compare_marks_significance(runs_dir):
     )
     out = mmbench("compare", "a", "b", check=True).stdout
     assert "a/zap-all" in out and "b/zap-slot" in out
-    row = next(line for line in out.splitlines() if line.startswith("pass_time_ms"))
-    assert "**" in row  # zap-slot vs zap-all: a large, significant difference
+    lines = out.splitlines()
+    block = lines.index(next(line for line in lines if line.startswith("pass_time_ms")))
+    row = next(line for line in lines[block:] if line.startswith("Amean"))
+    assert "+**" in row  # zap-slot vs zap-all: a large, significant difference, better
     doc = json.loads(mmbench("compare", "a", "b", "--format", "json", check=True).stdout)
     cells = doc["metrics"]["pass_time_ms"]["cells"]
     assert doc["baseline"] == "a/zap-all" and cells[3]["significant"]

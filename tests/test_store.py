@@ -198,3 +198,14 @@ def test_unwritable_runs_dir_is_refused_before_the_workload(tmp_path, kind):
     assert proc.returncode == 2 and "--runs-dir" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert (tmp_path / "file").read_text() == "not a directory"
+
+
+def test_json_documents_are_versioned_typed_and_have_units(runs_dir):
+    doc = run_json("rom-access", *ONE, "--reps", "2", "--name", "typed")  # schemas checked
+    assert doc["schema_version"] == 1 and doc["reps"] == 2 and doc["duration_s"] > 0
+    assert doc["units"]["pass_time_ms"] == "ms" and doc["units"]["sps_zapped"] == ""
+    for rep in doc["results"][0]["reps"]:
+        assert isinstance(rep["sps_zapped"], int) and isinstance(rep["rom_reads"], int)
+    rec = json.loads((runs_dir / "typed" / "result.json").read_text())
+    assert rec["schema_version"] == 3 and len(rec["results"][0]["rep_series"]) == 1
+    assert isinstance(rec["results"][0]["reps"][1]["refaults"], int)

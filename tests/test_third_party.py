@@ -185,3 +185,15 @@ def test_a_hook_that_raises_fails_its_policy_alone(tmp_path, runs_dir):
     alone = mmbench("run", "rom-access", *SMALL, "--policy", "zap-slot-double-flush", env=env)
     assert alone.returncode == 1
     assert alone.stderr.splitlines()[-1] == "mmbench: every policy failed; nothing was saved"
+
+
+def test_a_policy_never_invoked_is_warned_about(runs_dir):
+    # one ROM read every 10 s: the guest's passes end long before rom.sh's first read
+    args = ["rom-access", "-c", "2", "-m", "64", "--passes", "3", "--rom-interval-ms", "10000"]
+    proc = mmbench("run", *args, "--policy", "zap-slot", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert "warning: policy zap-slot was never invoked" in line
+    assert "mmbench_flush_shadow_memslot" in line
+    ran = mmbench("run", *args[:-1], "5", "--policy", "zap-slot", "--json")
+    assert ran.returncode == 0 and ran.stderr == ""

@@ -45,6 +45,8 @@ class SimVm:
         self.kvm: Kvm | None = None
         self.passes: list[PassRecord] = []
         self._guest_actors: list[Actor] = []
+        self.on_progress: Callable[[float, float], None] | None = None  # (done, planned)
+        self._planned = 0  # passes and slices the guest threads were given
 
     # -- building ------------------------------------------------------------------------
     def create(self, spec: VmSpec) -> Kvm:
@@ -78,6 +80,7 @@ class SimVm:
     ) -> None:
         """A guest thread on ``vcpu_id`` touching one qword per page of its area, in passes."""
         vcpu = self.kvm.vcpus[vcpu_id]
+        self._planned += passes
 
         def guest() -> None:
             for i in range(passes):
@@ -91,6 +94,8 @@ class SimVm:
         t0, f0 = self.engine.now, stats["pf_fixed"]
         body()
         self.passes.append(PassRecord(vcpu_id, index, t0, self.engine.now, stats["pf_fixed"] - f0))
+        if self.on_progress is not None:  # the terminal's bar: one store per pass
+            self.on_progress(float(len(self.passes)), float(max(self._planned, len(self.passes))))
 
     def _spawn_guest(self, vcpu_id: int, guest: Callable[[], None]) -> None:
         """Run ``guest`` as the guest thread of ``vcpu_id`` on the timeline."""
@@ -109,6 +114,7 @@ class SimVm:
         """A guest scheduler on ``vcpu_id`` running ``(process, gfn0, gfn1)`` slices."""
         kvm = self.kvm
         vcpu = kvm.vcpus[vcpu_id]
+        self._planned += len(slices)
 
         def guest() -> None:
             for i, (process, gfn0, gfn1) in enumerate(slices):

@@ -22,6 +22,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     reg = get_host().registry
     p = sub.add_parser("list", help="plugins and what each provides")
+    p.add_argument(
+        "--metrics",
+        metavar="WORKLOAD",
+        choices=reg.names("workload"),
+        help="a workload's metrics: kernel stat name, unit, direction, meaning"
+        f" ({', '.join(reg.names('workload'))})",
+    )
+    p.add_argument(
+        "--primitives",
+        action="store_true",
+        help="the model primitives a policy composes, with signatures and docstrings",
+    )
     p.set_defaults(func=cmd_list)
     run_parser(sub, reg)
     p = sub.add_parser("runs", help="list stored runs")
@@ -29,7 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_runs)
     p = sub.add_parser("compare", help="set stored runs side by side (first is the baseline)")
     p.add_argument("runs", nargs="+", metavar="RUN")
-    p.add_argument("--format", choices=sorted(RENDERERS), default="text")
+    p.add_argument(
+        "--format",
+        choices=sorted(RENDERERS),
+        default="text",
+        help="text (rich tables on a terminal, plain in pipes), markdown, json or html",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="RUN/POLICY",
+        help="column the others are set against (default: the first run's first policy)",
+    )
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("show", help="print a stored run's comparison")

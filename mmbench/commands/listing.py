@@ -14,6 +14,12 @@ from mmbench.workloads.base import Param
 def cmd_list(args: argparse.Namespace) -> int:
     host = get_host()
     reg = host.registry
+    if getattr(args, "metrics", None):
+        print(metrics_text(reg.get("workload", args.metrics)))
+        return 0
+    if getattr(args, "primitives", False):
+        print(primitives_text())
+        return 0
     out = []
     for kind, title in (
         ("workload", "Workloads"),
@@ -31,11 +37,13 @@ def cmd_list(args: argparse.Namespace) -> int:
                 extra = f" [archs: {', '.join(obj.archs)}] [paths: {', '.join(policy_paths(obj))}]"
                 if obj.kernel:
                     extra += f" [kernel: {obj.kernel}]"
-                if obj.options:
-                    opts = ", ".join(option_text(p) for p in option_params(obj).values())
-                    extra += f" [options: {opts}]"
             provider = reg.provider[(kind, name)]
             out.append(f"  {name:<18} {obj.description}{extra}  (from {provider})")
+            if kind == "policy":
+                for p in option_params(obj).values():  # NAME:key=value, one line each
+                    out.append(
+                        f"{'':<21}option {option_text(p)}" + (f": {p.help}" if p.help else "")
+                    )
     out.append("Plugins loaded:")
     for origin, hooks in host.plugins():
         where = f", entry point {origin.entry_point}" if origin.entry_point else ""
@@ -49,3 +57,77 @@ def option_text(p: Param) -> str:
     bounds = ((">=", p.min), (">", p.above), ("<=", p.max))
     rule = " ".join([p.type.__name__, *(f"{op} {p.show(v)}" for op, v in bounds if v is not None)])
     return f"{p.name}={p.show(p.default)} ({rule})"
+
+
+def metrics_text(wl: type) -> str:
+    """``mmbench list --metrics WORKLOAD``: each metric with the kernel stat it is, its
+    unit, direction, how repetitions are averaged, where its samples are, and what it means."""
+    from mmbench.report.compare import mean_name
+
+    rows = [("metric", "kernel stat", "unit", "better", "mean", "samples", "meaning")]
+    for name, m in wl.metrics.items():
+        samples = f"{m.samples.series}.{m.samples.field}" if m.samples else "-"
+        rows.append(
+            (
+                name,
+                m.stat or "-",
+                m.unit or m.kind,
+                "lower" if m.lower_is_better else "higher",
+                mean_name(m.kind),
+                samples,
+                m.doc,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [f"{wl.name}: {wl.description}"]
+    for r in rows:
+        lines.append("  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    lines.append(
+        "kernel stat: KVM's binary stats / debugfs name (- : a figure of the model or workload)"
+    )
+    return "\n".join(lines)
+
+
+PRIMITIVE_CLASSES = (
+    ("mmbench.model.kvm", "Kvm", "kvm"),
+    ("mmbench.model.lock", "MmuLock", "kvm.mmu_lock"),
+    ("mmbench.model.shadow.mmu", "ShadowMmu", "kvm.mmu (x86-shadow)"),
+    ("mmbench.model.region.mmu", "RegionMmu", "kvm.mmu (x86-tdp, arm64)"),
+)
+
+
+def primitives_text() -> str:
+    """``mmbench list --primitives``: what a policy composes, generated from the model's
+    own signatures and docstrings (first paragraph), grouped by the object a hook gets
+    and the module that defines each (so the reference cannot drift from the code)."""
+    import importlib
+    import inspect
+
+    out = []
+    for module, cls_name, where in PRIMITIVE_CLASSES:
+        cls = getattr(importlib.import_module(module), cls_name)
+        out.append(f"{where}: {cls.__module__}.{cls_name}")
+        for name, member in sorted(vars_with_bases(cls).items()):
+            fn = member.fget if isinstance(member, property) else member
+            if name.startswith("_") or not callable(fn):
+                continue
+            owner = next(c for c in cls.__mro__ if name in vars(c))
+            try:
+                sig = "" if isinstance(member, property) else str(inspect.signature(fn))
+            except (TypeError, ValueError):
+                sig = "(...)"
+            sig = sig.replace("(self, ", "(").replace("(self)", "()")
+            doc = (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
+            out.append(f"  {name}{sig}  [{owner.__module__.rsplit('.', 1)[-1]}]")
+            if doc:
+                out.append(f"      {doc}")
+    return "\n".join(out)
+
+
+def vars_with_bases(cls: type) -> dict[str, object]:
+    """Every attribute defined on ``cls`` or its mmbench bases, the nearest winning."""
+    found: dict[str, object] = {}
+    for c in reversed(cls.__mro__):
+        if c.__module__.startswith("mmbench"):
+            found.update(vars(c))
+    return found

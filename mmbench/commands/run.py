@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 
 from mmbench.commands.parsing import int_choice, nonempty, positive_int
-from mmbench.commands.stored import params_line
 from mmbench.errors import ConfigError
 from mmbench.host.manager import get_host
 from mmbench.model.sched import (
@@ -19,9 +21,11 @@ from mmbench.model.sched import (
     PREEMPT_MODELS,
 )
 from mmbench.report import environment, plots, store
-from mmbench.report.compare import compare, render_text
+from mmbench.report import record as record_mod
+from mmbench.report.compare import compare, render_terminal
 from mmbench.run.config import load_config
-from mmbench.run.runner import RunRequest, execute, resolve
+from mmbench.run.progress import Board
+from mmbench.run.runner import RunRequest, execute, resolve, tasks_of
 
 
 def _common_run_options(p: argparse.ArgumentParser, sub: bool) -> None:
@@ -134,7 +138,7 @@ def run_parser(sub: argparse._SubParsersAction, reg) -> None:
         p = wsub.add_parser(
             name,
             help=wl.description,
-            description=wl.__doc__,
+            description=workload_description(wl),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         for prm in wl.params:
@@ -142,10 +146,17 @@ def run_parser(sub: argparse._SubParsersAction, reg) -> None:
                 *prm.cli,
                 dest=f"param_{prm.name}",
                 default=None,
-                metavar=prm.type.__name__.upper(),
-                help=f"{prm.help} (default: {prm.show(prm.default)})",
+                metavar=prm.metavar,
+                help=prm.help_text(),
             )
         _common_run_options(p, sub=True)
+
+
+def workload_description(wl: type) -> str:
+    """A workload's paragraph for ``--help``: its one-line description, then its class
+    docstring or, failing that, its module's (what it models and after which tool)."""
+    doc = wl.__doc__ or getattr(sys.modules.get(wl.__module__), "__doc__", None) or ""
+    return f"{wl.description}\n\n{inspect.cleandoc(doc)}" if doc else wl.description
 
 
 def _request(args: argparse.Namespace) -> RunRequest:
@@ -191,23 +202,72 @@ def _request(args: argparse.Namespace) -> RunRequest:
     return req
 
 
-def _progress(total: int, enabled: bool):
-    """A rich progress bar on a terminal's stderr; nothing otherwise (pipes, --json)."""
-    if not enabled or not sys.stderr.isatty():
-        return None, None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+class _Bar:
+    """A rich progress bar on a terminal's stderr, one row per policy: guest passes done
+    against those planned (every repetition), with rich's ETA from the rate so far. It
+    reads the run's progress board a few times a second; the run never waits for it."""
 
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    task = bar.add_task("running", total=total)
-    return bar, lambda label: bar.update(task, advance=1, description=label)
+    def __init__(self, resolved) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.tasks = tasks_of(resolved)
+        self.board = Board(len(self.tasks))
+        self.reps = resolved.request.reps
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=24),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[passes]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+            refresh_per_second=4,
+        )
+        labels = list(dict.fromkeys(p.label for p, _ in self.tasks))
+        width = max(len(lab) for lab in labels)
+        self.rows = {
+            lab: self.bar.add_task(f"{lab:<{width}}", total=float(self.reps), passes="")
+            for lab in labels
+        }
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="mmbench-progress", daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.25):
+            self.update()
+
+    def update(self) -> None:
+        by: dict[str, list[tuple[float, float]]] = {lab: [] for lab in self.rows}
+        for n, (p, _) in enumerate(self.tasks):
+            by[p.label].append(self.board.read(n))
+        for lab, cells in by.items():
+            frac = sum(d / t for d, t in cells if t > 0)
+            done, total = sum(d for d, _ in cells), sum(t for _, t in cells)
+            runs = sum(1 for d, t in cells if t and d >= t)
+            text = f"{done:.0f}/{total:.0f} passes"
+            if self.reps > 1:
+                text += f", {runs}/{self.reps} reps done"
+            self.bar.update(self.rows[lab], completed=frac, passes=text if total else "")
+
+    def __enter__(self) -> _Bar:
+        self.bar.__enter__()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.bar.__exit__(*exc)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -220,12 +280,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         plots.check_out(plot_to, "--plot")
     as_json = bool(getattr(args, "json", False))
     with store.reserve(root, name) as slot:  # name and runs dir checked before the run
-        bar, tick = _progress(len(resolved.policies) * req.reps, enabled=not as_json)
-        if bar:
-            with bar:
-                results = execute(resolved, tick)
+        started = time.monotonic()
+        if not as_json and sys.stderr.isatty():  # a terminal only: never in pipes or --json
+            with _Bar(resolved) as bar:
+                results = execute(resolved, board=bar.board)
         else:
             results = execute(resolved)
+        info = resolved.workload.metrics
+        results = record_mod.typed_results(results, info)
         record = {
             "name": name,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -233,6 +295,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             "params": resolved.spec.values,
             "config": args.config,
             "reps": req.reps,
+            "duration_s": round(time.monotonic() - started, 3),
+            "units": record_mod.units(info, results),
             "environment": environment.collect(),
             # what the backend ran under (kvm: the host's own), else what was asked
             "kernel": next(
@@ -251,19 +315,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if plot_to:
         plots.plot_runs([record], None, plot_to)
     if as_json:
-        keys = ("policy", "arch", "backend", "kernel", "metrics", "reps", "failed")
-        doc = {
-            "workload": record["workload"],
-            "name": name,
-            "params": record["params"],
-            "kernel": record["kernel"],
-            "results": [{k: r[k] for k in keys if k in r} for r in results],
-        }
-        print(json.dumps(doc, indent=1))
+        print(json.dumps(record_mod.run_document(record), indent=1))
     else:
-        print(params_line(record))
-        print(render_text(compare([record], resolved.workload.metrics)))
+        print(render_terminal(compare([record], resolved.workload.metrics)))
         print(f"saved: {run_dir}")
+    for r in results:
+        asked = r.get("policy_calls")
+        if asked and not any(asked.values()):  # e.g. no ROM read happened: nothing compared
+            hooks = ", ".join(sorted(asked))
+            print(
+                f"mmbench: warning: policy {r['policy']} was never invoked ({hooks} never"
+                " called): its figures are the workload's without it",
+                file=sys.stderr,
+            )
     for r in failed:  # the others were stored; the run says which failed, and exits 1
         print(f"mmbench: policy {r['policy']} failed: {r['failed']}", file=sys.stderr)
     return 1 if failed else 0

@@ -8,20 +8,7 @@ from typing import Any
 
 from mmbench.host.manager import get_host
 from mmbench.report import store
-from mmbench.report.compare import RENDERERS, compare, render_text
-
-
-def params_line(record: dict[str, Any]) -> str:
-    params = " ".join(
-        f"{k}=0x{v:x}" if k.endswith("gpa") and isinstance(v, int) else f"{k}={v}"
-        for k, v in record.get("params", {}).items()
-    )
-    first = record["results"][0]
-    return (
-        f"{record['workload']} {params}\nrun {record['name']}: arch {first['arch']},"
-        f" backend {first['backend']}, costs '{first.get('costs', '-')}',"
-        f" reps {record.get('reps', 1)}"
-    )
+from mmbench.report.compare import RENDERERS, compare, render_terminal
 
 
 def _metric_info(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -36,7 +23,7 @@ def _metric_info(records: list[dict[str, Any]]) -> dict[str, Any]:
 def cmd_compare(args: argparse.Namespace) -> int:
     root = store.runs_dir(args.runs_dir)
     records = store.load_same_workload(root, args.runs)
-    cmp = compare(records, _metric_info(records))
+    cmp = compare(records, _metric_info(records), baseline=args.baseline)
     print(RENDERERS[args.format](cmp))
     return 0
 
@@ -63,6 +50,5 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rec, indent=1))
         return 0
-    print(params_line(rec))
-    print(render_text(compare([rec], _metric_info([rec]))))
+    print(render_terminal(compare([rec], _metric_info([rec]))))
     return 0

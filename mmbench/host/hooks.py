@@ -75,8 +75,24 @@ class RunHooks:
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
-        for name in declared():
-            setattr(self, name, getattr(pm.hook, name))  # pluggy's caller, no wrapper
+        self.calls: dict[str, int] = {}  # selection hook -> times called this run
+        for name, first in declared().items():
+            caller = getattr(pm.hook, name)
+            # selection hooks run once per invalidation, not per fault: counting them is
+            # free, and says whether the run's policy was ever asked (observers: no wrapper)
+            setattr(self, name, self._counted(name, caller) if first else caller)
+
+    def _counted(self, name: str, caller: Callable[..., Any]) -> Callable[..., Any]:
+        calls = self.calls
+        calls[name] = 0
+
+        def call(**kwargs: Any) -> Any:
+            calls[name] += 1
+            return caller(**kwargs)
+
+        call.get_hookimpls = caller.get_hookimpls  # type: ignore[attr-defined]  # as pluggy's
+        call.name = name  # type: ignore[attr-defined]
+        return call
 
     def implemented(self, name: str) -> bool:
         """Does any plugin of the run implement hook ``name`` (skip costly arguments)?"""

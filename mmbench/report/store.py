@@ -30,7 +30,7 @@ from mmbench.errors import ConfigError
 
 RUNS_DIR_ENV = "MMBENCH_RUNS_DIR"
 RESULT_FILE = "result.json"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_FILE = Path(__file__).with_name("result.schema.json")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _RESERVED = ".reserved-"

@@ -10,7 +10,7 @@ workload on it for one repetition and returns the result the runner records. The
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -21,7 +21,7 @@ from mmbench.host.contracts import Arch, CostTable, Monitor, Policy
 from mmbench.host.hooks import RunHooks
 from mmbench.host.manager import Host, get_host, run_manager
 from mmbench.model.sched import KernelConfig
-from mmbench.run.policy_spec import PolicySpec, parse_policy
+from mmbench.run.policy_spec import PolicySpec, parse_policy, policy_hooks
 from mmbench.workloads.base import resolve_params
 
 
@@ -103,11 +103,14 @@ def run_once(
     rep: int = 0,
     host: Host | None = None,
     kernel: KernelConfig | None = None,
+    progress: Callable[[float, float], None] | None = None,
 ) -> dict[str, Any]:
     """One repetition of ``workload`` under one policy; returns ``{"policy", "arch",
-    "backend", "costs", "kernel", "metrics", "series", "checks", "seed"}``. Repetition ``i``
+    "backend", "costs", "kernel", "metrics", "series", "checks", "seed", "policy_calls"}``
+    (how often each selection hook the policy implements was called). Repetition ``i``
     of a workload with a ``seed`` parameter runs with seed + i. ``trace``: the backend
-    records the kernel's tracepoints of the workload's paths (``--trace``)."""
+    records the kernel's tracepoints of the workload's paths (``--trace``).
+    ``progress(done, planned)`` hears of every guest pass (backends that have passes)."""
     host = host or get_host()
     wl = host.registry.get("workload", workload)()
     spec = resolve_params(wl.params, params or {})
@@ -122,6 +125,8 @@ def run_once(
         host=host,
         kernel=kernel,
     )
+    if progress is not None and hasattr(run.vm, "on_progress"):
+        run.vm.on_progress = progress  # (passes done, planned) after every guest pass
     with run:
         if trace:
             run.vm.enable_trace(tuple(wl.paths))
@@ -133,8 +138,17 @@ def run_once(
                 exc.add_note(f"raised in {where}")
             raise
         series = run.vm.series()
+    asked = {
+        hook: n
+        for pol in run.policies
+        for hook in policy_hooks(type(pol))
+        if (n := run.hooks.calls.get(hook)) is not None
+    }
+    if host.registry.get("backend", backend).exclusive:
+        asked = {}  # the kernel plays a policy's knob, not its hooks: nothing to count
     return {
         "policy": run.label,
+        "policy_calls": asked,
         "arch": run.arch.name,
         "backend": run.vm.backend,
         "costs": contracts.costs_name(run.vm, run.costs),

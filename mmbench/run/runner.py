@@ -20,7 +20,7 @@ from typing import Any
 from mmbench.errors import BackendError, ConfigError, ModelError
 from mmbench.host.manager import Host, get_host
 from mmbench.model.sched import KernelConfig
-from mmbench.run import paths
+from mmbench.run import paths, progress
 from mmbench.run.assemble import run_once
 from mmbench.run.policy_spec import PolicySpec, parse_policy
 from mmbench.workloads.base import WorkloadSpec, resolve_params
@@ -105,8 +105,11 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
     return ResolvedRun(req, workload, spec, policies, arch_cls.name)
 
 
-def run_one(req: RunRequest, policy: PolicySpec, rep: int = 0) -> dict[str, Any]:
-    """One repetition of one policy of a resolved request (``run_once``)."""
+def run_one(
+    req: RunRequest, policy: PolicySpec, rep: int = 0, task: int | None = None
+) -> dict[str, Any]:
+    """One repetition of one policy of a resolved request (``run_once``); ``task``: its
+    slot on the progress board, if someone watches."""
     return run_once(
         req.workload,
         req.params,
@@ -118,33 +121,53 @@ def run_one(req: RunRequest, policy: PolicySpec, rep: int = 0) -> dict[str, Any]
         trace=req.trace,
         rep=rep,
         kernel=req.kernel_config,
+        progress=progress.reporter(task),
     )
 
 
+def tasks_of(run: ResolvedRun) -> list[tuple[PolicySpec, int]]:
+    """The run's tasks in order, (policy, repetition): a ``Board`` has one slot each."""
+    return [(p, i) for p in run.policies for i in range(run.request.reps)]
+
+
 def execute(
-    run: ResolvedRun, progress: Callable[[str], None] | None = None
+    run: ResolvedRun,
+    progress_: Callable[[str], None] | None = None,
+    board: progress.Board | None = None,
 ) -> list[dict[str, Any]]:
     """Run every repetition of every policy, in parallel processes when several cores are
-    free; return one result per policy with the mean metrics and every repetition's."""
+    free; return one result per policy with the mean metrics and every repetition's.
+    ``progress_(label)`` hears of each finished task; ``board`` gets every task's passes
+    as they happen (``tasks_of`` order)."""
     req = run.request
-    tasks = [(p, i) for p in run.policies for i in range(req.reps)]
+    tasks = tasks_of(run)
     jobs = req.jobs or min(len(tasks), os.cpu_count() or 1)
     if get_host().registry.get("backend", req.backend).exclusive:
         jobs = 1  # real-time backends: one run after another, or they skew the timings
     done: dict[tuple[str, int], dict[str, Any]] = {}
+    slot = {(p.label, i): n if board else None for n, (p, i) in enumerate(tasks)}
 
     def finished(label: str, i: int, result: dict[str, Any]) -> None:
         done[(label, i)] = result
-        if progress:
-            progress(f"{label} rep {i + 1}/{req.reps}")
+        if board is not None:
+            board.finish(slot[(label, i)])
+        if progress_:
+            progress_(f"{label} rep {i + 1}/{req.reps}")
 
     if jobs <= 1 or len(tasks) == 1:
-        for p, i in tasks:
-            finished(p.label, i, attempt(req, p, i))
-    else:
-        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
+        progress.share(board.cells if board else None)
         try:
-            futures = {pool.submit(attempt, req, p, i): (p.label, i) for p, i in tasks}
+            for p, i in tasks:
+                finished(p.label, i, attempt(req, p, i, slot[(p.label, i)]))
+        finally:
+            progress.share(None)
+    else:
+        cells = board.cells if board else None
+        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init, initargs=(cells,))
+        try:
+            futures = {
+                pool.submit(attempt, req, p, i, slot[(p.label, i)]): (p.label, i) for p, i in tasks
+            }
             for fut in as_completed(futures):
                 finished(*futures[fut], fut.result())
         except BaseException:  # Ctrl-C or bad input: stop the others now
@@ -154,13 +177,15 @@ def execute(
     return [_aggregate([done[(p.label, i)] for i in range(req.reps)]) for p in run.policies]
 
 
-def attempt(req: RunRequest, policy: PolicySpec, rep: int = 0) -> dict[str, Any]:
+def attempt(
+    req: RunRequest, policy: PolicySpec, rep: int = 0, task: int | None = None
+) -> dict[str, Any]:
     """``run_one``, but a policy that fails (a hook raised, or the model found a state the
     kernel could not reach, e.g. an invariant broken under ``--check``) fails alone: its
     result says why in one line, and the other policies' results stand. Bad input
     (ConfigError) and the kernel backend's errors still end the whole run."""
     try:
-        return run_one(req, policy, rep)
+        return run_one(req, policy, rep, task)
     except (ConfigError, BackendError):
         raise
     except Exception as exc:
@@ -172,10 +197,12 @@ def attempt(req: RunRequest, policy: PolicySpec, rep: int = 0) -> dict[str, Any]
         return {"policy": policy.label, "arch": req.arch, "backend": req.backend, "failed": reason}
 
 
-def _worker_init() -> None:
+def _worker_init(cells: Any = None) -> None:
     """A worker must not outlive a killed ``mmbench run`` (SIGKILL, OOM), and Ctrl-C is
     the parent's to handle: a terminal sends SIGINT to the whole process group, and a
-    worker that caught it would only report a KeyboardInterrupt and take the next task."""
+    worker that caught it would only report a KeyboardInterrupt and take the next task.
+    ``cells``: the progress board it writes to (None: no one watches)."""
+    progress.share(cells)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform == "linux":
         pr_set_pdeathsig = 1
@@ -208,5 +235,9 @@ def _aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
     out["reps"] = [r["metrics"] for r in reps]
     out["seeds"] = [r["seed"] for r in reps]
     out["checks"] = sum(r["checks"] for r in reps)
+    calls = [r.get("policy_calls", {}) for r in reps]
+    out["policy_calls"] = {h: sum(c.get(h, 0) for c in calls) for h in calls[0]}
     out["series"] = first["series"]  # repetition 0's time series, for plots
+    if len(reps) > 1:  # the others', for percentiles over every repetition and plots of all
+        out["rep_series"] = [r["series"] for r in reps[1:]]
     return out

@@ -54,13 +54,48 @@ class Param:
 
     def show(self, value: Any) -> str:
         """A value as the user would type it: sizes with units, addresses in hex."""
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool):
+            return str(value).lower()  # as typed: true / false
+        if not isinstance(value, int | float):
             return str(value)
         if self.unit == "size" and float(value).is_integer():
             return size_text(int(value))
         if self.unit == "gpa" and float(value).is_integer():
             return f"{int(value):#x}"
         return f"{value:g}"
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The values allowed, where they are a fixed set (``--enable``, booleans)."""
+        if self.type is bool:
+            return ("true", "false")
+        return tuple(getattr(self.parse, "allowed", ()))
+
+    @property
+    def metavar(self) -> str:
+        """How ``--help`` names the value: ``SIZE``, ``GPA``, ``{a,b}``, ``INT``."""
+        if self.choices:
+            return "{" + ",".join(self.choices) + "}"
+        return {"size": "SIZE", "gpa": "GPA"}.get(self.unit) or self.type.__name__.upper()
+
+    def rule(self) -> str:
+        """The bounds as a user reads them: ``>= 2M``, ``1..512``, ``> 0``."""
+        lo = self.min if self.min is not None else None
+        if lo is not None and self.max is not None:
+            return f"{self.show(lo)}..{self.show(self.max)}"
+        parts = [
+            f"{op} {self.show(v)}"
+            for op, v in ((">=", self.min), (">", self.above), ("<=", self.max))
+            if v is not None
+        ]
+        return ", ".join(parts)
+
+    def help_text(self) -> str:
+        """``--help``'s line: what it is, then the default as typed and the bounds."""
+        extra = [f"default: {self.show(self.default)}"]
+        if self.rule() and not self.choices:
+            extra.append(self.rule())
+        return f"{self.help} ({'; '.join(extra)})"
 
     def convert(self, raw: Any) -> Any:
         """Check and convert a value from the CLI (str) or a config file (typed)."""
@@ -94,11 +129,43 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Samples:
+    """Where a metric's per-event samples are stored: field ``field`` of the events of
+    series ``series`` (times ``scale``), only those whose field ``where[0]`` lies in
+    ``[where[1], where[2]]``. ``compare`` reads its tail percentiles from them."""
+
+    series: str
+    field: str
+    scale: float = 1.0
+    where: tuple[str, float, float] | None = None
+
+    def of(self, series: dict[str, list]) -> list[float]:
+        """The samples in one repetition's ``series`` (``[t_ns, {fields}]`` events)."""
+        out = []
+        for item in series.get(self.series, ()):
+            ev = item[1]
+            if not isinstance(ev, dict) or not isinstance(ev.get(self.field), int | float):
+                continue
+            if self.where and not self.where[1] <= ev.get(self.where[0], -1) <= self.where[2]:
+                continue
+            out.append(float(ev[self.field]) * self.scale)
+        return out
+
+
+@dataclass(frozen=True)
 class Metric:
+    """A workload's figure: its unit, what it means, its direction and how to average it.
+
+    ``stat`` names the kernel statistic it is (KVM's binary stats / debugfs name, e.g.
+    ``mmu_shadow_zapped``) where there is one; ``samples`` says where its per-event
+    samples are, for percentiles."""
+
     unit: str
     doc: str
     lower_is_better: bool = True
     kind: str = "time"  # time -> arithmetic mean; rate -> harmonic mean; count
+    stat: str = ""
+    samples: Samples | None = None
 
 
 @dataclass
@@ -135,15 +202,24 @@ def parse_int_auto(text: str) -> int:
     return int(text, 0)
 
 
-def choice(field: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
-    """A parser for a parameter with a fixed set of values."""
+@dataclass(frozen=True)
+class Choice:
+    """A parser for a parameter with a fixed set of values (``allowed``: what help lists)."""
 
-    def parse(text: str) -> str:
-        if text not in allowed:
-            raise ConfigError(field, f"expected one of {', '.join(allowed)} (got {text!r})")
+    field: str
+    allowed: tuple[str, ...]
+
+    def __call__(self, text: str) -> str:
+        if text not in self.allowed:
+            raise ConfigError(
+                self.field, f"expected one of {', '.join(self.allowed)} (got {text!r})"
+            )
         return text
 
-    return parse
+
+def choice(field: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser for a parameter with a fixed set of values."""
+    return Choice(field, allowed)
 
 
 def parse_bool(text: str) -> bool:

@@ -19,7 +19,7 @@ from mmbench.backends.vmapi import VmApi, VmSpec
 from mmbench.errors import ConfigError
 from mmbench.host.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT
-from mmbench.workloads.base import Metric, Param, WorkloadSpec, choice, parse_bool
+from mmbench.workloads.base import Metric, Param, Samples, WorkloadSpec, choice, parse_bool
 from mmbench.workloads.guest_layout import (
     backing_param,
     check_size,
@@ -48,6 +48,7 @@ class DirtyLog:
         "disable_dirty_log_ms",
         "hugepage_recovery_ms",
     )
+    default_plots = ("phases", "mmu_lock_hold_hist")
     default_arch = "x86-tdp"
     params = (
         size_param(4 * TiB, "guest memory: 4T, 64G, 512M or bytes (memstress -b, in total)"),
@@ -98,20 +99,38 @@ class DirtyLog:
     metrics = {
         "populate_ms": Metric("ms", "Populate memory time: every vCPU writes its slice"),
         "enable_dirty_log_ms": Metric("ms", "Enabling dirty logging time"),
-        "dirty_memory_ms": Metric("ms", "Iteration dirty memory time, mean over iterations"),
-        "get_dirty_log_ms": Metric("ms", "Iteration get dirty log time, mean"),
-        "clear_dirty_log_ms": Metric("ms", "Iteration clear dirty log time, mean (all chunks)"),
+        "dirty_memory_ms": Metric(
+            "ms",
+            "Iteration dirty memory time, mean over iterations",
+            samples=Samples("iteration", "dirty_ms"),
+        ),
+        "get_dirty_log_ms": Metric(
+            "ms", "Iteration get dirty log time, mean", samples=Samples("iteration", "get_ms")
+        ),
+        "clear_dirty_log_ms": Metric(
+            "ms",
+            "Iteration clear dirty log time, mean (all chunks)",
+            samples=Samples("iteration", "clear_ms"),
+        ),
         "disable_dirty_log_ms": Metric("ms", "Disabling dirty logging time (the ioctl)"),
         "vcpu_stall_ms": Metric("ms", "vCPU mmu_lock wait after logging stops, summed"),
         "vcpu_stall_max_ms": Metric("ms", "longest single mmu_lock wait of a vCPU in the run"),
         "mmu_lock_max_hold_ms": Metric("ms", "longest mmu_lock hold by the host (ioctls, worker)"),
         "remote_tlb_flushes": Metric(
-            "", "remote TLB flushes after logging stops (remote_tlb_flush: IPIs sent)", kind="count"
+            "",
+            "remote TLB flushes after logging stops (remote_tlb_flush: IPIs sent)",
+            kind="count",
+            stat="remote_tlb_flush",
         ),
         "remote_tlb_flush_requests": Metric(
-            "", "kvm_flush_remote_tlbs calls after logging stops", kind="count"
+            "",
+            "kvm_flush_remote_tlbs calls after logging stops",
+            kind="count",
+            stat="remote_tlb_flush_requests",
         ),
-        "faults_after_disable": Metric("", "page faults after logging stops", kind="count"),
+        "faults_after_disable": Metric(
+            "", "page faults after logging stops", kind="count", stat="pf_fixed"
+        ),
         "hugepage_recovery_ms": Metric(
             "ms", "from the disable until every region is 2 MiB-mapped again (-1: not in run)"
         ),

@@ -23,7 +23,7 @@ from mmbench.errors import ConfigError
 from mmbench.host.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT
 from mmbench.model.shadow.reclaim import KVM_MIN_ALLOC_MMU_PAGES
-from mmbench.workloads.base import Metric, Param, WorkloadSpec
+from mmbench.workloads.base import Metric, Param, Samples, WorkloadSpec
 from mmbench.workloads.guest_layout import KERNEL_RESERVE, REGION_PAGES, align_up
 
 MiB = 1 << 20
@@ -34,7 +34,8 @@ class MmuPressure:
     description = "many guest processes with a hot and a cold set, at the shadow-page limit"
     paths = ("reclaim",)
     backends = ("sim",)
-    default_plots = ("mmu_used_pages", "mmu_recycled", "pf_fixed")
+    default_plots = ("mmu_used_pages", "mmu_recycled", "pf_fixed", "slice.ms")
+    phases = ("hot_slice_ms", "cold_slice_ms")
     params = (
         Param("vcpus", int, 4, "vCPUs the processes share", ("-c", "--vcpus"), min=1, max=64),
         Param("processes", int, 64, "guest processes, each with its own page tables", min=1),
@@ -68,18 +69,26 @@ class MmuPressure:
     metrics = {
         "run_ms": Metric("ms", "time until every vCPU finished its rounds"),
         "hot_slice_ms": Metric("ms", "mean time of a hot process's pass, first one excluded"),
-        "cold_slice_ms": Metric("ms", "mean time of a cold process's slice"),
-        "faults": Metric("", "shadow page faults (pf_fixed)", kind="count"),
+        "cold_slice_ms": Metric(
+            "ms",
+            "mean time of a cold process's slice",
+            samples=Samples("slice", "ms", where=("hot", 0, 0)),
+        ),
+        "faults": Metric("", "shadow page faults", kind="count", stat="pf_fixed"),
         "hot_faults": Metric("", "faults in hot slices, first one excluded", kind="count"),
-        "mmu_recycled": Metric("", "sps zapped by reclaim at the limit", kind="count"),
+        "mmu_recycled": Metric(
+            "", "sps zapped by reclaim at the limit", kind="count", stat="mmu_recycled"
+        ),
         "roots_zapped_in_use": Metric(
             "", "of those, roots with root_count != 0 (invalidated, vCPUs reload)", kind="count"
         ),
-        "sp_allocs": Metric("", "sps allocated (mmu_cache_miss)", kind="count"),
+        "sp_allocs": Metric("", "sps allocated", kind="count", stat="mmu_cache_miss"),
         "max_mmu_pages_used": Metric("", "most sps live at once", kind="count"),
         "n_max_mmu_pages": Metric("", "the limit in force", kind="count"),
         "root_reloads": Metric("", "root reloads by vCPUs (KVM_REQ_MMU_RELOAD)", kind="count"),
-        "remote_tlb_flushes": Metric("", "remote TLB flushes", kind="count"),
+        "remote_tlb_flushes": Metric(
+            "", "remote TLB flushes", kind="count", stat="remote_tlb_flush"
+        ),
         "mmu_lock_max_hold_ms": Metric("ms", "longest mmu_lock hold"),
         "vcpu_stall_ms": Metric("ms", "mmu_lock wait of the vCPUs, summed"),
     }

@@ -21,7 +21,7 @@ from mmbench.errors import ConfigError
 from mmbench.host.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT, Memslot, Memslots
 from mmbench.model.shadow.reclaim import KVM_MIN_ALLOC_MMU_PAGES
-from mmbench.workloads.base import Metric, Param, WorkloadSpec, parse_int_auto
+from mmbench.workloads.base import Metric, Param, Samples, WorkloadSpec, parse_int_auto
 from mmbench.workloads.guest_layout import KERNEL_RESERVE, REGION_PAGES, align_up
 from mmbench.workloads.sizes import size_text
 
@@ -96,10 +96,23 @@ class RomAccess:
         ),
     )
     default_plots = ("pass.ms", "rom-access.delete_ns", "mmu_lock_hold_hist")
+    phases = ("populate_ms", "pass_time_ms", "memslot_add_ms", "memslot_delete_ms")
     metrics = {
-        "pass_time_ms": Metric("ms", "mean time of a warm pass (mmtest's figure)"),
-        "populate_ms": Metric("ms", "mean time of the first pass, which faults everything in"),
-        "memslot_delete_ms": Metric("ms", "ROM memslot delete latency (the policy's flush)"),
+        "pass_time_ms": Metric(
+            "ms",
+            "mean time of a warm pass (mmtest's figure)",
+            samples=Samples("pass", "ms", where=("index", 1, float("inf"))),
+        ),
+        "populate_ms": Metric(
+            "ms",
+            "mean time of the first pass, which faults everything in",
+            samples=Samples("pass", "ms", where=("index", 0, 0)),
+        ),
+        "memslot_delete_ms": Metric(
+            "ms",
+            "ROM memslot delete latency (the policy's flush)",
+            samples=Samples("rom-access", "delete_ns", 1e-6),
+        ),
         "memslot_delete_p50_ms": Metric("ms", "median ROM delete once every thread populated"),
         "memslot_delete_p99_ms": Metric("ms", "99th percentile of those steady-state deletes"),
         "memslot_delete_max_ms": Metric("ms", "slowest of those steady-state deletes"),
@@ -114,17 +127,21 @@ class RomAccess:
         ),
         "sps_per_delete": Metric("", "sps zapped per steady-state delete", kind="count"),
         "sptes_per_delete": Metric("", "sptes zapped per steady-state delete", kind="count"),
-        "memslot_add_ms": Metric("ms", "ROM memslot add latency"),
+        "memslot_add_ms": Metric(
+            "ms", "ROM memslot add latency", samples=Samples("rom-access", "add_ns", 1e-6)
+        ),
         "rom_access_ms": Metric("ms", "one rom.sh iteration: add, guest read, delete"),
         "rom_reads": Metric("", "ROM reads during the run", kind="count"),
         "sptes_zapped": Metric("", "leaf sptes zapped", kind="count"),
-        "sps_zapped": Metric("", "shadow pages zapped (mmu_shadow_zapped)", kind="count"),
-        "sp_allocs": Metric("", "shadow pages allocated (mmu_cache_miss)", kind="count"),
-        "refaults": Metric("", "page faults in warm passes", kind="count"),
+        "sps_zapped": Metric("", "shadow pages zapped", kind="count", stat="mmu_shadow_zapped"),
+        "sp_allocs": Metric("", "shadow pages allocated", kind="count", stat="mmu_cache_miss"),
+        "refaults": Metric("", "page faults in warm passes", kind="count", stat="pf_fixed"),
         "remote_tlb_flushes": Metric(
-            "", "remote TLB flushes that IPI'd a vCPU (remote_tlb_flush)", kind="count"
+            "", "remote TLB flushes that IPI'd a vCPU", kind="count", stat="remote_tlb_flush"
         ),
-        "remote_tlb_flush_requests": Metric("", "kvm_flush_remote_tlbs calls", kind="count"),
+        "remote_tlb_flush_requests": Metric(
+            "", "kvm_flush_remote_tlbs calls", kind="count", stat="remote_tlb_flush_requests"
+        ),
         "lock_breaks": Metric("", "mmu_lock breaks taken by zaps", kind="count"),
         "lock_breaks_contention": Metric(
             "", "of those, for a waiter (spin_needbreak: preempt=full only)", kind="count"
@@ -132,7 +149,9 @@ class RomAccess:
         "lock_breaks_resched": Metric(
             "", "of those, for the scheduler tick (need_resched)", kind="count"
         ),
-        "mmu_recycled": Metric("", "sps zapped by reclaim at n_max_mmu_pages", kind="count"),
+        "mmu_recycled": Metric(
+            "", "sps zapped by reclaim at n_max_mmu_pages", kind="count", stat="mmu_recycled"
+        ),
         "mmu_lock_max_hold_ms": Metric("ms", "longest mmu_lock hold"),
         "vcpu_stall_ms": Metric("ms", "mmu_lock wait of the guest threads' vCPUs, summed"),
         "vcpu_stall_max_ms": Metric("ms", "longest single mmu_lock wait of a vCPU"),

@@ -30,6 +30,7 @@ class Teardown:
     description = "destroy a VM with all of --size mapped: kvm_arch_flush_shadow_all"
     paths = ("teardown",)
     phases = ("populate_ms", "teardown_ms")
+    default_plots = ("phases", "mmu_lock_hold_hist")
     default_arch = "arm64"  # seed 003
     params = (
         size_param(64 * GiB, "guest memory: 64G, 4T, 512M or bytes"),
@@ -43,7 +44,9 @@ class Teardown:
         "tlbi_count": Metric("", "TLBI instructions issued (per-IPA and VMALL)", kind="count"),
         "pages_freed": Metric("", "page-table pages freed", kind="count"),
         "sptes_zapped": Metric("", "leaf sptes (stage-2 ptes/blocks) zapped", kind="count"),
-        "remote_tlb_flushes": Metric("", "remote TLB flushes", kind="count"),
+        "remote_tlb_flushes": Metric(
+            "", "remote TLB flushes", kind="count", stat="remote_tlb_flush"
+        ),
         "populate_ms": Metric("ms", "time for the vCPUs to map all memory"),
     }
 

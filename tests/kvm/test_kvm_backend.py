@@ -77,7 +77,17 @@ def test_run_rom_access_on_the_kernel_json(runs_dir):
         "--policy", "fast-invalidate", "--policy", "zap-slot", "--json", check=True,
     )  # fmt: skip
     doc = json.loads(proc.stdout)
-    assert set(doc) == {"workload", "name", "params", "kernel", "results"}
+    assert set(doc) == {
+        "schema_version",
+        "workload",
+        "name",
+        "params",
+        "kernel",
+        "reps",
+        "duration_s",
+        "units",
+        "results",
+    }
     # the kernel it ran on, as the host says (this host: "Dynamic Preempt: none")
     assert doc["kernel"]["preempt"] in ("none", "voluntary", "full", None)
     assert doc["kernel"]["host_cpus"] == len(os.sched_getaffinity(0))
