@@ -132,7 +132,18 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def test_scheduler_and_two_worker_processes_give_the_local_results(small, tmp_path):
+def _worker(address: str, log: Path) -> subprocess.Popen:
+    return _start(
+        *("distributed.cli.dask_worker", address, "--nworkers", "1", "--nthreads", "1"),
+        *("--no-dashboard", "--host", "127.0.0.1"),
+        log=log,
+    )
+
+
+def test_scheduler_and_worker_processes_give_the_local_results(small, tmp_path):
+    """A scheduler and workers as separate processes on 127.0.0.1. The first worker is
+    killed (SIGKILL) while it runs the sweep's first tasks; two others join, the points
+    it held run again there, and every figure equals the local cluster's."""
     d, local = small
     sched_file = tmp_path / "scheduler.json"
     procs = [
@@ -149,17 +160,27 @@ def test_scheduler_and_two_worker_processes_give_the_local_results(small, tmp_pa
             time.sleep(0.1)
         address = json.loads(sched_file.read_text())["address"]
         assert address.startswith("tcp://127.0.0.1:")
-        for i in range(2):
-            procs.append(
-                _start(
-                    *("distributed.cli.dask_worker", address, "--nworkers", "1"),
-                    *("--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"),
-                    log=tmp_path / f"worker{i}.log",
-                )
-            )
-        remote = sweep_json(
-            str(d / "small.yaml"), "--runs-dir", str(tmp_path / "runs"), "--scheduler", address
+        procs.append(_worker(address, tmp_path / "doomed.log"))
+        out = tmp_path / "sweep.json"
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o644)
+        client = subprocess.Popen(
+            [sys.executable, "-m", "mmbench", "sweep", str(d / "small.yaml"), "--json"]
+            + ["--runs-dir", str(tmp_path / "runs"), "--scheduler", address],
+            stdout=fd,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        os.close(fd)
+        index = tmp_path / "runs" / "small" / "index.json"
+        while not index.exists() and client.poll() is None:
+            time.sleep(0.02)
+        time.sleep(0.5)  # the doomed worker is importing mmbench for, or running, a task
+        os.killpg(procs[1].pid, signal.SIGKILL)
+        procs[1].wait()
+        procs += [_worker(address, tmp_path / f"worker{i}.log") for i in range(2)]
+        _, err = client.communicate(timeout=300)
+        assert client.returncode == 0, err
+        remote = json.loads(out.read_text())
     finally:
         _stop(procs)
     assert all(_gone(p.pid) for p in procs)
@@ -284,3 +305,42 @@ def test_rom_interval_sweep_reproduces_the_readme_table(tmp_path):
         digits = len(shown.split(".")[1]) if "." in shown else 0
         assert f"{gap:+.{digits}f}" == shown
     assert doc["claims"][0]["holds"] == 3
+
+
+def test_a_sample_of_the_stated_cost_box_is_seeded_and_runs_as_mmbench_run(tmp_path):
+    """``costs: stated`` draws every x86-shadow cost inside its stated range, the same
+    points every time (``--resume`` recognises them), and a point's figures are those of
+    ``mmbench run --costs`` with its values."""
+    import yaml
+    from mmbench_x86.costs import X86_SHADOW_BARE_METAL as TABLE
+
+    f = tmp_path / "box.yaml"
+    f.write_text(
+        "workload: rom-access\npolicies: [zap-slot]\n"
+        "params: {threads: 1, mb: 16, passes: 3, rom_interval_ms: 2}\n"
+        "sweep:\n  sample: {n: 3, seed: 7, space: {costs: stated}}\n"
+    )
+    runs = tmp_path / "runs"
+    doc = sweep_json(str(f), "--runs-dir", str(runs), "--jobs", "2")
+    ranged = TABLE.ranged()
+    assert len(ranged) == len(TABLE.costs)  # every x86-shadow cost states a range
+    for point in doc["points"]:
+        values = {k.removeprefix("costs."): v for k, v in point["values"].items()}
+        assert set(values) == set(ranged)
+        assert all(ranged[k][0] <= v <= ranged[k][1] for k, v in values.items())
+    assert len({json.dumps(p["values"]) for p in doc["points"]}) == 3
+    again = sweep_json(str(f), "--runs-dir", str(runs), "--resume")
+    assert again["ran"] == [] and again["skipped"] == 3
+    point = doc["points"][1]
+    table = tmp_path / "costs.yaml"
+    costs = {k.removeprefix("costs."): {"ns": v} for k, v in point["values"].items()}
+    table.write_text(yaml.safe_dump({"costs": costs}))
+    ran = json.loads(
+        mmbench(
+            *("run", "rom-access", "-c", "1", "-m", "16", "--passes", "3"),
+            *("--rom-interval-ms", "2", "--policy", "zap-slot", "--costs", str(table)),
+            *("--json", "--runs-dir", str(tmp_path / "single")),
+            check=True,
+        ).stdout
+    )
+    assert ran["results"][0]["metrics"] == point["results"][0]["metrics"]

@@ -159,7 +159,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         doc.update(ran=[p.id for p in todo], skipped=skipped)
         print(json.dumps(doc, indent=1))
     else:
-        x = sweep.axes[0] if sweep.axes else None
+        x = sweep.grid_axes[0] if sweep.grid_axes else None  # a sample's axes: noise
         metric = sweep.claims[0].metric if sweep.claims else res.metrics[0]
         if x is not None and len(sweep.points) <= 64:
             print(f"{metric}:")

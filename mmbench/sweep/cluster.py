@@ -89,7 +89,7 @@ def client(scheduler: str | None, workers: int, retries: int) -> Iterator[Any]:
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # no fixed port: several sweeps may run
             silence_logs=logging.ERROR,
         )
         c = Client(cluster)

@@ -220,9 +220,13 @@ def plot(res: SweepResults, metric: str, x: str, y: str | None, out: str) -> Non
             ax.set_xticks(ticks, [_show(v[0]) for v, _ in rows])
         elif all(t > 0 for t in ticks) and max(ticks) / min(ticks) >= 10:
             ax.set_xscale("log")
+            if len(ticks) <= 12:  # label the swept values themselves, not powers of ten
+                ax.set_xticks(ticks, [_show(t) for t in ticks])
+                ax.minorticks_off()
         ax.set_xlabel(x)
         ax.set_ylabel(metric)
-        ax.set_title(title + " (mean ± sd over repetitions)")
+        pooled = " and the other swept keys" if len(res.index["axes"]) > 1 else ""
+        ax.set_title(f"{title}\n(mean ± sd over repetitions{pooled})", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend()
     else:
@@ -242,8 +246,9 @@ def plot(res: SweepResults, metric: str, x: str, y: str | None, out: str) -> Non
         for ax, label in zip(axes[0], labels, strict=True):
             im = ax.imshow(grids[label], origin="lower", aspect="auto", vmin=lo, vmax=hi)
             for (i, j), v in np.ndenumerate(grids[label]):
-                if math.isfinite(v):
-                    ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=8, color="w")
+                if math.isfinite(v):  # dark text on the bright end of viridis
+                    ink = "k" if v > (lo + hi) / 2 else "w"
+                    ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=8, color=ink)
             ax.set_xticks(range(len(xs)), [_show(json.loads(v)) for v in xs])
             ax.set_yticks(range(len(ys)), [_show(json.loads(v)) for v in ys])
             ax.set_xlabel(x)

@@ -84,6 +84,7 @@ class Sweep:
     workload: str
     policies: list[str]  # labels, the first is the baseline
     metrics: list[str]
+    grid_axes: list[str] = field(default_factory=list)  # the axes a grid sweeps
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,19 @@ def load_sweep(path: str | Path, max_points: int = MAX_POINTS, host: Host | None
         claim = parse_claim(text, f)
         check_claim(claim, f, wl.metrics, labels)
         claims.append(claim)
-    return Sweep(p, doc, points, axes, reps, claims, base_req.workload, labels, list(wl.metrics))
+    grid_keys_ordered = list(dict.fromkeys(a.key for axes in grid_axes for a in axes))
+    return Sweep(
+        p,
+        doc,
+        points,
+        axes,
+        reps,
+        claims,
+        base_req.workload,
+        labels,
+        list(wl.metrics),
+        grid_keys_ordered,
+    )
 
 
 def _expand(key: str, raw: Any, prefix: str, wl: Any, table: Any) -> list[_Axis]:
