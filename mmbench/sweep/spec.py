@@ -156,10 +156,15 @@ def load_sweep(path: str | Path, max_points: int = MAX_POINTS, host: Host | None
         dict.fromkeys([*[a.key for axes in grid_axes for a in axes], *[a.key for a in sample_axes]])
     )
     fields = {a.key: a.field for a in [*sum(grid_axes, []), *sample_axes]}
-    labels: list[str] = []  # every policy the sweep runs, first seen first (the baseline)
+    seen: set[str] = set()
     for pt in points:
         pt.policies = _check_point(pt, p, host, fields, where)
-        labels += [x for x in pt.policies if x not in labels]
+        seen.update(pt.policies)
+    # every policy the sweep runs: the config's in its order (the baseline first), then
+    # those only swept points run, first seen first
+    first = [pt_label for pt in points for pt_label in pt.policies]
+    labels = list(dict.fromkeys([*_base_labels(p, host, base), *first]))
+    labels = [x for x in labels if x in seen]
     reps = section.reps or base_req.reps
     claims = []
     for i, text in enumerate(section.claims):
@@ -336,3 +341,11 @@ def _check_point(
         if not isinstance(ns, int | float) or isinstance(ns, bool) or not 0 <= ns < math.inf:
             raise ConfigError(f, f"must be a finite number >= 0 (ns), got {ns!r}")
     return labels
+
+
+def _base_labels(path: Path, host: Host, base: dict[str, Any]) -> list[str]:
+    from mmbench.run.runner import resolve
+
+    return [
+        pol.label for pol in resolve(run_config.load_config(path, host, doc=base), host).policies
+    ]
