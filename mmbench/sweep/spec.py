@@ -202,7 +202,8 @@ def _axis(key: str, raw: Any, where: str, wl: Any, table: Any, grid: bool = Fals
     if not isinstance(key, str) or not key:
         raise ConfigError(where, "a key must be a non-empty string")
     top, _, sub = key.partition(".")
-    allowed = [k for k in run_config.KEYS if k not in ("description", "workload")]
+    # one workload per sweep; repetitions are sweep.reps, the same at every point
+    allowed = [k for k in run_config.KEYS if k not in ("description", "workload", "reps")]
     if top not in allowed:
         raise ConfigError(
             where, f"unknown key (allowed: {', '.join(allowed)}, SECTION.KEY, costs.NAME)"
