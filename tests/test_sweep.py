@@ -287,7 +287,7 @@ def test_bad_sweep_files_exit_2_with_one_line(tmp_path, body, message):
 
 
 def test_rom_interval_sweep_reproduces_the_readme_table(tmp_path):
-    """configs/sweep-rom-interval.yaml on a local cluster of 2 workers gives the README's
+    """configs/sweeps/rom-interval.yaml on a local cluster of 2 workers gives the README's
     hand-made ROM-interval table, to the precision the README prints."""
     text = (REPO / "README.md").read_text()
     readme = {
@@ -295,7 +295,7 @@ def test_rom_interval_sweep_reproduces_the_readme_table(tmp_path):
     }
     assert set(readme) == {500.0, 2000.0, 8000.0}
     doc = sweep_json(
-        str(REPO / "configs" / "sweep-rom-interval.yaml"),
+        str(REPO / "configs" / "sweeps" / "rom-interval.yaml"),
         *("--runs-dir", str(tmp_path), "--jobs", "2"),
     )
     for point in doc["points"]:
@@ -344,3 +344,14 @@ def test_a_sample_of_the_stated_cost_box_is_seeded_and_runs_as_mmbench_run(tmp_p
         ).stdout
     )
     assert ran["results"][0]["metrics"] == point["results"][0]["metrics"]
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_sweeps_are_valid(path):
+    from mmbench.sweep.spec import load_sweep
+
+    sweep = load_sweep(path)
+    assert sweep.points and sweep.claims
+    assert all(claim.metric in sweep.metrics for claim in sweep.claims)

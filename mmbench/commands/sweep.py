@@ -1,4 +1,7 @@
-"""``mmbench sweep FILE.yaml`` and ``mmbench sweep-report DIR``."""
+"""``mmbench sweep FILE.yaml`` and ``mmbench sweep-report DIR``.
+
+The sweep modules (pydantic, dask, matplotlib) are imported by the commands that use
+them, not at start-up: every other command starts as fast as before."""
 
 from __future__ import annotations
 
@@ -14,8 +17,7 @@ from mmbench.commands.parsing import nonempty, positive_int
 from mmbench.commands.run import _progress
 from mmbench.errors import ConfigError
 from mmbench.report import plots, store
-from mmbench.sweep import cluster, report, sweepdir
-from mmbench.sweep.spec import MAX_POINTS, Point, load_sweep
+from mmbench.sweep import MAX_POINTS
 
 _SCHEDULER = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$")
 
@@ -92,7 +94,7 @@ def sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_sweep_report)
 
 
-def _record(sweep_name: str, file: Path, pt: Point, reps: int, tasks: list[dict]) -> dict:
+def _record(sweep_name: str, file: Path, pt: Any, reps: int, tasks: list[dict]) -> dict:
     return {
         "name": pt.id,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -107,6 +109,9 @@ def _record(sweep_name: str, file: Path, pt: Point, reps: int, tasks: list[dict]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from mmbench.sweep import cluster, report, sweepdir
+    from mmbench.sweep.spec import Point, load_sweep
+
     sweep = load_sweep(args.file, args.max_points)
     root = store.runs_dir(args.runs_dir)
     name = args.name or Path(args.file).stem
@@ -175,7 +180,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _json(res: report.SweepResults, shares: list) -> dict[str, Any]:
+def _json(res: Any, shares: list) -> dict[str, Any]:
     return {
         "name": res.index["name"],
         "dir": str(res.dir),
@@ -210,6 +215,8 @@ def _json(res: report.SweepResults, shares: list) -> dict[str, Any]:
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> int:
+    from mmbench.sweep import report
+
     res = report.load_results(Path(args.dir))
     if not res.points:
         raise ConfigError("DIR", f"{args.dir}: no point of the sweep is stored yet")

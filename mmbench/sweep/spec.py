@@ -38,10 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mmbench.errors import ConfigError
 from mmbench.host.manager import Host, get_host
 from mmbench.run import config as run_config
+from mmbench.sweep import MAX_POINTS
 from mmbench.sweep.claims import Claim, check_claim, parse_claim
 from mmbench.yamlfile import load_yaml
 
-MAX_POINTS = 256  # more needs --max-points: a typo in a grid should not start a week of runs
 STATED = "stated"
 AXIS_FORMS = "a list of values, {range: [LOW, HIGH]} (grid: with steps: N) or 'stated' (costs)"
 

@@ -5,7 +5,7 @@ yet measured; ``mmbench calibrate`` replaces them with measurements of the host 
 on and writes a table for ``--costs``.
 
 Each cost also states a ``range`` (ns), the box ``mmbench sweep`` samples with ``costs:
-stated`` (configs/sweep-x86-costs.yaml). Where it comes from:
+stated`` (configs/sweeps/x86-costs.yaml). Where it comes from:
 - ``touch_page``: the seed's two kernels, 84.768 ms (zap-slot) and 89.117 ms per 2000 MB
   pass, bound it from above at 174 ns; down to 150 ns if mmtest's loop and the pass's
   few faults take up to a tenth of the pass.
