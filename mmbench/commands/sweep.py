@@ -122,41 +122,46 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     tasks = sum(len(p.policies) for p in sweep.points)
     workers = cluster.default_workers(args.jobs, tasks)
-    with (
-        cluster.client(args.scheduler, workers, args.retries) as dask_client,
-        sweepdir.open_sweep(root, name, sweep, args.resume) as sd,
-    ):
-        todo = [p for p in sweep.points if p.id not in set(sd.index["done"])]
-        skipped = len(sweep.points) - len(todo)
-        failed: list[str] = []
+    try:
+        with (
+            cluster.client(args.scheduler, workers, args.retries) as dask_client,
+            sweepdir.open_sweep(root, name, sweep, args.resume) as sd,
+        ):
+            todo = [p for p in sweep.points if p.id not in set(sd.index["done"])]
+            skipped = len(sweep.points) - len(todo)
+            failed: list[str] = []
 
-        def on_point(pt: Point, results: list[dict[str, Any]]) -> None:
-            sd.save_point(_record(name, sweep.path, pt, sweep.reps, results))
-            for t in results:
-                if "failed" in t["result"]:
-                    failed.append(f"{pt.id} {t['result']['policy']}: {t['result']['failed']}")
+            def on_point(pt: Point, results: list[dict[str, Any]]) -> None:
+                sd.save_point(_record(name, sweep.path, pt, sweep.reps, results))
+                for t in results:
+                    if "failed" in t["result"]:
+                        failed.append(f"{pt.id} {t['result']['policy']}: {t['result']['failed']}")
 
-        n_tasks = sum(len(p.policies) for p in todo)
-        bar, tick = _progress(n_tasks, enabled=not args.json and n_tasks > 0)
-        try:
-            if bar:
-                with bar:
-                    cluster.run_points(dask_client, todo, name, sweep.reps, on_point, tick)
-            else:
-                cluster.run_points(dask_client, todo, name, sweep.reps, on_point)
-        except KeyboardInterrupt:
-            saved = len(sd.index["done"])
-            print(
-                f"mmbench: interrupted; {saved} of {len(sweep.points)} points are saved in"
-                f" {sd.path} (--resume runs the rest)",
-                file=sys.stderr,
-            )
-            return 130
-        except Exception as exc:
-            if type(exc).__name__ != "KilledWorker":
-                raise
-            print(f"mmbench: {exc}; the finished points are saved in {sd.path}", file=sys.stderr)
-            return 1
+            n_tasks = sum(len(p.policies) for p in todo)
+            bar, tick = _progress(n_tasks, enabled=not args.json and n_tasks > 0)
+            try:
+                if bar:
+                    with bar:
+                        cluster.run_points(dask_client, todo, name, sweep.reps, on_point, tick)
+                else:
+                    cluster.run_points(dask_client, todo, name, sweep.reps, on_point)
+            except Exception as exc:
+                if type(exc).__name__ != "KilledWorker":
+                    raise
+                print(
+                    f"mmbench: {exc}; the finished points are saved in {sd.path}", file=sys.stderr
+                )
+                return 1
+    except KeyboardInterrupt:  # Ctrl-C: the cluster is closed; finished points stay
+        path = root / name
+        ids = [p.id for p in sweep.points]
+        saved = len(sweepdir.done_points(path, ids)) if path.is_dir() else 0
+        print(
+            f"mmbench: interrupted; {saved} of {len(ids)} points are saved in {path}"
+            " (--resume runs the rest)",
+            file=sys.stderr,
+        )
+        return 130
     res = report.load_results(root / name)
     shares = report.shares(res, report.claims_for(res, []))
     if args.json:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from mmbench.errors import ConfigError
 from mmbench.sweep.spec import Point
@@ -94,10 +95,25 @@ def client(scheduler: str | None, workers: int, retries: int) -> Iterator[Any]:
         )
         c = Client(cluster)
         try:
+            c.register_plugin(IgnoreSigint(), name="mmbench-ignore-sigint")
             yield c
         finally:
             c.close()
             cluster.close()
+
+
+class IgnoreSigint(WorkerPlugin):
+    """A local worker ignores SIGINT: a terminal's Ctrl-C goes to the whole process group,
+    and it is the client's to handle (it closes the cluster and says what was saved); a
+    worker that caught it would only print a traceback. Its ``setup`` runs on the worker's
+    event loop, in the worker process's main thread, where signal handlers are set."""
+
+    def setup(self, worker: Any) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_points(
