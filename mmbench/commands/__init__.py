@@ -13,6 +13,7 @@ from mmbench.commands.listing import cmd_list
 from mmbench.commands.parsing import Parser
 from mmbench.commands.run import run_parser
 from mmbench.commands.stored import RENDERERS, cmd_compare, cmd_runs, cmd_show
+from mmbench.commands.sweep import sweep_parsers
 from mmbench.errors import BackendError, ConfigError, ModelError
 from mmbench.host.manager import get_host
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
+    sweep_parsers(sub)
     for name in reg.names("command"):
         command = reg.get("command", name)()
         p = sub.add_parser(name, help=command.help, description=command.__doc__)

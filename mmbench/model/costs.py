@@ -20,9 +20,18 @@ from mmbench.yamlfile import load_yaml
 
 @dataclass(frozen=True)
 class Cost:
+    """One constant. ``range`` (low, high ns) is where the constant may lie: the spread
+    of a measurement, or the bounds an estimate's reasoning gives; ``mmbench sweep``
+    samples it (``costs: stated``). None where the provenance states none."""
+
     ns: float
     provenance: str
     doc: str = ""
+    range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.range is not None and not 0 <= self.range[0] <= self.ns <= self.range[1]:
+            raise ValueError(f"cost {self.ns} ns outside its stated range {self.range}")
 
 
 class CostTable:
@@ -63,9 +72,13 @@ class CostTable:
                 raise ConfigError(
                     f"--costs {p}: costs.{key}", f"must be a finite number >= 0 (ns), got {ns!r}"
                 )
-            merged[key] = Cost(float(ns), prov, merged[key].doc)
+            merged[key] = Cost(float(ns), prov, merged[key].doc, _range_for(ns, merged[key].range))
         name = str(doc.get("name", f"{self.name}+{p.name}"))
         return CostTable(name, merged)
+
+    def ranged(self) -> dict[str, tuple[float, float]]:
+        """The costs with a stated range, by name."""
+        return {k: c.range for k, c in self.costs.items() if c.range is not None}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(
@@ -77,3 +90,11 @@ class CostTable:
             },
             sort_keys=True,
         )
+
+
+def _range_for(ns: float, stated: tuple[float, float] | None) -> tuple[float, float] | None:
+    """An override keeps the default's stated range when it lies inside it (a sweep
+    samples the box); a value outside it was measured or chosen elsewhere: no range."""
+    if stated is not None and stated[0] <= ns <= stated[1]:
+        return stated
+    return None

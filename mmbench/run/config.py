@@ -28,12 +28,14 @@ KEYS = {
 }
 
 
-def load_config(path: str | Path, host: Host | None = None) -> RunRequest:
-    """Read and validate ``path``; returns the run it describes (nothing runs yet)."""
+def load_config(path: str | Path, host: Host | None = None, doc: Any = None) -> RunRequest:
+    """Read and validate ``path``; returns the run it describes (nothing runs yet).
+    ``doc``: the config already read (a sweep's point); ``path`` then names it in errors
+    and is where relative file names start."""
     host = host or get_host()
     p = Path(path)
     where = str(p)
-    doc = load_yaml(p, "--config")
+    doc = load_yaml(p, "--config") if doc is None else doc
     if not isinstance(doc, dict):
         raise ConfigError(where, "expected a mapping with keys: " + ", ".join(KEYS))
 

@@ -69,6 +69,7 @@ ARM64_STAGE2 = CostTable(
             " to back; even a clean line is a transaction across the interconnect of a"
             " 2-socket system (~24 cycles at 2.4 GHz). Not measured; not fitted to seed 003",
             "per 64-byte line cleaned+invalidated (kvm_flush_dcache_pte/pmd)",
+            range=(5, 30),
         ),
         "tlbi_ipa": Cost(
             1000,

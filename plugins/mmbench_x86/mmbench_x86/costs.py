@@ -3,6 +3,17 @@
 Each cost names where it comes from. "estimate" marks an order-of-magnitude figure not
 yet measured; ``mmbench calibrate`` replaces them with measurements of the host it runs
 on and writes a table for ``--costs``.
+
+Each cost also states a ``range`` (ns), the box ``mmbench sweep`` samples with ``costs:
+stated`` (configs/sweeps/x86-costs.yaml). Where it comes from:
+- ``touch_page``: the seed's two kernels, 84.768 ms (zap-slot) and 89.117 ms per 2000 MB
+  pass, bound it from above at 174 ns; down to 150 ns if mmtest's loop and the pass's
+  few faults take up to a tenth of the pass.
+- ``zap_spte``: the one measurement (~48 ns) with this host's up-to-3x run-to-run spread
+  (PRIMER) on either side: 16-144 ns.
+- every estimate: the cycle counts its reasoning names at 2-4 GHz, and a factor of about 2
+  either way where the reasoning is an order of magnitude (IPIs, SRCU grace periods,
+  exits to user space span more; their ranges are wider, as stated inline).
 """
 
 from mmbench.model.costs import Cost, CostTable
@@ -17,66 +28,101 @@ X86_SHADOW_BARE_METAL = CostTable(
             "seed 001 (2019, Sean Christopherson): 84.768 ms per 2000 MB pass on the"
             " zap-slot kernel = 165 ns per 4 KiB page when passes do not fault",
             "guest writes one qword in a mapped page: TLB miss, 2D walk, cache miss",
+            range=(150, 175),
         ),
         "fault_exit": Cost(
             1500,
             f"{_E}: VM exit + entry ~1.2k cycles (kvm-unit-tests vmexit) plus the guest"
             " page-table walk and gfn_to_pfn, at ~2.5 GHz",
             "the part of a shadow page fault outside mmu_lock",
+            range=(800, 3000),
         ),
         "fault_locked": Cost(
             400,
             f"{_E}: kvm_mmu_get_page hash lookups + mmu_set_spte under mmu_lock",
             "the mmu_lock section of a shadow page fault",
+            range=(200, 1000),
         ),
         "spte_install": Cost(
-            25, f"{_E}: rmap_add + spte write per (pre)fetched spte", "per spte installed"
+            25,
+            f"{_E}: rmap_add + spte write per (pre)fetched spte",
+            "per spte installed",
+            range=(10, 60),
         ),
         "sp_alloc": Cost(
             600,
             f"{_E}: kvm_mmu_alloc_page from the memory cache, 4 KiB clear, hash insert,"
             " account_shadowed write-protect",
             "per shadow page allocated (mmu_cache_miss)",
+            range=(300, 1500),
         ),
         "zap_sp": Cost(
-            250, f"{_E}: unlink parents, hash removal, list move, free", "per sp zapped"
+            250,
+            f"{_E}: unlink parents, hash removal, list move, free",
+            "per sp zapped",
+            range=(100, 600),
         ),
         "zap_spte": Cost(
             45,
             "measured on the development host (kvm_pvm, tdp_mmu=N): zapping all ~0.5 M"
             " sptes on a ROM-slot delete took ~24 ms, ~48 ns per spte",
             "per spte or child link dropped when an sp is zapped or an rmap is zapped",
+            range=(16, 144),
         ),
         "sp_scan": Cost(
             30,
             f"{_E}: one active_mmu_pages step plus test_and_clear_bit on the parent_pte"
             " (a locked RMW on a likely cold line)",
             "per sp looked at by a reclaim scan (seed 004's kvm_mmu_get_inactive_page)",
+            range=(10, 100),
         ),
-        "rmap_walk": Cost(8, f"{_E}: one rmap head visited, empty", "per rmap head walked"),
+        "rmap_walk": Cost(
+            8, f"{_E}: one rmap head visited, empty", "per rmap head walked", range=(2, 20)
+        ),
         "remote_tlb_flush": Cost(
-            4000, f"{_E}: IPI all vCPUs and wait for them (KVM_REQUEST_WAIT)", "per flush"
+            4000,
+            f"{_E}: IPI all vCPUs and wait for them (KVM_REQUEST_WAIT)",
+            "per flush",
+            range=(1000, 10000),
         ),
-        "kick_vcpu": Cost(300, f"{_E}: kvm_make_all_cpus_request per vCPU", "per vCPU kicked"),
+        "kick_vcpu": Cost(
+            300, f"{_E}: kvm_make_all_cpus_request per vCPU", "per vCPU kicked", range=(100, 1000)
+        ),
         "vcpu_flush_exit": Cost(
-            1200, f"{_E}: the vCPU's exit + TLB flush + entry", "vCPU side of a flush"
+            1200,
+            f"{_E}: the vCPU's exit + TLB flush + entry",
+            "vCPU side of a flush",
+            range=(500, 3000),
         ),
         "root_reload": Cost(
-            1000, f"{_E}: kvm_mmu_unload + kvm_mmu_load bookkeeping", "per root reload"
+            1000,
+            f"{_E}: kvm_mmu_unload + kvm_mmu_load bookkeeping",
+            "per root reload",
+            range=(300, 3000),
         ),
         "memslot_update": Cost(
             20000,
             f"{_E}: install the new memslot array + synchronize_srcu_expedited",
             "per memslot array swap (a delete does two)",
+            range=(5000, 100000),
         ),
         "memslot_alloc_page": Cost(
-            2, f"{_E}: kvcalloc of rmap + lpage_info per 4 KiB page", "per page of a new slot"
+            2,
+            f"{_E}: kvcalloc of rmap + lpage_info per 4 KiB page",
+            "per page of a new slot",
+            range=(0.5, 5),
         ),
         "mmio_exit": Cost(
-            5000, f"{_E}: exit to userspace and back for an access with no memslot", "per access"
+            5000,
+            f"{_E}: exit to userspace and back for an access with no memslot",
+            "per access",
+            range=(2000, 15000),
         ),
         "lock_handoff": Cost(
-            100, f"{_E}: qspinlock handoff, one cache-line transfer", "per contended acquire"
+            100,
+            f"{_E}: qspinlock handoff, one cache-line transfer",
+            "per contended acquire",
+            range=(40, 300),
         ),
     },
 )
