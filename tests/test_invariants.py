@@ -17,6 +17,7 @@ from mmbench.backends.sim import SlotSpec, VmSpec
 from mmbench.errors import ConfigError, InvariantViolation
 from mmbench.model.sched import KernelConfig
 from mmbench.run import assemble
+from mmbench.testing import memslot_histories
 
 MiB = 1 << 20
 WIN0, WIN1 = (8 * MiB) >> 12, (32 * MiB) >> 12  # the mapped window, in gfns
@@ -24,18 +25,7 @@ REG = 512  # gfns per 2 MiB
 
 POLICIES = ["zap-all", "zap-all:lock_break=true", "fast-invalidate", "zap-slot"]
 
-ops = st.lists(
-    st.one_of(
-        st.tuples(st.just("create"), st.integers(1, 3), st.integers(0, 11), st.integers(1, 4)),
-        st.tuples(st.just("delete"), st.integers(1, 3)),
-        st.tuples(st.just("move"), st.integers(1, 3), st.integers(0, 11)),
-        st.tuples(st.just("touch"), st.integers(0, 47), st.integers(1, 48)),
-        st.tuples(st.just("sleep"), st.integers(1, 400)),
-        st.just(("delete-pt",)),  # the slot holding the guest page tables goes
-    ),
-    min_size=1,
-    max_size=25,
-)
+ops = memslot_histories()  # the public strategy third parties use (mmbench.testing)
 
 
 def make_vm(policy_spec: str | None, plugins: tuple = (), kernel: KernelConfig | None = None):
