@@ -98,6 +98,12 @@ def test_bad_config_names_the_field(tmp_path, runs_dir, text, message):
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
+def foreground() -> None:
+    """A terminal's foreground job has SIGINT at its default; a test run from a background
+    job (``.ci/run &``) inherits it ignored, and Ctrl-C could not be tested at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(runs_dir, name):
     env = {**os.environ, "MMBENCH_RUNS_DIR": str(runs_dir)}
     return subprocess.Popen(
@@ -106,6 +112,7 @@ def _start(runs_dir, name):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=foreground,
     )
 
 
@@ -168,6 +175,7 @@ def test_ctrl_c_stops_a_parallel_run_within_a_second(runs_dir):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=foreground,
     )
     time.sleep(4)  # imports done, both workers deep in their policies' runs
     assert proc.poll() is None
