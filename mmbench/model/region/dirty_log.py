@@ -40,6 +40,19 @@ class RegionDirtyLog(RegionWalk):
                 self.write_protect_slot(slot)
             self.kvm.flush_remote_tlbs_if_dirty()
 
+    def collapsible_zap_cost(self, sl: slice) -> np.ndarray:
+        """ns per region of a collapsible-SPTE zap walk (``kvm_tdp_mmu_zap_collapsible_sptes``
+        in every era): the walk, a host mapping-level lookup and a free per 4 KiB table,
+        a zap per leaf; with 1 GiB backing also the 2 MiB leaves and level-2 tables."""
+        c = self.kvm.costs
+        pt = self.pt[sl]
+        n = self.n4k[sl].astype(np.float64)
+        out = c.tdp_walk + pt * (c.host_level_lookup + c.pt_free) + n * c.zap_leaf
+        if self.huge_1g:
+            l2 = self.gib_per_region(self.l2, sl.start, sl.stop)
+            out = out + self.huge[sl] * c.zap_leaf + l2 * (c.pt_free / GIB_REGIONS)
+        return out
+
     def write_protect_slot(self, slot: Memslot) -> None:
         """``kvm_mmu_slot_remove_write_access(slot, PG_LEVEL_4K)``: clear W on every leaf."""
         c = self.kvm.costs

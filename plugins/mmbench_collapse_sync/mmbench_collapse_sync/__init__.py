@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
-
 from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
 from mmbench.model.region.mmu import RegionMmu
-from mmbench.model.region.state import GIB_REGIONS
 from mmbench.workloads.base import Param
 
 
@@ -34,25 +31,15 @@ def kvm_tdp_mmu_zap_collapsible_sptes(
     mmu.check_live(slot)
     if not mmu.huge_ok:
         return True
-    c = kvm.costs
     r0, r1 = mmu.slot_regions(slot)
     gib = mmu.huge_1g  # 1 GiB backing: zap whole level-2 tables, 2 MiB leaves too
-
-    def cost(sl: slice) -> np.ndarray:
-        pt = mmu.pt[sl]
-        n = mmu.n4k[sl].astype(np.float64)
-        out = c.tdp_walk + pt * (c.host_level_lookup + c.pt_free) + n * c.zap_leaf
-        if gib:
-            l2 = mmu.gib_per_region(mmu.l2, sl.start, sl.stop)
-            out = out + mmu.huge[sl] * c.zap_leaf + l2 * (c.pt_free / GIB_REGIONS)
-        return out
 
     def apply(sl: slice) -> None:
         zapped = any(mmu.zap_tables(sl, huge_leaves=gib))
         if zapped and gib:
             mmu.free_empty_l2_tables(sl)  # handle_removed_pt of the level-3 entry
 
-    done = mmu.walk(r0, r1, cost, apply, lock_break=lock_break, alive=alive)
+    done = mmu.walk(r0, r1, mmu.collapsible_zap_cost, apply, lock_break=lock_break, alive=alive)
     kvm.flush_remote_tlbs_if_dirty()
     return done
 

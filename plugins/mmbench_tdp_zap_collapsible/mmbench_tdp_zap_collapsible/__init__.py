@@ -15,13 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
-
 from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
 from mmbench.model.region.mmu import RegionMmu
-from mmbench.model.region.state import GIB_REGIONS
 from mmbench.workloads.base import Param
 
 
@@ -33,18 +30,8 @@ def kvm_tdp_mmu_zap_collapsible_sptes(
     mmu.check_live(slot)
     if not mmu.huge_ok:
         return
-    c = kvm.costs
     r0, r1 = mmu.slot_regions(slot)
     gib = mmu.huge_1g  # 1 GiB backing: level-2 tables and 2 MiB leaves go too
-
-    def cost(sl: slice) -> np.ndarray:
-        pt = mmu.pt[sl]
-        n = mmu.n4k[sl].astype(np.float64)
-        out = c.tdp_walk + pt * (c.host_level_lookup + c.pt_free) + n * c.zap_leaf
-        if gib:
-            l2 = mmu.gib_per_region(mmu.l2, sl.start, sl.stop)
-            out = out + mmu.huge[sl] * c.zap_leaf + l2 * (c.pt_free / GIB_REGIONS)
-        return out
 
     def apply(sl: slice) -> None:
         huge, _, tables = mmu.zap_tables(sl, huge_leaves=gib)
@@ -53,7 +40,7 @@ def kvm_tdp_mmu_zap_collapsible_sptes(
         if not batch_flush and (huge or tables):
             kvm.flush_remote_tlbs(huge + tables)  # tdp_mmu_zap_spte_atomic: one each
 
-    mmu.walk(r0, r1, cost, apply, lock_break=True)
+    mmu.walk(r0, r1, mmu.collapsible_zap_cost, apply, lock_break=True)
     kvm.flush_remote_tlbs_if_dirty()
 
 
