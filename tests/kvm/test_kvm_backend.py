@@ -167,19 +167,42 @@ def test_calibrate_then_validate_on_tiny_guests(tmp_path, runs_dir):
     # validating on a fitted size is refused
     bad = mmbench("validate", "--costs", str(table), "--sizes-mb", "8,12")
     assert bad.returncode == 2 and "--sizes-mb" in bad.stderr
-    args = ["--costs", str(table), "--sizes-mb", "12,16", "--repeat", "1", "--json"]
+    args = ["--costs", str(table), "--sizes-mb", "24,28", "--repeat", "2", "--format", "json"]
     res = mmbench("validate", *args, check=True)
-    rows = json.loads(res.stdout)["rows"]
-    quantities = ("rom_delete_ms", "refault_pass_ms", "teardown_ms")
-    running = ("rom_delete_running_ms", "pass_running_ms")  # vCPUs run during the delete
-    assert {(r["size_mb"], r["quantity"]) for r in rows} >= {
-        (s, q) for s in (12, 16) for q in (*quantities, *running)
-    }
+    report = json.loads(res.stdout)
+    cells = report["cells"]
+    idle = ("rom_delete_ms", "refault_pass_ms", "teardown_ms", "sps_zapped", "refaults")
+    running = ("memslot_delete_p50_ms", "pass_time_ms")  # vCPUs run during the deletes
+    teardown = ("populate_ms", "teardown_ms", "sptes_zapped")
+    got = {(c["size_mb"], c["scenario"], c["quantity"]) for c in cells}
+    want = {(s, "rom-idle", q) for s in (24, 28) for q in idle}
+    want |= {(s, "rom-running", q) for s in (24, 28) for q in running}
+    want |= {(s, "teardown", q) for s in (24, 28) for q in teardown}
+    assert got >= want
     # the model ran under this host's kernel configuration, as calibrate recorded it
     assert doc["calibration"]["host_kernel"]["host_cpus"] == len(os.sched_getaffinity(0))
-    assert json.loads(res.stdout)["model_kernel"]["host_cpus"] == len(os.sched_getaffinity(0))
-    for r in rows:
-        assert r["model"] > 0 and r["kernel"] > 0 and r["error_pct"] is not None
+    assert report["model_kernel"]["host_cpus"] == len(os.sched_getaffinity(0))
+    scored = 0
+    for c in cells:
+        assert len(c["kernel"]) <= 2  # one figure per kernel repetition that had the event
+        if c["error_pct"] is None:
+            assert c["note"]  # says why a cell is not scored
+            continue
+        scored += 1
+        assert c["kernel_min"] <= c["kernel_median"] <= c["kernel_max"]
+        assert c["inside"] == (abs(c["model"] - c["kernel_median"]) <= 0.25 * c["kernel_median"])
+    inside = sum(c["inside"] for c in cells)
+    assert report["summary"].startswith(f"{inside} of {scored} within 25%")
+    # one size is enough, and the report reads as a table in text and markdown
+    one = ["--costs", str(table), "--sizes-mb", "24", "--repeat", "1", "--scenario", "rom-idle"]
+    text = mmbench("validate", *one, check=True).stdout
+    assert "24 MiB, rom-idle, fast-invalidate" in text and "within 25%" in text
+    assert max(len(line) for line in text.splitlines() if line.startswith("  ")) <= 100
+    md = mmbench("validate", *one, "--format", "markdown", check=True).stdout
+    assert "| 24 MiB | rom-idle | zap-slot |" in md
+    for bad in (["--format", "html"], ["--scenario", "nope"], ["--sizes-mb", "10"]):
+        proc = mmbench("validate", "--costs", str(table), *bad)
+        assert proc.returncode == 2 and bad[0] in proc.stderr, proc.stderr
 
 
 def test_crashed_guest_is_a_clear_error_and_frees_everything():

@@ -1,152 +1,229 @@
-"""``mmbench validate``: the model with a calibrated cost table against the kernel.
+"""``mmbench validate``: a fidelity report, the model with a calibrated table against the
+kernel on every scenario the kvm backend runs (``scenarios.SCENARIOS``).
 
-One scenario, written once against the VM API and played on both backends at sizes the
-calibration did not use: a guest thread populates its memory and makes a warm pass,
-rom.sh adds, reads and deletes the 128 KiB ROM slot, the thread makes one more pass
-(refaulting whatever the delete zapped), and the VM is destroyed. Under fast-invalidate
-(``SLOT_ZAP_ALL`` on) that gives the ROM delete, refault and teardown times; under
-zap-slot the ROM delete time again. A second scenario is ``rom-access`` itself with two
-guest threads that keep running while rom.sh deletes the ROM slot again and again: the
-steady-state ROM delete latency and the time per pass, where contention for mmu_lock (and
-whether the kernel yields it) decides the figures. The model runs under the host's kernel
-configuration (preempt model, HZ, CPUs: ``hostkernel``), as recorded by ``calibrate``.
+Each scenario is played at sizes the calibration did not use (one size will do): on the
+model once, since it is deterministic, under the host's kernel configuration (preempt
+model, HZ, CPUs: ``hostkernel``, as recorded by ``calibrate``); on the kernel
+``--repeat`` times, since its timings here vary up to 3x. Each cell is the model against
+the kernel's median, with the kernel's spread (min-max over the repetitions) beside it,
+marked inside when the model is within 25% of the median. The summary line counts the
+cells inside, times and counts apart (a count tests the model's structure, a time its
+costs as well).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from mmbench.backends.vmapi import VmApi
 from mmbench.errors import ConfigError
 from mmbench.host.manager import get_host
 from mmbench.model.sched import KernelConfig
 from mmbench.run import assemble
-from mmbench.workloads.base import resolve_params
-from mmbench.workloads.rom_access import ROM_SLOT, RomAccess
 
-from .calibrate import parse_sizes
 from .hostkernel import host_kernel, model_config
+from .scenarios import SCENARIOS, Scenario
 
 DEFAULT_SIZES_MB = (256, 1024)
-QUANTITIES = (
-    ("fast-invalidate", "rom_delete_ms", "ROM delete, SLOT_ZAP_ALL on"),
-    ("fast-invalidate", "refault_pass_ms", "pass after the delete (refaults)"),
-    ("fast-invalidate", "teardown_ms", "teardown (last close of the VM fd)"),
-    ("zap-slot", "rom_delete_ms", "ROM delete, SLOT_ZAP_ALL off"),
-    # counts: the model's structure, not its costs
-    ("fast-invalidate", "sps_zapped", "sps zapped by the delete (count)"),
-    ("fast-invalidate", "refaults", "faults in the pass after it (count)"),
-    # vCPUs running while the ROM slot is deleted (rom-access, 2 threads)
-    ("fast-invalidate", "rom_delete_running_ms", "ROM delete while 2 vCPUs run, SLOT_ZAP_ALL on"),
-    ("fast-invalidate", "pass_running_ms", "time per pass of 2 vCPUs across ROM deletes"),
-)
-RUNNING = {"rom_delete_running_ms", "pass_running_ms"}
+TOLERANCE_PCT = 25.0  # a cell is inside when |model - kernel median| <= 25% of the median
+FORMATS = ("text", "markdown", "json")
+REPORT_FORMAT = 2  # version of ``validate --format json`` (2: cells with spread, summary)
 
 
-def scenario(vm: VmApi, size_mb: int) -> dict[str, float]:
-    """populate + warm pass, one rom.sh iteration, one pass, destroy; times in ms."""
-    wl = RomAccess()
-    p = resolve_params(wl.params, {"threads": 1, "mb": size_mb, "passes": 2})
-    spec = wl.layout(p, vm.arch)
-    vm.create(spec)
-    ((g0, g1),) = spec.areas_per_vcpu[0]
-    r0, r1 = spec.areas_per_vcpu[1][0]
-    vm.start_passes(0, g0, g1, 2)
-    vm.run_host(lambda: None, name="vmm-wait")
-    out: dict[str, float] = {}
+@dataclass
+class Cell:
+    """One quantity of one scenario at one size: the model against the kernel's runs."""
 
-    def rom_sh() -> None:
-        vm.add_memslot(ROM_SLOT, p.rom_gpa, p.rom_kib * 1024, "pc.rom")
-        vm.guest_access(1, r0, r1)
-        before = vm.stats()["mmu_shadow_zapped"]
-        out["rom_delete_ms"] = vm.delete_memslot(ROM_SLOT) / 1e6
-        out["sps_zapped"] = vm.stats()["mmu_shadow_zapped"] - before
+    scenario: str
+    policy: str
+    size_mb: int
+    quantity: str
+    what: str
+    count: bool
+    model: float | None
+    kernel: list[float]  # one per repetition
+    note: str = ""  # why there is no model figure
 
-    vm.run_host(rom_sh, name="vmm-rom.sh")
-    vm.start_passes(0, g0, g1, 1)
-    vm.run_host(lambda: None, name="vmm-wait")
-    out["populate_ms"] = vm.passes[0].ms
-    out["warm_pass_ms"] = vm.passes[1].ms
-    out["refault_pass_ms"] = vm.passes[-1].ms
-    out["refaults"] = vm.passes[-1].faults
-    out["teardown_ms"] = vm.destroy() / 1e6
-    return out
+    @property
+    def median(self) -> float:
+        return float(np.median(self.kernel)) if self.kernel else float("nan")
+
+    @property
+    def error_pct(self) -> float | None:
+        if self.model is None or not self.kernel or not self.median:
+            return None
+        return (self.model - self.median) / self.median * 100
+
+    @property
+    def inside(self) -> bool:
+        e = self.error_pct
+        return e is not None and abs(e) <= TOLERANCE_PCT
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(
+            kernel_median=self.median if self.kernel else None,
+            kernel_min=min(self.kernel, default=None),
+            kernel_max=max(self.kernel, default=None),
+            error_pct=self.error_pct,
+            inside=self.inside,
+        )
+        return d
 
 
-def scenario_running(vm: VmApi, size_mb: int) -> dict[str, float]:
-    """``rom-access -c 2 -m SIZE --passes 20 --rom-interval-ms 1``: ROM deletes while two
-    guest threads write their memory; mean delete latency and mean warm pass, in ms."""
-    wl = RomAccess()
-    p = resolve_params(
-        wl.params, {"threads": 2, "mb": size_mb, "passes": 20, "rom_interval_ms": 1.0}
-    )
-    m = wl.run(vm, p)
-    return {"rom_delete_running_ms": m["memslot_delete_ms"], "pass_running_ms": m["pass_time_ms"]}
+def parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError("--sizes-mb", f"expected MiB sizes like 256,1024, got {text!r}") from None
+    if not sizes or any(s < 24 or s % 2 for s in sizes):
+        raise ConfigError(
+            "--sizes-mb", f"need even sizes >= 24 MiB (the scenarios' smallest guest), got {text!r}"
+        )
+    return sizes
 
 
 def play(
+    sc: Scenario,
     backend: str,
-    policy: str,
     size_mb: int,
-    costs_file: str | None,
+    costs_file: str | None = None,
     kernel: KernelConfig | None = None,
 ) -> dict[str, float]:
-    """The scenarios on one backend under one policy (fresh VMs, closed afterwards); the
-    model under ``kernel``, the host's configuration."""
-
-    def one(fn) -> dict[str, float]:
-        with assemble(
-            policy, arch="x86-shadow", costs_file=costs_file, backend=backend, kernel=kernel
-        ) as run:
-            return fn(run.vm, size_mb)
-
-    out = one(scenario)
-    if any(pol == policy and key in RUNNING for pol, key, _ in QUANTITIES):
-        out.update(one(scenario_running))
-    return out
+    """``sc`` on a fresh VM of ``backend`` (closed afterwards); the model under ``kernel``."""
+    with assemble(
+        sc.policy, arch=sc.arch, costs_file=costs_file, backend=backend, kernel=kernel
+    ) as run:
+        return sc.play(run.vm, size_mb)
 
 
-def compare(
-    sizes: list[int], costs_file: str, repeat: int = 3, kernel: KernelConfig | None = None
-) -> list[dict[str, Any]]:
-    """Model once (it is deterministic) under the host's ``kernel`` configuration, kernel
-    ``repeat`` times (median: it is noisy)."""
-    kernel = kernel or model_config()
-    rows = []
+def measure(
+    sizes: list[int],
+    costs_file: str,
+    repeat: int,
+    kernel: KernelConfig,
+    scenarios: tuple[Scenario, ...] = SCENARIOS,
+) -> list[Cell]:
+    """Every scenario at every size: the model once, the kernel ``repeat`` times."""
+    cells = []
     for mb in sizes:
-        for policy in dict.fromkeys(q[0] for q in QUANTITIES):
-            model = play("sim", policy, mb, costs_file, kernel)
-            runs = [play("kvm", policy, mb, None) for _ in range(repeat)]
-            real = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
-            for pol, key, what in QUANTITIES:
-                if pol != policy:
-                    continue
-                m, k = model[key], real[key]
-                rows.append(
-                    {
-                        "size_mb": mb,
-                        "policy": policy,
-                        "quantity": key,
-                        "what": what,
-                        "model": m,
-                        "kernel": k,
-                        "error_pct": (m - k) / k * 100 if k else None,
-                    }
+        for sc in scenarios:
+            note = ""
+            try:
+                model: dict[str, float] | None = play(sc, "sim", mb, costs_file, kernel)
+            except ConfigError as e:  # the model refuses what it does not model
+                model, note = None, f"not modelled: {e.message}"
+            runs = [play(sc, "kvm", mb) for _ in range(repeat)]
+            for q in sc.quantities:
+                # a workload reports -1 where no event of that kind happened
+                got = [float(r[q.key]) for r in runs if r[q.key] >= 0]
+                m = None if model is None or model[q.key] < 0 else float(model[q.key])
+                why = note or ("" if m is not None else "the model had no such event")
+                if not got:
+                    why = "; ".join(filter(None, [why, f"no {q.key} in any kernel run"]))
+                cells.append(
+                    Cell(
+                        sc.name,
+                        sc.policy,
+                        mb,
+                        q.key,
+                        q.what,
+                        q.count,
+                        m,
+                        got,
+                        why,
+                    )
                 )
-    return rows
+    return cells
+
+
+def summary(cells: list[Cell]) -> str:
+    """``N of M within 25%`` over every cell with a model figure, then times and counts."""
+
+    def part(cs: list[Cell]) -> str:
+        scored = [c for c in cs if c.error_pct is not None]
+        return f"{sum(c.inside for c in scored)} of {len(scored)}"
+
+    times = [c for c in cells if not c.count]
+    counts = [c for c in cells if c.count]
+    line = (
+        f"{part(cells)} within {TOLERANCE_PCT:.0f}% of the kernel's median"
+        f" (times {part(times)}, counts {part(counts)})"
+    )
+    unscored = sum(c.error_pct is None for c in cells)
+    return line + (f"; {unscored} without a figure on both sides" if unscored else "")
+
+
+def _fmt(v: float, count: bool) -> str:
+    if count:
+        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}"
+    return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def _row(c: Cell) -> list[str]:
+    model = "-" if c.model is None else _fmt(c.model, c.count)
+    if c.kernel:
+        median = _fmt(c.median, c.count)
+        spread = f"{_fmt(min(c.kernel), c.count)}-{_fmt(max(c.kernel), c.count)}"
+    else:
+        median = spread = "-"
+    err = "n/a" if c.error_pct is None else f"{c.error_pct:+.0f}%"
+    mark = "" if c.error_pct is None else ("inside" if c.inside else "OUTSIDE")
+    return [c.what + ("" if c.count else " (ms)"), model, median, spread, err, mark]
+
+
+HEAD = ["quantity", "model", "kernel", "spread", "error", ""]
+
+
+def render(cells: list[Cell], fmt: str, header: dict[str, Any]) -> str:
+    """Text (grouped by scenario, at most 100 columns) or a markdown table."""
+    notes = sorted({f"{c.size_mb}M {c.scenario} {c.policy}: {c.note}" for c in cells if c.note})
+    k = header["model_kernel"]
+    intro = [
+        f"the model with {header['costs']} (fitted on {header['fit_sizes_mb']} MiB)",
+        f"against this kernel ({header['release']}), {header['repeat']} run(s) per cell",
+        f"model's host kernel: preempt {k['preempt']}, HZ {k['hz']}, {k['host_cpus']} CPUs",
+        f"spread: the kernel's min-max; inside: within {TOLERANCE_PCT:.0f}% of its median",
+    ]
+    if fmt == "markdown":
+        out = [*(f"{line}  " for line in intro), ""]
+        out.append("| size | scenario | policy | " + " | ".join(HEAD) + " |")
+        out.append("|" + "|".join("---" for _ in range(len(HEAD) + 3)) + "|")
+        for c in cells:
+            out.append(
+                "| " + " | ".join([f"{c.size_mb} MiB", c.scenario, c.policy, *_row(c)]) + " |"
+            )
+        out += ["", f"**{summary(cells)}**", *(f"- {n}" for n in notes)]
+        return "\n".join(out)
+    rows = [_row(c) for c in cells]
+    widths = [max(len(r[i]) for r in [HEAD, *rows]) for i in range(len(HEAD))]
+    widths[0] = min(widths[0], 100 - 2 - sum(widths[1:]) - len(HEAD))
+    out, group = list(intro), None
+    for c, r in zip([None, *cells], [HEAD, *rows], strict=True):
+        if c is not None and (c.size_mb, c.scenario, c.policy) != group:
+            group = (c.size_mb, c.scenario, c.policy)
+            out.append(f"{c.size_mb} MiB, {c.scenario}, {c.policy}")
+        label = r[0] if len(r[0]) <= widths[0] else r[0][: widths[0] - 1] + "…"
+        cols = [
+            label.ljust(widths[0]),
+            *(v.rjust(w) for v, w in zip(r[1:], widths[1:], strict=True)),
+        ]
+        out.append(("  " + " ".join(cols)).rstrip())
+    return "\n".join([*out, summary(cells), *notes])
 
 
 class Validate:
-    """Predictions of the model (with a calibrated table) vs the kernel, side by side."""
+    """The model (with a calibrated table) against the kernel: a fidelity report."""
 
     name = "validate"
-    help = "model (with --costs from calibrate) vs /dev/kvm at sizes not used for fitting"
+    help = "fidelity report: the model (--costs from calibrate) vs /dev/kvm, every scenario"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -161,14 +238,31 @@ class Validate:
             help="guest sizes, MiB, not among the calibration's (default: %(default)s)",
         )
         parser.add_argument(
-            "--repeat", type=int, default=3, help="kernel runs per point, median (%(default)s)"
+            "--repeat", type=int, default=3, help="kernel runs per cell (%(default)s)"
         )
-        parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+        parser.add_argument(
+            "--scenario",
+            action="append",
+            metavar="NAME",
+            help="only these scenarios (repeatable; default: all: "
+            + ", ".join(dict.fromkeys(s.name for s in SCENARIOS))
+            + ")",
+        )
+        parser.add_argument("--format", default="text", help="text, markdown or json")
+        parser.add_argument("--json", action="store_true", help="same as --format json")
 
     def run(self, args: argparse.Namespace) -> int:
         from .backend import KvmBackend
 
-        sizes = parse_sizes(args.sizes_mb, "--sizes-mb")
+        fmt = "json" if args.json else args.format
+        if fmt not in FORMATS:
+            raise ConfigError("--format", f"must be one of {', '.join(FORMATS)} (got {fmt!r})")
+        sizes = parse_sizes(args.sizes_mb)
+        names = list(dict.fromkeys(s.name for s in SCENARIOS))
+        unknown = [n for n in args.scenario or () if n not in names]
+        if unknown:
+            raise ConfigError("--scenario", f"unknown {unknown[0]!r} (allowed: {', '.join(names)})")
+        chosen = tuple(s for s in SCENARIOS if not args.scenario or s.name in args.scenario)
         path = Path(args.costs)
         get_host().registry.get("arch", "x86-shadow").costs.with_overrides(path)  # checks it
         cal = (yaml.safe_load(path.read_text()) or {}).get("calibration") or {}
@@ -186,22 +280,18 @@ class Validate:
             raise ConfigError("validate", f"needs the kvm backend, unavailable here: {why}")
         here = host_kernel()
         kernel = model_config(cal.get("host_kernel") or here)
-        rows = compare(sizes, str(path), args.repeat, kernel)
-        if args.json:
-            doc = {"costs": str(path), "fit_sizes_mb": sorted(fitted), "kernel": here}
-            print(json.dumps({**doc, "model_kernel": kernel.as_dict(), "rows": rows}))
-            return 0
-        print(f"model with {path} (fitted on {sorted(fitted)} MiB) vs this kernel")
-        k = kernel.as_dict()
-        print(f"model's host kernel: preempt {k['preempt']}, HZ {k['hz']}, {k['host_cpus']} CPUs")
-        head = f"{'size':>6}  {'quantity (ms unless a count)':<52} {'model':>10} {'kernel':>10}"
-        print(f"{head} {'error':>8}")
-        for r in rows:
-            label = f"{r['policy']}: {r['what']}"
-            err = "n/a" if r["error_pct"] is None else f"{r['error_pct']:+.0f}%"
-            fmt = ".3f" if r["quantity"].endswith("_ms") else ".0f"
-            print(
-                f"{r['size_mb']:>4}M  {label:<52} {r['model']:>10{fmt}}"
-                f" {r['kernel']:>10{fmt}} {err:>8}"
-            )
+        cells = measure(sizes, str(path), args.repeat, kernel, chosen)
+        header = {
+            "costs": str(path),
+            "fit_sizes_mb": sorted(fitted),
+            "kernel": here,
+            "release": platform.release(),
+            "model_kernel": kernel.as_dict(),
+            "repeat": args.repeat,
+        }
+        if fmt == "json":
+            doc = {"format": REPORT_FORMAT, **header, "summary": summary(cells)}
+            print(json.dumps({**doc, "cells": [c.as_dict() for c in cells]}))
+        else:
+            print(render(cells, fmt, header))
         return 0
