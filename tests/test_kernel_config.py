@@ -25,7 +25,7 @@ def _fast(*args: str) -> dict:
 def test_no_contention_breaks_on_a_non_preemptible_kernel(runs_dir):
     """preempt=none with enough CPUs: a waiting vCPU never makes the zap yield."""
     doc, m = _fast("--preempt", "none", "--host-cpus", "16")
-    assert doc["kernel"] == {"preempt": "none", "hz": 250, "host_cpus": 16}
+    assert doc["kernel"] == {"preempt": "none", "hz": 250, "host_cpus": 16, "sched": "cfs"}
     assert m["lock_breaks"] == m["lock_breaks_contention"] == m["lock_breaks_resched"] == 0
     assert m["vcpu_stall_ms"] > 0  # the vCPUs waited all the same
 
@@ -58,13 +58,13 @@ def test_kernel_config_from_yaml_is_recorded(tmp_path, runs_dir):
     proc = mmbench("run", "--config", str(cfg), "--host-cpus", "4", "--name", "k", check=True)
     assert "saved:" in proc.stdout
     rec = json.loads((runs_dir / "k" / "result.json").read_text())
-    want = {"preempt": "full", "hz": 1000, "host_cpus": 4}  # the flag wins over the file
+    want = {"preempt": "full", "hz": 1000, "host_cpus": 4, "sched": "cfs"}  # flag beats file
     assert rec["kernel"] == want and rec["results"][0]["kernel"] == want
 
 
 def test_default_kernel_is_recorded(runs_dir):
     doc = run_json("rom-access", *SMALL, "--policy", "zap-slot")
-    assert doc["kernel"] == {"preempt": "voluntary", "hz": 250, "host_cpus": 16}
+    assert doc["kernel"] == {"preempt": "voluntary", "hz": 250, "host_cpus": 16, "sched": "cfs"}
     assert doc["results"][0]["kernel"] == doc["kernel"]
 
 
@@ -121,3 +121,37 @@ def test_need_resched_at_the_tick_after_the_slice():
     assert lock.holds[0][1] == 8_000_000  # the first hold ends at the tick
     # every yield costs the zapper one slice of the other task on its CPU
     assert log["zap_end"] >= 100_000_000 + lock.lock_breaks_resched * 6_000_000
+
+
+def test_eevdf_wakeups_wait_for_the_tick_on_a_busy_host(runs_dir):
+    """Under EEVDF a thread woken while every CPU runs a vCPU waits for the tick that ends
+    a slice: each of a delete's two SRCU grace periods waits for its kworker (the second
+    a whole tick, as it starts just after one), so the delete takes one to two ticks
+    longer. With a CPU free, or under CFS, nobody waits."""
+    two = ["-c", "2", "-m", "128", "--passes", "6", "--rom-interval-ms", "20"]
+
+    def run(*args: str) -> tuple[dict, dict]:
+        doc = run_json("rom-access", *two, "--policy", "fast-invalidate", *args)
+        return doc, doc["results"][0]["metrics"]
+
+    busy = ["--host-cpus", "2", "--preempt", "none", "--hz", "250"]  # this host
+    _, cfs = run(*busy)
+    doc, eevdf = run(*busy, "--sched", "eevdf")
+    assert doc["kernel"]["sched"] == "eevdf"
+    tick_ms = 4.0
+    # the same zap (3 ms with default costs); the grace periods wait one tick or two
+    assert eevdf["sptes_per_delete"] == cfs["sptes_per_delete"]
+    waited = eevdf["memslot_delete_p50_ms"] - cfs["memslot_delete_p50_ms"]
+    assert tick_ms <= waited <= 2 * tick_ms
+    _, calm_cfs = run("--host-cpus", "16")
+    _, calm_eevdf = run("--host-cpus", "16", "--sched", "eevdf")
+    assert calm_eevdf == calm_cfs
+
+
+def test_bad_scheduler_is_refused(tmp_path):
+    proc = mmbench("run", "rom-access", "--sched", "bfs")
+    assert proc.returncode == 2 and "--sched" in proc.stderr and "eevdf" in proc.stderr
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("workload: rom-access\nkernel: {sched: o1}\n")
+    proc = mmbench("run", "--config", str(cfg))
+    assert proc.returncode == 2 and "must be one of cfs, eevdf" in proc.stderr

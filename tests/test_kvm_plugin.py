@@ -47,6 +47,6 @@ def test_bad_calibrate_and_validate_input_is_one_line_exit_2(tmp_path):
     proc = mmbench("calibrate", "--sizes-mb", "32,x")
     assert proc.returncode == 2 and "--sizes-mb" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    proc = mmbench("validate", "--costs", str(tmp_path / "missing.yaml"), "--sizes-mb", "8,16")
+    proc = mmbench("validate", "--costs", str(tmp_path / "missing.yaml"), "--sizes-mb", "48,64")
     assert proc.returncode == 2 and "--costs" in proc.stderr
     assert not list(tmp_path.iterdir())

@@ -17,8 +17,10 @@ from mmbench.model.sched import (
     DEFAULT_HOST_CPUS,
     DEFAULT_HZ,
     DEFAULT_PREEMPT,
+    DEFAULT_SCHED,
     HZ_CHOICES,
     PREEMPT_MODELS,
+    SCHEDULERS,
 )
 from mmbench.report import environment, plots, store
 from mmbench.report import record as record_mod
@@ -77,6 +79,13 @@ def _common_run_options(p: argparse.ArgumentParser, sub: bool) -> None:
         metavar="N",
         help="host CPUs shared by the vCPU threads, the VMM and kernel workers"
         f" (default: {DEFAULT_HOST_CPUS})",
+    )
+    p.add_argument(
+        "--sched",
+        choices=SCHEDULERS,
+        default=d,
+        help=f"host fair scheduler (default: {DEFAULT_SCHED}; eevdf, 6.6+: a thread woken"
+        " on a busy host waits for the tick that ends a running task's slice)",
     )
     p.add_argument(
         "--json",
@@ -189,7 +198,7 @@ def _request(args: argparse.Namespace) -> RunRequest:
         val = getattr(args, opt, None)
         if val is not None:
             setattr(req, attr, val)
-    for opt in ("preempt", "hz", "host_cpus"):
+    for opt in ("preempt", "hz", "host_cpus", "sched"):
         val = getattr(args, opt, None)
         if val is not None:
             req.kernel = {**req.kernel, opt: val}

@@ -127,6 +127,14 @@ class Kvm(Generic[MmuT]):
         self.charge(len(self.vcpus) * self.costs.kick_vcpu)
 
     # -- KVM_SET_USER_MEMORY_REGION ----------------------------------------------------------
+    def synchronize_srcu_expedited(self) -> None:
+        """``kvm_swap_active_memslots`` (virt/kvm/kvm_main.c, 5.17+; ``install_new_memslots``
+        before): publish the new memslot array, then ``synchronize_srcu_expedited``. The
+        grace period is driven by ``process_srcu`` in a kworker while the caller sleeps;
+        on a host with every CPU busy the kworker waits for one (``Scheduler.wakeup``)."""
+        self.charge(self.costs.memslot_update)
+        self.mmu_lock.sched.wakeup()
+
     def create_memslot(
         self, slot_id: int, gpa: int, size: int, flags: int = 0, name: str = ""
     ) -> Memslot:
@@ -135,7 +143,8 @@ class Kvm(Generic[MmuT]):
         slot = Memslot(slot_id, gpa >> PAGE_SHIFT, size >> PAGE_SHIFT, flags, name)
         self.memslots.check_new(slot_id, slot.base_gfn, slot.npages)
         # kvm_arch_prepare_memory_region: rmap and lpage_info arrays; then publish + SRCU
-        self.charge(self.costs.memslot_update + slot.npages * self.costs.memslot_alloc_page)
+        self.charge(slot.npages * self.costs.memslot_alloc_page)
+        self.synchronize_srcu_expedited()
         self.memslots.add(slot)
         self.hook.mmbench_memslot_created(kvm=self, slot=slot)
         return slot
@@ -143,7 +152,7 @@ class Kvm(Generic[MmuT]):
     def _invalidate_slot(self, slot: Memslot) -> None:
         """Publish the slot as KVM_MEMSLOT_INVALID, then let the policy drop its mappings."""
         slot.invalid = True
-        self.charge(self.costs.memslot_update)
+        self.synchronize_srcu_expedited()
         handled = self.hook.mmbench_flush_shadow_memslot(kvm=self, slot=slot)
         if not handled:
             raise ModelError(f"no policy handled kvm_arch_flush_shadow_memslot for {slot}")
@@ -152,7 +161,7 @@ class Kvm(Generic[MmuT]):
         slot = self.memslots.get(slot_id)
         self._invalidate_slot(slot)
         self.memslots.remove(slot)
-        self.charge(self.costs.memslot_update)
+        self.synchronize_srcu_expedited()
         self.hook.mmbench_memslot_deleted(kvm=self, slot=slot, change="delete")
         return slot
 
@@ -165,7 +174,7 @@ class Kvm(Generic[MmuT]):
         self.hook.mmbench_memslot_deleted(kvm=self, slot=slot, change="move")
         moved = Memslot(slot.id, new_base, slot.npages, slot.flags, slot.name)
         self.memslots.add(moved)
-        self.charge(self.costs.memslot_update)
+        self.synchronize_srcu_expedited()
         self.hook.mmbench_memslot_created(kvm=self, slot=moved)
         return moved
 
@@ -184,7 +193,7 @@ class Kvm(Generic[MmuT]):
         if toggled and flags & KVM_MEM_LOG_DIRTY_PAGES:  # kvm_alloc_dirty_bitmap
             self.charge(old.npages * self.costs.dirty_bitmap_page)
         self.memslots.replace(old, new)
-        self.charge(self.costs.memslot_update)
+        self.synchronize_srcu_expedited()
         if toggled:
             if flags & KVM_MEM_LOG_DIRTY_PAGES:
                 self.mmu.dirty_log_start(new, self.initially_set)
@@ -238,5 +247,11 @@ class Kvm(Generic[MmuT]):
         handled = self.hook.mmbench_flush_shadow_all(kvm=self)
         if not handled:
             raise ModelError("no policy or arch handled kvm_arch_flush_shadow_all")
+        # the rest of kvm_destroy_vm (virt/kvm/kvm_main.c, v6.18): the NX huge page
+        # recovery task stopped (kvm_arch_pre_destroy_vm), vCPUs freed, the MMU notifier
+        # unregistered (an SRCU grace period), and each memslot's metadata freed
+        # (kvm_free_memslot -> kvm_arch_free_memslot: rmaps, lpage_info)
+        pages = sum(s.npages for s in self.memslots.slots.values())
+        self.charge(self.costs.vm_destroy + pages * self.costs.memslot_free_page)
         self.destroyed = True
         self.hook.mmbench_vm_destroyed(kvm=self)

@@ -24,9 +24,27 @@ host_cpus)`` of them. Its slice is CFS's for that many equal-weight (nice 0) tas
 (``SCHED_TUNABLESCALING_LOG``, ``get_update_sysctl_factor``), and ``sched_nr_latency`` = 8.
 need_resched is set at the first tick (every ``1/HZ`` s) at or after the slice's end.
 When the holder then schedules, the other tasks of its CPU run their slices before it
-runs again. What is not modelled: time sharing outside mmu_lock (a vCPU thread runs at
-full speed whatever the load), wakeup preemption, and EEVDF (6.6+), whose base slice is
-0.75 ms x the same factor.
+runs again.
+
+A thread that wakes while every host CPU is busy (the SRCU grace-period kworker of a
+memslot update, the VMM after rom.sh's ``sleep``) waits for a CPU as the host's
+scheduler (``sched``) makes it wait:
+
+- ``cfs`` (v2.6.23 .. 6.5): ``check_preempt_wakeup()`` preempts the running task at once
+  when the woken one's vruntime is a wakeup granularity behind, which a thread that
+  slept (placed at ``min_vruntime - sched_latency / 2``, ``place_entity``) always is:
+  the resched IPI makes a vCPU in guest mode exit, so the wakeup costs no wait here.
+- ``eevdf`` (6.6+, "sched/fair: Implement an EEVDF-like scheduling policy", Peter
+  Zijlstra, 2023): with ``RUN_TO_PARITY`` the running task keeps its CPU until its
+  slice (``sysctl_sched_base_slice`` = 0.75 ms x the factor above) is used up, which
+  ``update_curr()`` notices at a tick; the woken thread waits for that tick. Measured
+  on this development host (6.18, 2 CPUs, two vCPU threads running): the VMM's
+  ``KVM_SET_USER_MEMORY_REGION`` slept in D until the ``process_srcu`` kworker got a
+  CPU at the next tick (tracepoints ``sched_switch``/``workqueue_execute_start``).
+
+What is not modelled: time sharing outside mmu_lock (a vCPU thread runs at full speed
+whatever the load; the CPU a woken thread takes is not taken from a vCPU), and the lag
+EEVDF keeps across sleeps.
 """
 
 from __future__ import annotations
@@ -37,6 +55,7 @@ from typing import Any
 from mmbench.errors import ConfigError
 
 PREEMPT_MODELS = ("none", "voluntary", "full")
+SCHEDULERS = ("cfs", "eevdf")  # CONFIG_FAIR_GROUP_SCHED's fair class: before / since 6.6
 HZ_CHOICES = (100, 250, 300, 1000)  # kernel/Kconfig.hz
 MAX_HOST_CPUS = 8192  # CONFIG_NR_CPUS's upper bound on x86 (MAXSMP)
 
@@ -49,21 +68,29 @@ MAX_HOST_CPUS = 8192  # CONFIG_NR_CPUS's upper bound on x86 (MAXSMP)
 DEFAULT_PREEMPT = "voluntary"
 DEFAULT_HZ = 250
 DEFAULT_HOST_CPUS = 16
+DEFAULT_SCHED = "cfs"  # the seeds' kernels (3.x-5.x); 6.6+ hosts run eevdf
 
 SCHED_LATENCY_NS = 6_000_000  # sysctl_sched_latency, before scaling
 SCHED_MIN_GRANULARITY_NS = 750_000  # sysctl_sched_min_granularity, before scaling
 SCHED_NR_LATENCY = 8  # sched_nr_latency
+SCHED_BASE_SLICE_NS = 750_000  # EEVDF's sysctl_sched_base_slice, before scaling
 
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """``--preempt``, ``--hz`` and ``--host-cpus`` of one run (also a config's ``kernel:``)."""
+    """``--preempt``, ``--hz``, ``--host-cpus`` and ``--sched`` of one run (also a config's
+    ``kernel:``)."""
 
     preempt: str = DEFAULT_PREEMPT
     hz: int = DEFAULT_HZ
     host_cpus: int = DEFAULT_HOST_CPUS
+    sched: str = DEFAULT_SCHED
 
     def __post_init__(self) -> None:
+        if self.sched not in SCHEDULERS:
+            raise ConfigError(
+                "--sched", f"must be one of {', '.join(SCHEDULERS)} (got {self.sched!r})"
+            )
         if self.preempt not in PREEMPT_MODELS:
             raise ConfigError(
                 "--preempt", f"must be one of {', '.join(PREEMPT_MODELS)} (got {self.preempt!r})"
@@ -87,16 +114,21 @@ class KernelConfig:
         return 1_000_000_000 // self.hz
 
     def as_dict(self) -> dict[str, Any]:
-        return {"preempt": self.preempt, "hz": self.hz, "host_cpus": self.host_cpus}
+        return {
+            "preempt": self.preempt,
+            "hz": self.hz,
+            "host_cpus": self.host_cpus,
+            "sched": self.sched,
+        }
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> KernelConfig:
-        """From ``{"preempt", "hz", "host_cpus"}`` (missing keys: the defaults)."""
+        """From ``{"preempt", "hz", "host_cpus", "sched"}`` (missing keys: the defaults)."""
         opts = dict(options or {})
-        unknown = sorted(set(opts) - {"preempt", "hz", "host_cpus"})
+        unknown = sorted(set(opts) - {"preempt", "hz", "host_cpus", "sched"})
         if unknown:
             raise ConfigError(
-                f"kernel.{unknown[0]}", "unknown key (allowed: preempt, hz, host_cpus)"
+                f"kernel.{unknown[0]}", "unknown key (allowed: preempt, hz, host_cpus, sched)"
             )
         return cls(**{k: v for k, v in opts.items() if v is not None})
 
@@ -135,9 +167,39 @@ class Scheduler:
         k = self.per_cpu()
         if k <= 1:
             return None
-        due = actor.slice_start + sched_slice_ns(k, self.config.host_cpus)
+        due = actor.slice_start + self.slice_ns(k)
         tick = self.config.tick_ns
         return -(-due // tick) * tick
+
+    def wakeup_wait_ns(self) -> int:
+        """How long a thread woken now waits for a CPU (see the module docstring): 0
+        while a CPU is free or under ``cfs``; under ``eevdf`` until the next tick at
+        which a running task's base slice has run out (every tick when the slice is
+        shorter than a tick, as at HZ 250)."""
+        if self.config.sched != "eevdf" or self.engine.nr_running <= self.config.host_cpus:
+            return 0
+        tick = self.config.tick_ns
+        f = sysctl_factor(self.config.host_cpus)
+        period = -(-SCHED_BASE_SLICE_NS * f // tick) * tick  # ticks per slice, rounded up
+        now = self.engine.now
+        return (now // period + 1) * period - now
+
+    def wakeup(self) -> None:
+        """The current actor just woke: it waits on the runqueue for a CPU, then starts a
+        new slice. (For a grace period it stands for the kworker, runnable while the
+        caller sleeps in D: the count of runnable tasks is the same.)"""
+        wait = self.wakeup_wait_ns()
+        if wait:
+            self.engine.sleep(wait)
+            self.engine.current.slice_start = self.engine.now
+
+    def slice_ns(self, nr_on_cpu: int) -> int:
+        """A task's slice: CFS's ``sched_slice()``, or EEVDF's base slice (``update_curr``
+        -> ``update_deadline``: the request is ``sysctl_sched_base_slice``, whatever the
+        load)."""
+        if self.config.sched == "eevdf":
+            return SCHED_BASE_SLICE_NS * sysctl_factor(self.config.host_cpus)
+        return sched_slice_ns(nr_on_cpu, self.config.host_cpus)
 
     def need_resched(self, actor: Any) -> bool:
         at = self.resched_at(actor)
@@ -149,5 +211,5 @@ class Scheduler:
         k = self.per_cpu()
         actor = self.engine.current
         if k > 1:
-            self.engine.sleep((k - 1) * sched_slice_ns(k, self.config.host_cpus))
+            self.engine.sleep((k - 1) * self.slice_ns(k))
         actor.slice_start = self.engine.now

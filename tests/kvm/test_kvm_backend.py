@@ -182,6 +182,9 @@ def test_calibrate_then_validate_on_tiny_guests(tmp_path, runs_dir):
     # the model ran under this host's kernel configuration, as calibrate recorded it
     assert doc["calibration"]["host_kernel"]["host_cpus"] == len(os.sched_getaffinity(0))
     assert report["model_kernel"]["host_cpus"] == len(os.sched_getaffinity(0))
+    assert report["model_kernel"]["sched"] == report["kernel"]["sched"]  # eevdf from 6.6
+    bg = report["background_cpus"]  # what other processes took from the kernel runs
+    assert 0 <= bg["median"] <= bg["max"] <= os.cpu_count()
     scored = 0
     for c in cells:
         assert len(c["kernel"]) <= 2  # one figure per kernel repetition that had the event

@@ -29,8 +29,11 @@ class RegionArch:
         gib = huge and kvm.huge_page_size >= GiB
         kvm.flush_ipis = self.flush_ipis
         # x86 TDP MMU: an rwlock since 5.12, faults under the read lock. arm64 as modelled
-        # (seed 003's 2019 stage-2): a spinlock; later kernels take stage-2 faults under
-        # the read lock too, which this model does not (yet) follow.
+        # (seed 003's 2019 stage-2, v5.x): a spinlock. arm64's mmu_lock became an rwlock
+        # in v5.18 ("KVM: arm64: Use read/write spin lock for MMU protection", Jing Zhang,
+        # 2022; only permission-relaxing faults under the read lock), and stage-2 faults
+        # took the read lock in v6.2 ("KVM: arm64: Handle stage-2 faults in parallel",
+        # Oliver Upton): eras this model does not follow.
         kvm.mmu_lock.kind = "rwlock" if self.read_faults else "spinlock"
         kvm.mmu = RegionMmu(kvm, kvm.memslots.max_gfn, huge, self.read_faults, huge_1g=gib)
 

@@ -37,6 +37,17 @@ ARM64_STAGE2 = CostTable(
         "dirty_bitmap_word": Cost(2, f"{_E}: one long of the bitmap", "per 64 pages"),
         "dirty_bitmap_page": Cost(0.02, f"{_E}: 1 bit per page cleared", "per page"),
         "memslot_alloc_page": Cost(0.02, f"{_E}: no rmaps on arm64", "per page of a new slot"),
+        "memslot_free_page": Cost(
+            0, "arm64's kvm_arch_free_memslot() is empty: no per-page metadata", "unused"
+        ),
+        "vm_destroy": Cost(
+            300000,
+            f"{_E}: kvm_destroy_vm besides the stage-2 free: vgic and vCPU teardown,"
+            " mmu_notifier_unregister (an SRCU grace period), cleanup_srcu_struct;"
+            " the same order as x86's (no arm64 measurement)",
+            "per VM destroyed",
+            range=(50000, 2000000),
+        ),
         "memslot_update": Cost(
             20000,
             f"{_E}: install the new memslot array + synchronize_srcu_expedited",

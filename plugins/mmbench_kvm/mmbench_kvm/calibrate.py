@@ -11,6 +11,8 @@ made of; least squares over several sizes gives the per-item costs the model cha
   2 MiB stride: 1 sp and 8 sptes per fault;    ``fault_locked`` estimate),
   fresh tables: 1 spte per fault)              ``spte_install``, ``sp_alloc``
 * ROM-slot delete, quirk off               -> ``memslot_update`` (a delete does two)
+* teardown of each of those VMs           -> ``vm_destroy``, ``memslot_free_page``: its time
+  beyond the zap (``zap_sp``, ``zap_spte`` x what it held), fitted on the slot pages
 * ROM-slot delete, quirk on, dense/sparse  -> ``zap_sp``, ``zap_spte``: directly from the
   kernel's ``kvm_mmu_prepare_zap_page`` timestamps inside the delete where tracefs is
   mounted (the mean interval between two sps' zaps is one sp's zap with its sptes, free
@@ -132,8 +134,16 @@ class _Rig:
                 out["span_ns"] = round((last - first) * 1e9)  # sps - 1 intervals
         return ns, out
 
-    def close(self) -> int:
-        return self.vm.close()
+    def close(self) -> tuple[int, dict[str, int]]:
+        """Destroy the VM; its time and what it held (the model's teardown counts)."""
+        st = self.stats()
+        sps = st.get("mmu_cache_miss", 0) - st.get("mmu_shadow_zapped", 0)
+        counts = {
+            "sps": sps,
+            "sptes": st.get("pages_4k", 0) + sps,  # leaves and child links, as zap_spte
+            "slot_pages": sum(ms.size for ms in self.vm.memslots.values()) // PAGE_SIZE_4K,
+        }
+        return self.vm.close(), counts
 
 
 def _now() -> int:
@@ -160,7 +170,7 @@ def measure(
             ns, c = rig.rom_delete(trace)
             out.append(Sample("delete_all", "dense", mb, ns, c))
         finally:
-            rig.close()
+            out.append(_teardown(rig, "dense", mb))
         rig = _Rig(system, size, accessed=True, quirk_on=True)  # one sp per 8 sptes
         try:
             ns, c = rig.timed_pass(rig.base, rig.base + size, PAGE_SIZE_2M)
@@ -168,7 +178,7 @@ def measure(
             ns, c = rig.rom_delete(trace)
             out.append(Sample("delete_all", "sparse", mb, ns, c))
         finally:
-            rig.close()
+            out.append(_teardown(rig, "sparse", mb))
         rig = _Rig(system, size, accessed=False, quirk_on=False)  # fresh tables, 1 per fault
         try:
             ns, c = rig.timed_pass(rig.base, rig.base + size, PAGE_SIZE_4K)
@@ -177,8 +187,13 @@ def measure(
                 ns, c = rig.rom_delete()
                 out.append(Sample("delete_slot", "rom", mb, ns, c))
         finally:
-            rig.close()
+            out.append(_teardown(rig, "fresh", mb))
     return out
+
+
+def _teardown(rig: _Rig, pattern: str, mb: int) -> Sample:
+    ns, counts = rig.close()
+    return Sample("teardown", pattern, mb, ns, counts)
 
 
 def _rel_fit(rows: list[list[float]], ns: list[float]) -> tuple[np.ndarray, float]:
@@ -214,6 +229,12 @@ def fit(samples: list[Sample], defaults: Any) -> tuple[dict[str, float], dict[st
             [[s.counts["sps"], s.counts["sptes"]] for s in dels],
             [max(1.0, s.ns - 2 * memslot_update) for s in dels],
         )
+    # teardown: kvm_destroy_vm's time beyond zapping what the VM held
+    tds = by.get("teardown", [])
+    (c_destroy, c_free_page), err_td = _rel_fit(
+        [[1.0, s.counts["slot_pages"]] for s in tds],
+        [max(1.0, s.ns - s.counts["sps"] * c_zap_sp - s.counts["sptes"] * c_zap_spte) for s in tds],
+    )
     locked = defaults["fault_locked"].ns
     costs = {
         "touch_page": touch,
@@ -223,8 +244,10 @@ def fit(samples: list[Sample], defaults: Any) -> tuple[dict[str, float], dict[st
         "memslot_update": memslot_update,
         "zap_sp": c_zap_sp,
         "zap_spte": c_zap_spte,
+        "vm_destroy": c_destroy,
+        "memslot_free_page": c_free_page,
     }
-    return costs, {"populate": err_pop, "zap": err_zap}
+    return costs, {"populate": err_pop, "zap": err_zap, "teardown": err_td}
 
 
 # costs the model charges that these experiments cannot separate, and why
@@ -303,7 +326,13 @@ def cost_table_yaml(
             " ROM deletes with SLOT_ZAP_ALL on (dense and sparse sps)"
         )
         how["zap_spte"] = "per spte or child link, from the same tracepoint intervals"
+    how["vm_destroy"] = (
+        "fixed part of the last close() of a VM beyond its zap (zap_sp, zap_spte x the sps"
+        " and sptes it held), teardown fit"
+    )
+    how["memslot_free_page"] = "per memslot page freed at teardown, teardown fit"
     group = {"zap_sp": "zap", "zap_spte": "zap", "spte_install": "populate"}
+    group |= {"vm_destroy": "teardown", "memslot_free_page": "teardown"}
     group |= {"sp_alloc": "populate", "fault_exit": "populate"}
     out = {}
     for name, est in costs.items():

@@ -82,17 +82,33 @@ def _hz() -> tuple[int | None, str]:
     return None, "unknown (no kernel config)"
 
 
+def _sched(release: str | None = None) -> tuple[str | None, str]:
+    """The fair scheduler: EEVDF replaced CFS in v6.6 (commit 147f3efaa241, "sched/fair:
+    Implement an EEVDF-like scheduling policy")."""
+    m = re.match(r"(\d+)\.(\d+)", release or platform.release())
+    if not m:
+        return None, "unknown (kernel release unparsed)"
+    return ("eevdf" if (int(m[1]), int(m[2])) >= (6, 6) else "cfs"), "kernel release (6.6+)"
+
+
 def host_kernel() -> dict[str, Any]:
-    """``{"preempt", "hz", "host_cpus", "sources"}`` of the running kernel (None where the
-    host does not say)."""
+    """``{"preempt", "hz", "host_cpus", "sched", "sources"}`` of the running kernel (None
+    where the host does not say)."""
     preempt, p_src = _preempt()
     hz, hz_src = _hz()
+    sched, s_src = _sched()
     cpus = len(os.sched_getaffinity(0))
     return {
         "preempt": preempt,
         "hz": hz,
         "host_cpus": cpus,
-        "sources": {"preempt": p_src, "hz": hz_src, "host_cpus": "sched_getaffinity"},
+        "sched": sched,
+        "sources": {
+            "preempt": p_src,
+            "hz": hz_src,
+            "host_cpus": "sched_getaffinity",
+            "sched": s_src,
+        },
     }
 
 
@@ -100,4 +116,5 @@ def model_config(host: dict[str, Any] | None = None) -> KernelConfig:
     """The ``KernelConfig`` that runs the model as this host runs the kernel (the model's
     defaults where the host does not say)."""
     host = host or host_kernel()
-    return KernelConfig.from_options({k: host.get(k) for k in ("preempt", "hz", "host_cpus")})
+    keys = ("preempt", "hz", "host_cpus", "sched")
+    return KernelConfig.from_options({k: host.get(k) for k in keys})

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,9 +113,12 @@ def measure(
     repeat: int,
     kernel: KernelConfig,
     scenarios: tuple[Scenario, ...] = SCENARIOS,
+    background: list[float] | None = None,
 ) -> list[Cell]:
-    """Every scenario at every size: the model once, the kernel ``repeat`` times."""
+    """Every scenario at every size: the model once, the kernel ``repeat`` times; and the
+    CPUs other processes used during each kernel run (``background``, appended to)."""
     cells = []
+    background = [] if background is None else background
     for mb in sizes:
         for sc in scenarios:
             note = ""
@@ -120,7 +126,11 @@ def measure(
                 model: dict[str, float] | None = play(sc, "sim", mb, costs_file, kernel)
             except ConfigError as e:  # the model refuses what it does not model
                 model, note = None, f"not modelled: {e.message}"
-            runs = [play(sc, "kvm", mb) for _ in range(repeat)]
+            runs = []
+            for _ in range(repeat):
+                run, busy = background_cpus(lambda sc=sc, mb=mb: play(sc, "kvm", mb))
+                runs.append(run)
+                background.append(busy)
             for q in sc.quantities:
                 # a workload reports -1 where no event of that kind happened
                 got = [float(r[q.key]) for r in runs if r[q.key] >= 0]
@@ -142,6 +152,26 @@ def measure(
                     )
                 )
     return cells
+
+
+def _busy_ticks() -> tuple[int, int]:
+    """(all CPUs' busy clock ticks from /proc/stat, this process's own user+system ticks)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # everything but idle and iowait
+    with open("/proc/self/stat") as f:
+        own = f.read().rsplit(")", 1)[1].split()
+    return busy, int(own[11]) + int(own[12])  # utime, stime (every thread of the process)
+
+
+def background_cpus(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``fn()`` and the CPUs other processes kept busy meanwhile, on average: the kernel
+    times of a shared host are inflated by them, and the model knows nothing of them."""
+    hz = os.sysconf("SC_CLK_TCK")
+    t0, (b0, o0) = time.monotonic(), _busy_ticks()
+    out = fn()
+    t1, (b1, o1) = time.monotonic(), _busy_ticks()
+    return out, max(0.0, ((b1 - b0) - (o1 - o0)) / hz / max(t1 - t0, 1e-9))
 
 
 def summary(cells: list[Cell]) -> str:
@@ -189,9 +219,17 @@ def render(cells: list[Cell], fmt: str, header: dict[str, Any]) -> str:
     intro = [
         f"the model with {header['costs']} (fitted on {header['fit_sizes_mb']} MiB)",
         f"against this kernel ({header['release']}), {header['repeat']} run(s) per cell",
-        f"model's host kernel: preempt {k['preempt']}, HZ {k['hz']}, {k['host_cpus']} CPUs",
+        f"model's host kernel: preempt {k['preempt']}, HZ {k['hz']}, {k['host_cpus']} CPUs,"
+        f" {k['sched']}",
         f"spread: the kernel's min-max; inside: within {TOLERANCE_PCT:.0f}% of its median",
     ]
+    bg = header["background_cpus"]
+    intro.append(
+        f"other processes kept {bg['median']:.2f} of {k['host_cpus']} CPUs busy during the"
+        f" kernel runs (median; max {bg['max']:.2f})"
+    )
+    if bg["max"] > 0.25:
+        intro.append("  so the kernel's times are inflated by them; the model's are not")
     if fmt == "markdown":
         out = [*(f"{line}  " for line in intro), ""]
         out.append("| size | scenario | policy | " + " | ".join(HEAD) + " |")
@@ -280,7 +318,8 @@ class Validate:
             raise ConfigError("validate", f"needs the kvm backend, unavailable here: {why}")
         here = host_kernel()
         kernel = model_config(cal.get("host_kernel") or here)
-        cells = measure(sizes, str(path), args.repeat, kernel, chosen)
+        background: list[float] = []
+        cells = measure(sizes, str(path), args.repeat, kernel, chosen, background)
         header = {
             "costs": str(path),
             "fit_sizes_mb": sorted(fitted),
@@ -288,6 +327,10 @@ class Validate:
             "release": platform.release(),
             "model_kernel": kernel.as_dict(),
             "repeat": args.repeat,
+            "background_cpus": {
+                "median": round(float(np.median(background)), 2),
+                "max": round(max(background), 2),
+            },
         }
         if fmt == "json":
             doc = {"format": REPORT_FORMAT, **header, "summary": summary(cells)}

@@ -112,6 +112,21 @@ X86_SHADOW_BARE_METAL = CostTable(
             "per page of a new slot",
             range=(0.5, 5),
         ),
+        "memslot_free_page": Cost(
+            2,
+            f"{_E}: kvm_arch_free_memslot's kvfree of the rmap (8 B per gfn) and lpage_info"
+            " arrays, as memslot_alloc_page allocates them",
+            "per page of a slot freed at teardown",
+            range=(0.5, 10),
+        ),
+        "vm_destroy": Cost(
+            300000,
+            f"{_E}: kvm_destroy_vm besides the zap: stop the NX huge page recovery task,"
+            " free the vCPUs, mmu_notifier_unregister (an SRCU grace period),"
+            " cleanup_srcu_struct; a few scheduler round trips and frees",
+            "per VM destroyed",
+            range=(50000, 2000000),
+        ),
         "mmio_exit": Cost(
             5000,
             f"{_E}: exit to userspace and back for an access with no memslot",
