@@ -124,11 +124,11 @@ def test_need_resched_at_the_tick_after_the_slice():
 
 
 def test_eevdf_wakeups_wait_for_the_tick_on_a_busy_host(runs_dir):
-    """Under EEVDF a thread woken while every CPU runs a vCPU waits for the tick that ends
-    a slice: each of a delete's two SRCU grace periods waits for its kworker (the second
-    a whole tick, as it starts just after one), so the delete takes one to two ticks
-    longer. With a CPU free, or under CFS, nobody waits."""
-    two = ["-c", "2", "-m", "128", "--passes", "6", "--rom-interval-ms", "20"]
+    """Under EEVDF the VMM woken for rom.sh's next round, while every CPU runs a vCPU,
+    waits for the tick that ends a slice, so rom.sh gets fewer rounds done; the deletes
+    themselves do not wait (their SRCU kworker takes the CPU the VMM leaves). With a
+    CPU free, or under CFS, nobody waits."""
+    two = ["-c", "2", "-m", "128", "--passes", "6", "--rom-interval-ms", "1"]
 
     def run(*args: str) -> tuple[dict, dict]:
         doc = run_json("rom-access", *two, "--policy", "fast-invalidate", *args)
@@ -138,11 +138,9 @@ def test_eevdf_wakeups_wait_for_the_tick_on_a_busy_host(runs_dir):
     _, cfs = run(*busy)
     doc, eevdf = run(*busy, "--sched", "eevdf")
     assert doc["kernel"]["sched"] == "eevdf"
-    tick_ms = 4.0
-    # the same zap (3 ms with default costs); the grace periods wait one tick or two
-    assert eevdf["sptes_per_delete"] == cfs["sptes_per_delete"]
-    waited = eevdf["memslot_delete_p50_ms"] - cfs["memslot_delete_p50_ms"]
-    assert tick_ms <= waited <= 2 * tick_ms
+    # a 1 ms round plus a wait of up to a 4 ms tick: about half the rounds
+    assert eevdf["rom_reads"] < 0.75 * cfs["rom_reads"]
+    assert eevdf["memslot_add_ms"] == pytest.approx(cfs["memslot_add_ms"])  # ioctls do not wait
     _, calm_cfs = run("--host-cpus", "16")
     _, calm_eevdf = run("--host-cpus", "16", "--sched", "eevdf")
     assert calm_eevdf == calm_cfs

@@ -130,10 +130,12 @@ class Kvm(Generic[MmuT]):
     def synchronize_srcu_expedited(self) -> None:
         """``kvm_swap_active_memslots`` (virt/kvm/kvm_main.c, 5.17+; ``install_new_memslots``
         before): publish the new memslot array, then ``synchronize_srcu_expedited``. The
-        grace period is driven by ``process_srcu`` in a kworker while the caller sleeps;
-        on a host with every CPU busy the kworker waits for one (``Scheduler.wakeup``)."""
+        grace period is driven by ``process_srcu`` in a kworker queued on the caller's
+        CPU while the caller sleeps: the kworker takes the CPU the caller leaves and
+        hands it back, so on a busy host neither waits for the tick (the median delete
+        of this host's kernel with two vCPUs running on its two CPUs: 0.26 ms). The time
+        is ``memslot_update``'s."""
         self.charge(self.costs.memslot_update)
-        self.mmu_lock.sched.wakeup()
 
     def create_memslot(
         self, slot_id: int, gpa: int, size: int, flags: int = 0, name: str = ""

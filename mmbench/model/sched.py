@@ -26,9 +26,8 @@ need_resched is set at the first tick (every ``1/HZ`` s) at or after the slice's
 When the holder then schedules, the other tasks of its CPU run their slices before it
 runs again.
 
-A thread that wakes while every host CPU is busy (the SRCU grace-period kworker of a
-memslot update, the VMM after rom.sh's ``sleep``) waits for a CPU as the host's
-scheduler (``sched``) makes it wait:
+A thread that wakes while every host CPU is busy (the VMM after rom.sh's ``sleep``)
+waits for a CPU as the host's scheduler (``sched``) makes it wait:
 
 - ``cfs`` (v2.6.23 .. 6.5): ``check_preempt_wakeup()`` preempts the running task at once
   when the woken one's vruntime is a wakeup granularity behind, which a thread that
@@ -37,10 +36,13 @@ scheduler (``sched``) makes it wait:
 - ``eevdf`` (6.6+, "sched/fair: Implement an EEVDF-like scheduling policy", Peter
   Zijlstra, 2023): with ``RUN_TO_PARITY`` the running task keeps its CPU until its
   slice (``sysctl_sched_base_slice`` = 0.75 ms x the factor above) is used up, which
-  ``update_curr()`` notices at a tick; the woken thread waits for that tick. Measured
-  on this development host (6.18, 2 CPUs, two vCPU threads running): the VMM's
-  ``KVM_SET_USER_MEMORY_REGION`` slept in D until the ``process_srcu`` kworker got a
-  CPU at the next tick (tracepoints ``sched_switch``/``workqueue_execute_start``).
+  ``update_curr()`` notices at a tick; the woken thread waits for that tick. Traced
+  on this development host (6.18, 2 CPUs, two vCPU threads running; tracepoints
+  ``sched_wakeup``/``sched_switch``): the VMM woken for rom.sh's next round stayed
+  runnable until a vCPU thread was switched out at a tick.
+
+A thread that wakes onto a CPU its waker leaves (the SRCU kworker a memslot update
+waits for, and the caller it wakes back) takes that CPU without waiting.
 
 What is not modelled: time sharing outside mmu_lock (a vCPU thread runs at full speed
 whatever the load; the CPU a woken thread takes is not taken from a vCPU), and the lag
@@ -186,8 +188,7 @@ class Scheduler:
 
     def wakeup(self) -> None:
         """The current actor just woke: it waits on the runqueue for a CPU, then starts a
-        new slice. (For a grace period it stands for the kworker, runnable while the
-        caller sleeps in D: the count of runnable tasks is the same.)"""
+        new slice."""
         wait = self.wakeup_wait_ns()
         if wait:
             self.engine.sleep(wait)
