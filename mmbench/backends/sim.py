@@ -20,6 +20,7 @@ from mmbench.host.hooks import RunHooks
 from mmbench.host.hookspecs import hookimpl
 from mmbench.model.costs import CostTable
 from mmbench.model.engine import Actor, Engine
+from mmbench.model.host_memory import HostMemory
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT
 from mmbench.model.sched import KernelConfig
@@ -59,6 +60,7 @@ class SimVm:
         self.kvm = kvm
         kvm.huge_pages = spec.huge_pages  # the backing allows huge leaves (TDP, stage-2)
         kvm.huge_page_size = spec.huge_page_size
+        kvm.host_memory = HostMemory(spec.max_gfn, spec.host_page_size)
         # slots that exist before the guest starts are not timed
         self.engine.spawn("vmm-create", self._create_slots, spec)
         self.engine.run()

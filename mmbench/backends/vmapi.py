@@ -41,6 +41,9 @@ class VmSpec:
     # the host backing (THP/hugetlbfs) allows 2 MiB stage-2/TDP leaves
     huge_pages: bool = False
     huge_page_size: int = 2 << 20  # the backing's page size when huge_pages (2 MiB or 1 GiB)
+    # the host pages behind guest RAM (``mmbench.model.host_memory``): 2 MiB THP as QEMU
+    # and the kvm backend madvise it, 4 KiB with ``--backing 4k``; allocated at first touch
+    host_page_size: int = 2 << 20
     # Guest processes: with ``nr_vcpus`` set, ``areas_per_vcpu[p]`` is process p's address
     # space and vCPU v starts on process v; ``start_schedule`` switches them. 0: one each.
     nr_vcpus: int = 0

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from mmbench.errors import ConfigError, ModelError
 from mmbench.model.costs import CostTable
 from mmbench.model.engine import Engine
+from mmbench.model.host_memory import HostMemory
 from mmbench.model.lock import MmuLock
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, Memslot, Memslots
 from mmbench.model.mmu import Mmu
@@ -60,6 +61,8 @@ class Kvm(Generic[MmuT]):
         # the backing's page size (2 MiB THP/hugetlbfs or 1 GiB hugetlbfs)
         self.huge_pages = False
         self.huge_page_size = 4096
+        # which host pages of guest RAM exist yet (the VM API sets the backing's size)
+        self.host_memory = HostMemory(max_gfn, 2 << 20)
 
     # -- clock -----------------------------------------------------------------------------
     @property

@@ -32,6 +32,7 @@ def one_slot_guest(
         max_gfn=size >> PAGE_SHIFT,
         huge_pages=backing != "4k",
         huge_page_size=HUGE_PAGE_SIZE[backing],
+        host_page_size=HUGE_PAGE_SIZE[backing],
     )
 
 

@@ -151,7 +151,9 @@ def test_calibrate_then_validate_on_tiny_guests(tmp_path, runs_dir):
     cal = doc["calibration"]
     assert cal["sizes_mb"] == [4, 8] and cal["reps"] == 2 and cal["preempt"]
     assert "lock_handoff" in cal["not_fitted"]
-    for name in ("touch_page", "fault_exit", "sp_alloc", "zap_sp", "zap_spte", "memslot_update"):
+    fitted = ("touch_page", "fault_exit", "sp_alloc", "zap_sp", "zap_spte", "memslot_update")
+    fitted += ("vm_destroy", "memslot_free_page", "host_page_fault", "host_page_zero")
+    for name in fitted:
         cost = doc["costs"][name]
         assert cost["ns"] >= 0 and host in cost["provenance"]
         assert (

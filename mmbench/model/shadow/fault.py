@@ -8,7 +8,8 @@ faulting spte plus its aligned group of ``pte_prefetch_num`` neighbours
 ``kvm_mmu_unload`` on reload, ``kvm_mmu_new_cr3`` when the guest switches process.
 
 Faults are handled in batches of up to ``FAULT_REGIONS`` 2 MiB regions per mmu_lock
-acquisition: when vCPUs contend the lock is saturated either way, so waiting per batch
+acquisition (one region where the guest's ptes are not yet accessed, each page a fault
+of its own): when vCPUs contend the lock is saturated either way, so waiting per batch
 equals waiting per fault in total, and the model stays fast.
 """
 
@@ -45,6 +46,14 @@ class ShadowFault(ShadowReclaim):
     ) -> None:
         super().__init__(kvm, gpt, max_gfn, nr_vcpus)
         self.pte_prefetch_num = pte_prefetch_num  # the arch's PTE_PREFETCH_NUM
+        # the VMM wrote the guest's page tables (its image): their host pages exist
+        kvm.host_memory.fault_in(gpt.gfn)
+        # the Accessed bit of the guest pte of each gfn (the guest maps its areas 1:1, so
+        # one bit per gfn; processes that map the same gfn share it). A fresh guest's
+        # ptes have it clear; the fault path's walk sets it on the faulting gpte
+        # (FNAME(update_accessed_dirty_bits)), and prefetch skips gptes without it
+        # (FNAME(prefetch_invalid_gpte)), so a first pass faults once per page.
+        self.gpte_accessed = np.zeros(max_gfn, dtype=bool)
         self._tables_checked_for: tuple | None = None  # memslot layout of the last check
         self._tables_visible = False
 
@@ -192,7 +201,11 @@ class ShadowFault(ShadowReclaim):
                 end = min(int(regions[nfull - 1] + 1) << LEVEL_SHIFT, gfn1)
                 g = self._run_native(vcpu, g, end, leaves[:nfull])
             else:
-                end = min((r0 + FAULT_REGIONS) << LEVEL_SHIFT, gfn1)
+                # a batch stands for its faults' mmu_lock sections; where the gptes are
+                # not yet accessed every page is a fault of its own, so take one region
+                # at a time there, which keeps a batch near 512 faults either way
+                n = FAULT_REGIONS if self.gpte_accessed[g] else 1
+                end = min((r0 + n) << LEVEL_SHIFT, gfn1)
                 g = self.page_fault(vcpu, area, g, end)
 
     def _run_native(self, vcpu: Vcpu, g: int, end: int, leaves: np.ndarray) -> int:
@@ -224,13 +237,18 @@ class ShadowFault(ShadowReclaim):
         want = want[touched]
         faults = installed = new_sps = 0
         self._walk_guest_tables(vcpu, l1)
+        rows = gfns.reshape(-1, PTES_PER_TABLE)[touched]
+        absent = self._faultin_host_pages(rows, want)
+        cold = want & ~self.gpte_accessed[rows]
+        absent = cold if absent is None else absent | cold
         with kvm.mmu_lock:
             if self.n_max_mmu_pages:
                 self._make_pages_available_for(vcpu.id, l1)
             new_sps += self.kvm_mmu_reload(vcpu.id)
             if len(l1):
-                faults, installed, allocated = self._fetch(vcpu.id, l1, want)
+                faults, installed, allocated = self._fetch(vcpu.id, l1, want, absent)
                 new_sps += allocated
+                self.gpte_accessed[rows[want]] = True
             kvm.charge(faults * c.fault_locked + installed * c.spte_install + new_sps * c.sp_alloc)
         nbacked = int(want.sum())
         mmio = int(in_range.sum()) - nbacked
@@ -245,6 +263,22 @@ class ShadowFault(ShadowReclaim):
         if kvm.trace_faults and faults:
             kvm.hook.mmbench_page_fault(kvm=kvm, vcpu=vcpu, gfn=g, npages=end - g, faults=faults)
         return end
+
+    def _faultin_host_pages(self, gfns: np.ndarray, want: np.ndarray) -> np.ndarray | None:
+        """``kvm_faultin_pfn`` -> ``hva_to_pfn`` before mmu_lock: the wanted pages whose host
+        page does not exist yet are faulted in (``host_page_fault`` each, and
+        ``host_page_zero`` per 4 KiB cleared). Returns, with 4 KiB host pages, which
+        wanted pages were absent (each its own fault: prefetch skips absent pages); None
+        when none were, or with huge host pages (one fault-in makes the whole prefetch
+        group present)."""
+        hm = self.kvm.host_memory
+        absent = want & hm.absent(gfns)
+        if not absent.any():
+            return None
+        n = hm.fault_in(gfns[absent])
+        c = self.kvm.costs
+        self.kvm.charge(n * (c.host_page_fault + hm.pages_per_host_page * c.host_page_zero))
+        return absent if hm.shift == 0 else None
 
     def _walk_guest_tables(self, vcpu: Vcpu, l1: np.ndarray) -> None:
         """Before mmu_lock, the guest's tables must be readable: ``mmu_check_root`` (in
@@ -280,9 +314,12 @@ class ShadowFault(ShadowReclaim):
             self._tables_checked_for = layout
         return self._tables_visible
 
-    def _fetch(self, vcpu: int, l1: np.ndarray, want: np.ndarray) -> tuple[int, int, int]:
+    def _fetch(
+        self, vcpu: int, l1: np.ndarray, want: np.ndarray, absent: np.ndarray | None = None
+    ) -> tuple[int, int, int]:
         """``FNAME(fetch)`` for the batch (mmu_lock held): the sps of every path, linked,
-        then the leaf sptes ``want`` asks for, with their prefetch groups.
+        then the leaf sptes ``want`` asks for, with their prefetch groups (``absent``: the
+        wanted pages prefetch cannot map: a fault each).
         Returns (faults, sptes installed, sps allocated)."""
         new_sps = 0
         parent_gpts = self.gpt.parent[l1]
@@ -294,18 +331,30 @@ class ShadowFault(ShadowReclaim):
         leaves, allocated = self.kvm_mmu_get_pages(l1)
         new_sps += allocated
         self.link_shadow_pages(leaves, parents)
-        fill, faults = self.pte_prefetch(leaves, want)
+        fill, faults = self.pte_prefetch(leaves, want, absent)
         installed = self.map_leaf_sptes(leaves, fill)
         self.mark_accessed(leaves)
         return faults, installed, new_sps
 
-    def pte_prefetch(self, leaves: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, int]:
+    def pte_prefetch(
+        self, leaves: np.ndarray, want: np.ndarray, absent: np.ndarray | None = None
+    ) -> tuple[np.ndarray, int]:
         """``FNAME(pte_prefetch)``: a fault on any missing spte also fetches the rest of
-        its aligned group of ``pte_prefetch_num``. Returns (sptes to install, faults)."""
+        its aligned group of ``pte_prefetch_num``, but only gptes with the Accessed bit
+        (``FNAME(prefetch_invalid_gpte)``) whose host page is present (the lookup is
+        atomic, ``gfn_to_pfn_memslot_atomic``). A page prefetch cannot map (``absent``)
+        is a fault of its own, which prefetches the mappable pages of its group (a
+        mixed group may take one fault fewer than in the kernel, where a mappable page
+        touched first faults too). Returns (sptes to install, faults)."""
+        n = self.pte_prefetch_num
         missing = want & ~self.sp_sptes[leaves]
-        groups = missing.reshape(len(leaves), -1, self.pte_prefetch_num).any(axis=2)
-        fill = want & np.repeat(groups, self.pte_prefetch_num, axis=1)
-        return fill, int(groups.sum())
+        groups = missing.reshape(len(leaves), -1, n).any(axis=2)
+        fill = want & np.repeat(groups, n, axis=1)
+        if absent is None or not absent.any():
+            return fill, int(groups.sum())
+        with_absent = absent.reshape(len(leaves), -1, n).any(axis=2)
+        present_only = (missing & ~absent).reshape(len(leaves), -1, n).any(axis=2)
+        return fill, int(absent.sum()) + int((present_only & ~with_absent).sum())
 
     def _make_pages_available_for(self, vcpu: int, l1: np.ndarray) -> None:
         """``make_mmu_pages_available()`` before the batch allocates. The kernel checks

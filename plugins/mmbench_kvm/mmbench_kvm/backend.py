@@ -170,7 +170,7 @@ class KvmVm:
                 vm.enable_manual_dirty_log(self._manual_protect)
             image = self._build_image(spec)
             for s in spec.slots:
-                vm.add_memslot(s.id, s.gpa, s.size, thp=True)
+                vm.add_memslot(s.id, s.gpa, s.size, thp=spec.host_page_size > 4096)
             home = [ms for ms in vm.memslots.values() if ms.gpa <= image.gpa < ms.gpa + ms.size]
             if not home or image.gpa + image.size > home[0].gpa + home[0].size:
                 raise ConfigError(

@@ -11,6 +11,9 @@ made of; least squares over several sizes gives the per-item costs the model cha
   2 MiB stride: 1 sp and 8 sptes per fault;    ``fault_locked`` estimate),
   fresh tables: 1 spte per fault)              ``spte_install``, ``sp_alloc``
 * ROM-slot delete, quirk off               -> ``memslot_update`` (a delete does two)
+* populate, host memory not populated,    -> ``host_page_fault``, ``host_page_zero``: the time
+  THP and 4 KiB backings                      beyond the populate fit, per host page
+                                              faulted in and per 4 KiB of them
 * teardown of each of those VMs           -> ``vm_destroy``, ``memslot_free_page``: its time
   beyond the zap (``zap_sp``, ``zap_spte`` x what it held), fitted on the slot pages
 * ROM-slot delete, quirk on, dense/sparse  -> ``zap_sp``, ``zap_spte``: directly from the
@@ -76,7 +79,16 @@ def _delta(a: dict[str, int], b: dict[str, int], key: str) -> int:
 class _Rig:
     """A one-vCPU VM: system slot, a data slot at DATA_BASE, a ROM gpa mapped above it."""
 
-    def __init__(self, system: KvmSystem, size: int, *, accessed: bool, quirk_on: bool):
+    def __init__(
+        self,
+        system: KvmSystem,
+        size: int,
+        *,
+        accessed: bool,
+        quirk_on: bool,
+        thp: bool = True,
+        prefault: bool = True,
+    ):
         self.base = GuestLayout.DATA_BASE
         self.size = size
         self.rom = self.base + size + PAGE_SIZE_2M
@@ -88,7 +100,7 @@ class _Rig:
             if not quirk_on:
                 self.vm.disable_quirks(k.KVM_X86_QUIRK_SLOT_ZAP_ALL)
             self.vm.load_system_image(layout.build())
-            self.vm.add_memslot(1, self.base, size, thp=True, prefault=True)
+            self.vm.add_memslot(1, self.base, size, thp=thp, prefault=prefault)
             self.vcpu: Vcpu = self.vm.create_vcpu()
             self.vcpu.setup_cpl3()
             self.vcpu.claim_thread()
@@ -188,6 +200,15 @@ def measure(
                 out.append(Sample("delete_slot", "rom", mb, ns, c))
         finally:
             out.append(_teardown(rig, "fresh", mb))
+        for thp in (True, False):  # host memory not populated: guest faults fault it in
+            rig = _Rig(system, size, accessed=True, quirk_on=True, thp=thp, prefault=False)
+            try:
+                ns, c = rig.timed_pass(rig.base, rig.base + size, PAGE_SIZE_4K)
+                host_page = PAGE_SIZE_2M if thp else PAGE_SIZE_4K
+                c |= {"host_pages": size // host_page, "host_4k": size // PAGE_SIZE_4K}
+                out.append(Sample("populate_host", "thp" if thp else "4k", mb, ns, c))
+            finally:
+                rig.close()
     return out
 
 
@@ -235,6 +256,23 @@ def fit(samples: list[Sample], defaults: Any) -> tuple[dict[str, float], dict[st
         [[1.0, s.counts["slot_pages"]] for s in tds],
         [max(1.0, s.ns - s.counts["sps"] * c_zap_sp - s.counts["sptes"] * c_zap_spte) for s in tds],
     )
+    # host memory faulted in by the guest's first touch (hva_to_pfn's slow path): the
+    # time beyond the populate fit, per host page faulted in and per 4 KiB zeroed
+    hosts = by.get("populate_host", [])
+    (c_host_fault, c_host_zero), err_host = _rel_fit(
+        [[s.counts["host_pages"], s.counts["host_4k"]] for s in hosts],
+        [
+            max(
+                1.0,
+                s.ns
+                - s.counts["pages"] * touch
+                - s.counts["faults"] * c_fault
+                - s.counts["sptes"] * c_spte
+                - s.counts["sps"] * c_sp,
+            )
+            for s in hosts
+        ],
+    )
     locked = defaults["fault_locked"].ns
     costs = {
         "touch_page": touch,
@@ -246,8 +284,11 @@ def fit(samples: list[Sample], defaults: Any) -> tuple[dict[str, float], dict[st
         "zap_spte": c_zap_spte,
         "vm_destroy": c_destroy,
         "memslot_free_page": c_free_page,
+        "host_page_fault": c_host_fault,
+        "host_page_zero": c_host_zero,
     }
-    return costs, {"populate": err_pop, "zap": err_zap, "teardown": err_td}
+    errors = {"populate": err_pop, "zap": err_zap, "teardown": err_td, "host": err_host}
+    return costs, errors
 
 
 # costs the model charges that these experiments cannot separate, and why
@@ -331,7 +372,13 @@ def cost_table_yaml(
         " and sptes it held), teardown fit"
     )
     how["memslot_free_page"] = "per memslot page freed at teardown, teardown fit"
+    how["host_page_fault"] = (
+        "per host page a guest's first touch faulted in (THP and 4 KiB backings, host"
+        " memory not populated), beyond the populate fit"
+    )
+    how["host_page_zero"] = "per 4 KiB of those host pages, the same fit"
     group = {"zap_sp": "zap", "zap_spte": "zap", "spte_install": "populate"}
+    group |= {"host_page_fault": "host", "host_page_zero": "host"}
     group |= {"vm_destroy": "teardown", "memslot_free_page": "teardown"}
     group |= {"sp_alloc": "populate", "fault_exit": "populate"}
     out = {}

@@ -112,6 +112,19 @@ X86_SHADOW_BARE_METAL = CostTable(
             "per page of a new slot",
             range=(0.5, 5),
         ),
+        "host_page_fault": Cost(
+            1000,
+            f"{_E}: hva_to_pfn's slow path, get_user_pages -> handle_mm_fault for one host"
+            " page of guest RAM at first touch (page allocation, page-table update)",
+            "per host page faulted in (4 KiB, or one 2 MiB THP)",
+            range=(300, 5000),
+        ),
+        "host_page_zero": Cost(
+            250,
+            f"{_E}: clear_page of 4 KiB at ~16 GB/s; a 2 MiB THP is 512 of them",
+            "per 4 KiB of a host page faulted in",
+            range=(100, 1000),
+        ),
         "memslot_free_page": Cost(
             2,
             f"{_E}: kvm_arch_free_memslot's kvfree of the rmap (8 B per gfn) and lpage_info"

@@ -1,0 +1,65 @@
+"""Host memory behind guest RAM: which host pages exist yet, and what faulting one in costs.
+
+Guest RAM is anonymous memory of the VMM (QEMU, or the kvm backend's ``mmap``) that the
+host kernel allocates at first touch. KVM's fault path gets the host page with
+``hva_to_pfn`` (virt/kvm/kvm_main.c) before it takes mmu_lock (``kvm_faultin_pfn``): the
+fast path (GUP-fast) finds a present page; otherwise the slow path faults it in
+(``get_user_pages`` -> ``handle_mm_fault``: allocate and zero it; a 2 MiB THP where the
+VMA is ``MADV_HUGEPAGE``). Prefetching the neighbouring sptes only looks pages up
+atomically (``FNAME(prefetch_gpte)`` -> ``gfn_to_pfn_memslot_atomic``, v6.x
+``kvm_prefetch_pages``), so a page not yet present is not prefetched: with 4 KiB backing a
+guest's first pass faults once per page, not once per 8.
+
+Measured on this development host (``mmbench_kvm`` populate of a 64 MiB guest, one vCPU,
+median of 3, 2026-12-02, loaded): THP backing 2049 faults either way, 113 ms with host
+memory populated first and 150 ms without; 4 KiB backing 2049 faults and 95 ms populated,
+16385 faults and 574 ms not.
+
+One bit per host page (``page_size``: 4 KiB, 2 MiB or 1 GiB), allocated on first use, so
+the region MMUs' 4 TiB guests that never ask pay nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PAGE_SHIFT = 12
+
+
+class HostMemory:
+    """The host pages of guest RAM present so far (none at VM creation)."""
+
+    def __init__(self, max_gfn: int, page_size: int) -> None:
+        self.max_gfn = max_gfn
+        self.page_size = page_size
+        self.shift = page_size.bit_length() - 1 - PAGE_SHIFT  # gfn -> host page index
+        self.pages_per_host_page = 1 << self.shift
+        self._present: np.ndarray | None = None
+        self.faulted = 0  # host pages faulted in so far
+
+    @property
+    def present_bits(self) -> np.ndarray:
+        if self._present is None:
+            self._present = np.zeros((self.max_gfn >> self.shift) + 1, dtype=bool)
+        return self._present
+
+    def absent(self, gfns: np.ndarray) -> np.ndarray:
+        """Which of ``gfns`` (any shape) have no host page yet."""
+        return ~self.present_bits[gfns >> self.shift]
+
+    def fault_in(self, gfns: np.ndarray) -> int:
+        """``hva_to_pfn``'s slow path for ``gfns`` (each a page a vCPU touches): make their
+        host pages present; returns how many host pages that faulted in."""
+        idx = np.asarray(gfns).ravel() >> self.shift
+        bits = self.present_bits
+        new = idx[~bits[idx]]
+        if not len(new):
+            return 0
+        n = len(new) if self.shift == 0 else len(np.unique(new))
+        bits[new] = True
+        self.faulted += n
+        return n
+
+    def populate(self, gfn0: int, gfn1: int) -> None:
+        """The VMM wrote these pages itself (the guest image it loads, ``MAP_POPULATE``)."""
+        self.present_bits[gfn0 >> self.shift : ((gfn1 - 1) >> self.shift) + 1] = True
