@@ -14,6 +14,7 @@ from mmbench.model.engine import Engine
 from mmbench.model.lock import MmuLock
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, Memslot, Memslots
 from mmbench.model.mmu import Mmu
+from mmbench.model.notifier import MmuNotifier
 from mmbench.model.sched import KernelConfig
 from mmbench.model.stats import Stats
 from mmbench.model.vcpu import Vcpu
@@ -60,6 +61,8 @@ class Kvm(Generic[MmuT]):
         # the backing's page size (2 MiB THP/hugetlbfs or 1 GiB hugetlbfs)
         self.huge_pages = False
         self.huge_page_size = 4096
+        # kvm->mmu_notifier and the mmu_invalidate_* state faults check (host unmaps)
+        self.notifier = MmuNotifier(self)
 
     # -- clock -----------------------------------------------------------------------------
     @property
