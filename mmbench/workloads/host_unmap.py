@@ -4,9 +4,10 @@ After the kernel's ``mmu_stress_test`` (vCPUs write while the host ``mprotect``s
 memory) and the unmap tests of ``memslot_perf_test`` (``test_memslot_unmap_loop``:
 ``madvise(MADV_DONTNEED)`` of chunks while a vCPU touches the slot), both in
 tools/testing/selftests/kvm/. ``--vcpus`` vCPUs loop over their slices of a ``--size``
-guest; once every vCPU has mapped its slice (or ``--warmup-ms`` has passed), the host
-calls ``VmApi.host_unmap`` ``--unmaps`` times, one ``--unmap-size`` range every
-``--interval-ms``, walking across the vCPUs' memory, by ``--how`` (``munmap``: a fresh
+guest; once every vCPU has mapped its slice (one pass each, ``populate_ms``), they loop
+over it again while the host calls ``VmApi.host_unmap`` ``--unmaps`` times, one
+``--unmap-size`` range every ``--interval-ms``, walking across the vCPUs' memory, by
+``--how`` (``munmap``: a fresh
 mapping over the range, ``dontneed``, ``mprotect``; with mprotect the vCPUs read, so a
 write never meets the read-only window, which the real kernel answers with -EFAULT).
 KVM's MMU notifier zaps what maps each range; the vCPUs refault it, and faults that race
@@ -36,7 +37,6 @@ from mmbench.workloads.guest_layout import (
 from mmbench.workloads.sizes import REGION, GiB, MiB, parse_size
 
 HOWS = ("dontneed", "munmap", "mprotect")
-POPULATE_POLL_MS = 1.0  # how often the host script looks whether the vCPUs mapped it all
 
 
 class HostUnmap:
@@ -135,25 +135,27 @@ def play(vm: VmApi, p: WorkloadSpec, spec: VmSpec | None = None) -> dict[str, fl
     the workload's parameters (``resolve_params(HostUnmap.params, {...})``)."""
     spec = spec or HostUnmap().layout(p, vm.arch)
     vm.create(spec)
+    areas = [a for ((a),) in spec.areas_per_vcpu]
+    for v, (g0, g1) in enumerate(areas):  # populate: every vCPU maps its slice once
+        vm.start_passes(v, g0, g1, 1, write=True)
+    vm.run_host(lambda: None, name="vmm-wait")
+    populate_ms = max(r.ms for r in vm.passes)
+    populated = len(vm.passes)
     write = p.how != "mprotect"
     ms = 1_000_000
-    until = int((p.warmup_ms + (p.unmaps + 1) * p.interval_ms) * ms)
-    for v, ((g0, g1),) in enumerate(spec.areas_per_vcpu):
+    t_begin = vm.now_ns()
+    until = t_begin + int((p.unmaps + 1) * p.interval_ms * ms)
+    for v, (g0, g1) in enumerate(areas):
         vm.start_loop(v, g0, g1, until, write=write)
     gpas = ranges(spec, p.unmap_size, p.unmaps)
     times: list[int] = []
     marks: dict[str, Any] = {}
 
     def host() -> None:
-        deadline = p.warmup_ms * ms
-        while vm.now_ns() < deadline and any(
-            vm.passes_done(v) < 1 for v in range(len(spec.areas_per_vcpu))
-        ):
-            vm.sleep_ns(POPULATE_POLL_MS * ms)
-        marks["t0"] = t0 = vm.now_ns()
         marks["before"] = vm.stats()
+        marks["t0"] = t0 = vm.now_ns()
         for i, gpa in enumerate(gpas):
-            wait = t0 + i * p.interval_ms * ms - vm.now_ns()
+            wait = t0 + (i + 1) * p.interval_ms * ms - vm.now_ns()
             if wait > 0:
                 vm.sleep_ns(wait)
             times.append(vm.host_unmap(gpa, p.unmap_size, p.how))
@@ -164,13 +166,12 @@ def play(vm: VmApi, p: WorkloadSpec, spec: VmSpec | None = None) -> dict[str, fl
     before = marks["before"]
     t0, t1 = marks["t0"], marks["t1"]
     lat = np.array(times, dtype=np.float64) / 1e3
-    first = [r for r in vm.passes if r.index == 0]
-    during = [r for r in vm.passes if r.end_ns > t0 and r.start_ns < t1 and r.index > 0]
+    during = [r for r in vm.passes[populated:] if r.end_ns > t0 and r.start_ns < t1]
     out: dict[str, float] = {
         "invalidate_p50_us": float(np.percentile(lat, 50)),
         "invalidate_p99_us": float(np.percentile(lat, 99)),
         "invalidate_max_us": float(lat.max()),
-        "populate_ms": max((r.ms for r in first), default=0.0),
+        "populate_ms": populate_ms,
         "refaults": st["pf_fixed"] - before["pf_fixed"],
         "remote_tlb_flushes": st["remote_tlb_flush"] - before["remote_tlb_flush"],
     }

@@ -45,6 +45,13 @@ KERNEL_POLICIES: dict[str, KernelPolicy] = {
             "zap-all", 0, 0, "kvm_arch_flush_shadow_all -> kvm_mmu_zap_all", ("teardown",)
         ),
         KernelPolicy(
+            "unmap-range",
+            0,
+            0,
+            "kvm_mmu_notifier_invalidate_range_start -> kvm_unmap_gfn_range",
+            ("mmu-notifier",),
+        ),
+        KernelPolicy(
             "collapse-sync",
             0,
             0,
