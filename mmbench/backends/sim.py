@@ -194,7 +194,8 @@ class SimVm:
         """The host mm changes ``[gpa, gpa + size)`` (``VmApi.host_unmap``): the MMU
         notifier's ``invalidate_range_start``, the mm's own work on its ptes (measured per
         page, ``mmbench.model.notifier.HOST_MM_NS_*``), ``invalidate_range_end``. Series
-        ``host-unmap`` has each call's time and KVM's share of it."""
+        ``host-unmap`` has each call's time and KVM's share of it; ``trace:mmu-notifier``
+        what it did under the kernel's tracepoint names (one ``kvm_unmap_hva_range``)."""
         if how not in HOST_UNMAP_EVENT:
             raise ConfigError("how", f"{how!r}; allowed: {', '.join(HOST_UNMAP_EVENT)}")
         if gpa % (1 << PAGE_SHIFT) or size <= 0 or size % (1 << PAGE_SHIFT):
@@ -204,6 +205,8 @@ class SimVm:
         gfn0, gfn1 = gpa >> PAGE_SHIFT, (gpa + size) >> PAGE_SHIFT
         event = HOST_UNMAP_EVENT[how]
         per_page = (HOST_MM_NS_THP if kvm.huge_pages else HOST_MM_NS_4K)[how]
+        st = kvm.stats.vm
+        sps = st["mmu_shadow_zapped"]
         t0 = self.engine.now
         slots = mn.invalidate_range_start(gfn0, gfn1, event)
         t_start = self.engine.now
@@ -214,6 +217,9 @@ class SimVm:
         data = {"how": how, "gpa": gpa, "size": size, "ns": ns}
         data["kvm_ns"] = (t_start - t0) + (self.engine.now - t_mm)
         kvm.stats.series["host-unmap"].append((self.engine.now, data))
+        zapped = st["mmu_shadow_zapped"] - sps  # beside --backend kvm --trace's counts
+        trace = {"kvm_unmap_hva_range": 1, "kvm_mmu_prepare_zap_page": zapped}
+        kvm.stats.series["trace:mmu-notifier"].append((self.engine.now, trace))
         return ns
 
     def event(self, name: str, **data: Any) -> None:

@@ -443,7 +443,7 @@ class KvmVm:
             )
         ms = home[0]
         hva = ms.gpa_to_hva(gpa)
-        before = vm.stats() if self._trace else {}
+        before = vm.stats()
         if self._trace:
             self._trace.clear()
         t0 = time.perf_counter_ns()
@@ -460,6 +460,9 @@ class KvmVm:
             k.mprotect(hva, size, k.PROT_READ | k.PROT_WRITE)
         if self._trace:
             self._traced("mmu-notifier", before)
+        after = vm.stats()
+        live = [st.get("pages_4k", 0) + 512 * st.get("pages_2m", 0) for st in (before, after)]
+        self._sptes_zapped += max(0, live[0] - live[1])  # a lower bound: vCPUs refault
         data = {"how": how, "gpa": gpa, "size": size, "ns": ns}
         self._series["host-unmap"].append((self.now_ns(), data))
         return ns
