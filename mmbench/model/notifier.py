@@ -216,7 +216,6 @@ class MmuNotifier:
         st["faults_retried"] += rounds
         st["exits"] += rounds
         self.retry_wait_ns[vcpu.id] = self.retry_wait_ns.get(vcpu.id, 0) + waited
-        kvm.stats.vm["faults_raced"] += 1
 
     def _wake_spinning(self) -> None:
         spinning, self._spinning = self._spinning, []
