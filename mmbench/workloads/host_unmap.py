@@ -91,7 +91,7 @@ class HostUnmap:
         ),
         "refaults": Metric(
             "",
-            "faults fixed after the first pass (the vCPUs refaulting)",
+            "faults fixed while the host unmapped (the vCPUs refaulting)",
             kind="count",
             stat="pf_fixed",
         ),
