@@ -99,7 +99,7 @@ class MmuNotifier:
         self.mmu_invalidate_range_end = INVALID_GPA
         self.mn_active_invalidate_count = 0
         self._spinning: list[tuple[Vcpu, Actor, int]] = []  # retried faults, since when
-        # figures: invalidations (start..end), their latency, retried faults and wait
+        # figures: invalidations that found a memslot, time vCPUs spent re-faulting
         self.invalidations = 0
         self.retry_wait_ns: dict[int, int] = {}  # vCPU id -> ns spent re-faulting
 
