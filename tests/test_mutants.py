@@ -33,12 +33,15 @@ from mmbench.workloads.base import resolve_params
 ROM = ["rom-access", "-c", "2", "-m", "64", "--passes", "6", "--rom-interval-ms", "1"]
 DIRTY = ["dirty-log", "-v", "2", "-b", "1G", "--run-on-s", "1"]
 TEARDOWN = ["teardown", "-b", "4G", "-v", "2"]
+HOST_UNMAP = ["host-unmap", "-b", "256M", "--unmap-size", "16M", "--unmaps", "4"]
+HOST_UNMAP += ["--interval-ms", "5", "--backing", "4k"]
 
 STALE = "still maps gfn"
 UNFLUSHED = "not (yet )?flushed"  # at the end of the invalidation, or when mmu_lock drops
 UNFLUSHED_BREAK = "mmu_lock dropped with zapped sptes not yet flushed"
 OVER_LIMIT = "over n_max_mmu_pages"
 UNLOGGED = "a writable spte maps"
+HOST_UNMAPPED = "still maps gfn 0x[0-9a-f]+, whose host page the MMU notifier invalidated"
 FREES_NOTHING = "mappings still live|page-table pages never freed"  # the latter: slots gone
 
 # (CLI arguments, a correct policy that must pass beside them, {mutant: message})
@@ -98,6 +101,25 @@ SCENARIOS = {
             "leaks-tables": "page-table pages never freed",
         },
     ),
+    "host-unmap x86-shadow": (
+        [*HOST_UNMAP, "--arch", "x86-shadow"],
+        "unmap-range",
+        {
+            "notifier-forgets-flush": UNFLUSHED_BREAK,
+            "notifier-off-by-one": HOST_UNMAPPED,
+            "ignores-mmu-seq": HOST_UNMAPPED,
+        },
+    ),
+    "host-unmap x86-tdp": (
+        [*HOST_UNMAP, "--arch", "x86-tdp"],
+        "unmap-range",
+        {"notifier-forgets-flush": UNFLUSHED_BREAK, "notifier-off-by-one": HOST_UNMAPPED},
+    ),
+    "host-unmap arm64": (
+        [*HOST_UNMAP, "--arch", "arm64"],
+        "s2-elide",
+        {"ignores-mmu-seq": HOST_UNMAPPED, "s2-elides-tlbi": UNFLUSHED_BREAK},
+    ),
     "teardown x86-tdp": (
         [*TEARDOWN, "--arch", "x86-tdp"],
         "zap-all:lock_break=true",
@@ -123,7 +145,7 @@ def mutants(tmp_path_factory) -> Path:
 
 def all_mutants() -> dict[str, type]:
     out = {}
-    for mod in ("memslot", "reclaim", "dirty_log", "teardown"):
+    for mod in ("memslot", "reclaim", "dirty_log", "teardown", "notifier"):
         for cls in importlib.import_module(f"mmbench_mutants.{mod}").MUTANTS:
             out[cls.name] = cls
     return out
@@ -253,5 +275,29 @@ def test_teardown_property_test_finds_each_mutant(arch, name, mutants):
     @given(history=region_ops, keep=st.booleans())
     def prop(history, keep):
         region_play(stop, history, False, False, False, 1, arch, keep, plugins=(cls(),))
+
+    find_breaking(prop, message)
+
+
+NOTIFIER = {
+    "notifier-forgets-flush": ("x86-shadow", UNFLUSHED_BREAK),
+    "notifier-off-by-one": ("x86-tdp", HOST_UNMAPPED),
+    "ignores-mmu-seq": ("x86-shadow", HOST_UNMAPPED),
+    "s2-elides-tlbi": ("arm64", UNFLUSHED_BREAK),
+}
+
+
+@pytest.mark.parametrize("name", NOTIFIER)
+def test_notifier_property_test_finds_each_mutant(name, mutants):
+    from test_host_unmap import kernels as notifier_kernels
+    from test_host_unmap import ops as notifier_ops
+    from test_host_unmap import play as notifier_play
+
+    cls = all_mutants()[name]
+    arch, message = NOTIFIER[name]
+
+    @given(history=notifier_ops, kernel=notifier_kernels)
+    def prop(history, kernel):
+        notifier_play(None, arch, history, kernel, plugins=(cls(),))
 
     find_breaking(prop, message)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mmbench.backends.vmapi import PassRecord, SlotSpec, VmSpec
+from mmbench.errors import ConfigError
 from mmbench.host.contracts import Arch
 from mmbench.host.hooks import RunHooks
 from mmbench.host.hookspecs import hookimpl
@@ -23,6 +24,7 @@ from mmbench.model.engine import Actor, Engine
 from mmbench.model.host_memory import HostMemory
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT
+from mmbench.model.notifier import HOST_MM_NS_4K, HOST_MM_NS_THP, HOST_UNMAP_EVENT
 from mmbench.model.sched import KernelConfig
 from mmbench.model.stats import VCPU_STATS, VM_STATS
 from mmbench.model.vcpu import GuestShutdown
@@ -192,6 +194,41 @@ class SimVm:
         """A guest access made synchronously by the host script's own vCPU (e.g. rom.sh)."""
         return self._timed(lambda: self.kvm.vcpus[vcpu_id].access(gfn0, gfn1, write=write))
 
+    def host_unmap(self, gpa: int, size: int, how: str) -> int:
+        """The host mm changes ``[gpa, gpa + size)`` (``VmApi.host_unmap``): the MMU
+        notifier's ``invalidate_range_start``, the mm's own work on its ptes (measured per
+        page, ``mmbench.model.notifier.HOST_MM_NS_*``), ``invalidate_range_end``. Series
+        ``host-unmap`` has each call's time and KVM's share of it; ``trace:mmu-notifier``
+        what it did under the kernel's tracepoint names (one ``kvm_unmap_hva_range``)."""
+        if how not in HOST_UNMAP_EVENT:
+            raise ConfigError("how", f"{how!r}; allowed: {', '.join(HOST_UNMAP_EVENT)}")
+        if gpa % (1 << PAGE_SHIFT) or size <= 0 or size % (1 << PAGE_SHIFT):
+            raise ConfigError("host_unmap", f"gpa {gpa:#x} size {size:#x}: 4 KiB aligned, > 0")
+        kvm = self.kvm
+        mn = kvm.notifier
+        gfn0, gfn1 = gpa >> PAGE_SHIFT, (gpa + size) >> PAGE_SHIFT
+        event = HOST_UNMAP_EVENT[how]
+        thp = kvm.host_memory.page_size > 4096
+        per_page = (HOST_MM_NS_THP if thp else HOST_MM_NS_4K)[how]
+        st = kvm.stats.vm
+        sps = st["mmu_shadow_zapped"]
+        t0 = self.engine.now
+        slots = mn.invalidate_range_start(gfn0, gfn1, event)
+        t_start = self.engine.now
+        kvm.charge((gfn1 - gfn0) * per_page)  # zap_pte_range / change_pte_range
+        if how in ("munmap", "dontneed"):  # the pages are freed: the next touch faults in
+            kvm.host_memory.drop(gfn0, gfn1)
+        t_mm = self.engine.now
+        mn.invalidate_range_end(gfn0, gfn1, event, slots)
+        ns = self.engine.now - t0
+        data = {"how": how, "gpa": gpa, "size": size, "ns": ns}
+        data["kvm_ns"] = (t_start - t0) + (self.engine.now - t_mm)
+        kvm.stats.series["host-unmap"].append((self.engine.now, data))
+        zapped = st["mmu_shadow_zapped"] - sps  # beside --backend kvm --trace's counts
+        trace = {"kvm_unmap_hva_range": 1, "kvm_mmu_prepare_zap_page": zapped}
+        kvm.stats.series["trace:mmu-notifier"].append((self.engine.now, trace))
+        return ns
+
     def event(self, name: str, **data: Any) -> None:
         self.hook.mmbench_workload_event(kvm=self.kvm, name=name, data=data)
         self.kvm.stats.series[name].append((self.engine.now, data))
@@ -249,6 +286,9 @@ class SimVm:
         out["lock_breaks_contention"] = lock.lock_breaks_contention
         out["lock_breaks_resched"] = lock.lock_breaks_resched
         out["mmu_lock_max_hold_host_ns"] = lock.max_hold_ns(vcpu=False)
+        out["faults_retried"] = kvm.stats.vcpu_total("faults_retried", guests)
+        out["mmu_notifier_retry_wait_ns"] = sum(kvm.notifier.retry_wait_ns.values())
+        out["mmu_notifier_invalidations"] = kvm.stats.vm["mmu_notifier_invalidations"]
         out.update(kvm.mmu.extra_stats())
         return out
 

@@ -103,6 +103,16 @@ class VmApi(Protocol):
     def guest_access(self, vcpu_id: int, gfn0: int, gfn1: int, write: bool = False) -> int: ...
     def event(self, name: str, **data: Any) -> None: ...
 
+    # the host mm changes guest memory under the running VM (the MMU notifier)
+    def host_unmap(self, gpa: int, size: int, how: str) -> int:
+        """The VMM unmaps ``[gpa, gpa + size)`` of guest memory's host mapping while the
+        vCPUs run: ``how`` is ``"munmap"`` (a fresh anonymous mapping replaces it, as
+        ``mmap(MAP_FIXED)`` does: ``MMU_NOTIFY_UNMAP``), ``"dontneed"``
+        (``madvise(MADV_DONTNEED)``: ``MMU_NOTIFY_CLEAR``) or ``"mprotect"``
+        (``mprotect(PROT_READ)``: ``MMU_NOTIFY_PROTECTION_VMA``; then back to read-write).
+        KVM's MMU notifier zaps what maps the range. Returns ns the host call took."""
+        ...
+
     # dirty logging (KVM_MEM_LOG_DIRTY_PAGES, GET/CLEAR_DIRTY_LOG, MANUAL_PROTECT2)
     def enable_manual_protect(self, initially_set: bool) -> None: ...
     def set_eager_page_split(self, on: bool) -> None:

@@ -62,6 +62,7 @@ class RunHooks:
     mmbench_reclaim = _First(hs.mmbench_reclaim)
     mmbench_dirty_log_enable = _First(hs.mmbench_dirty_log_enable)
     mmbench_dirty_log_disable = _First(hs.mmbench_dirty_log_disable)
+    mmbench_unmap_gfn_range = _First(hs.mmbench_unmap_gfn_range)
     # observer hooks (every monitor sees every event)
     mmbench_vm_created = _All(hs.mmbench_vm_created)
     mmbench_vm_destroyed = _All(hs.mmbench_vm_destroyed)
@@ -71,6 +72,7 @@ class RunHooks:
     mmbench_dirty_log_cleared = _All(hs.mmbench_dirty_log_cleared)
     mmbench_page_fault = _All(hs.mmbench_page_fault)
     mmbench_mmu_pages_reclaimed = _All(hs.mmbench_mmu_pages_reclaimed)
+    mmbench_mmu_notifier_invalidated = _All(hs.mmbench_mmu_notifier_invalidated)
     mmbench_workload_event = _All(hs.mmbench_workload_event)
 
     def __init__(self, pm: pluggy.PluginManager) -> None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from mmbench.model.kvm import Kvm
     from mmbench.model.memslots import Memslot
+    from mmbench.model.notifier import KvmGfnRange
     from mmbench.model.vcpu import Vcpu
 
 PROJECT = "mmbench"
@@ -160,6 +161,21 @@ def mmbench_dirty_log_disable(kvm: Kvm, slot: Memslot) -> bool | None:
     """
 
 
+@hookspec(firstresult=True)
+def mmbench_unmap_gfn_range(kvm: Kvm, range: KvmGfnRange) -> bool | None:
+    """``kvm_unmap_gfn_range``: the host mm invalidates ``range`` of one memslot (the MMU
+    notifier's ``invalidate_range_start``, ``mmbench.model.notifier``).
+
+    Called with mmu_lock held for write, ``kvm_mmu_invalidate_begin`` done and the range
+    added, so vCPU faults on it retry until the invalidation ends. ``range.may_block``
+    says whether the walk may yield (``cond_resched``); ``range.event`` is the notifier's
+    event (``"unmap"``, ``"clear"``, ``"protection_vma"``, ``"migrate"``...). Drop every
+    spte mapping the range; return True if remote TLBs still need a flush (the caller
+    flushes once, before mmu_lock is dropped), False if none is owed (e.g. arm64's
+    per-IPA TLBIs). After ``invalidate_range_end`` no spte may map the range.
+    """
+
+
 # --- observer hooks (per-run manager) ---------------------------------------------------
 
 
@@ -211,6 +227,13 @@ def mmbench_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, npages: int, faults: int)
 def mmbench_mmu_pages_reclaimed(kvm: Kvm, zapped: int) -> None:
     """Reclaim at ``n_max_mmu_pages`` zapped ``zapped`` sps and flushed remote TLBs;
     called with mmu_lock held (the invariant checker looks here)."""
+
+
+@hookspec
+def mmbench_mmu_notifier_invalidated(kvm: Kvm, gfn0: int, gfn1: int, event: str) -> None:
+    """``kvm_mmu_notifier_invalidate_range_end`` finished for gfns ``[gfn0, gfn1)``
+    (``mmu_invalidate_seq`` bumped, mmu_lock dropped): where the invariant that nothing
+    maps the range is checked. Faults may map it again from here on."""
 
 
 @hookspec

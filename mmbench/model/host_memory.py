@@ -60,6 +60,15 @@ class HostMemory:
         self.faulted += n
         return n
 
+    def drop(self, gfn0: int, gfn1: int) -> None:
+        """The VMM unmapped or ``MADV_DONTNEED``-ed ``[gfn0, gfn1)``: the host pages it
+        covers whole are freed (a THP it covers in part is split by the kernel and only
+        the covered 4 KiB freed, which one bit per 2 MiB cannot say: it stays present)."""
+        s = self.shift
+        lo, hi = -(-gfn0 >> s), gfn1 >> s
+        if hi > lo:
+            self.present_bits[lo:hi] = False
+
     def populate(self, gfn0: int, gfn1: int) -> None:
         """The VMM wrote these pages itself (the guest image it loads, ``MAP_POPULATE``)."""
         self.present_bits[gfn0 >> self.shift : ((gfn1 - 1) >> self.shift) + 1] = True

@@ -15,6 +15,7 @@ from mmbench.model.host_memory import HostMemory
 from mmbench.model.lock import MmuLock
 from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, Memslot, Memslots
 from mmbench.model.mmu import Mmu
+from mmbench.model.notifier import MmuNotifier
 from mmbench.model.sched import KernelConfig
 from mmbench.model.stats import Stats
 from mmbench.model.vcpu import Vcpu
@@ -63,6 +64,8 @@ class Kvm(Generic[MmuT]):
         self.huge_page_size = 4096
         # which host pages of guest RAM exist yet (the VM API sets the backing's size)
         self.host_memory = HostMemory(max_gfn, 2 << 20)
+        # kvm->mmu_notifier and the mmu_invalidate_* state faults check (host unmaps)
+        self.notifier = MmuNotifier(self)
 
     # -- clock -----------------------------------------------------------------------------
     @property

@@ -2,7 +2,8 @@
 
 Each MMU family states its own invariants (``mmbench.model.shadow.invariants``,
 ``RegionMmu.check_invariants``); this monitor runs them after every memslot delete or
-move, dirty-logging change, dirty-log clear, reclaim at ``n_max_mmu_pages`` and teardown,
+move, MMU-notifier invalidation (host unmap: nothing maps the range any more),
+dirty-logging change, dirty-log clear, reclaim at ``n_max_mmu_pages`` and teardown,
 and after every shadow fault batch (no more sps live than ``n_max_mmu_pages``); and
 whenever mmu_lock is dropped (a lock-break or the unlock), that no zapped spte is left
 unflushed.
@@ -96,6 +97,15 @@ class Invariants:
     def mmbench_mmu_pages_reclaimed(self, kvm, zapped):
         flushing = any(s.invalid for s in kvm.memslots.slots.values())
         kvm.mmu.check_invariants(f"reclaim of {zapped} sps", memslots=not flushing)
+        self.checks += 1
+
+    @hookimpl
+    def mmbench_mmu_notifier_invalidated(self, kvm, gfn0, gfn1, event):
+        """After ``invalidate_range_end``: nothing maps the range (faults that raced it
+        retried), TLBs flushed, and the MMU's own invariants over the range."""
+        when = f"an MMU-notifier invalidation ({event}) of gfns [0x{gfn0:x}, 0x{gfn1:x})"
+        kvm.mmu.check_host_unmapped(when, gfn0, gfn1)
+        check_mmu(kvm, when, (gfn0, gfn1))
         self.checks += 1
 
     @hookimpl

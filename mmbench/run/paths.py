@@ -23,6 +23,7 @@ HOOK_PATHS = {
     "mmbench_dirty_log_disable": "dirty-log-stop",
     "mmbench_flush_shadow_all": "teardown",
     "mmbench_reclaim": "reclaim",
+    "mmbench_unmap_gfn_range": "mmu-notifier",
 }
 
 

@@ -131,63 +131,74 @@ class RegionFaults(RegionState):
             logged = logged[: r1 - r0]
         sl = slice(r0, r1)
         n = r1 - r0
+        g0, g1 = r0 << REGION_SHIFT, r1 << REGION_SHIFT
+        mn = kvm.notifier
+        mmu_seq = mn.fault_seq()  # before the pfn lookup (kvm_faultin_pfn)
+        if mn.in_range(g0, g1):  # mmu_invalidate_retry_gfn_unsafe: no mmu_lock
+            mn.retry(vcpu, g0, g1)
+            return r0
         with self._fault_lock():
-            if goal_huge:
-                old = self.n4k[sl].astype(np.int64)
-                had_pt = self.pt[sl].copy()
-                zapped = int(old.sum())
-                freed = int(had_pt.sum())
-                faults = n
-                installs = n
-                allocs = 0
-                flushes = 1 if zapped else 0
-                self.pt[sl] = False
-                self.n4k[sl] = 0
-                self.w4k[sl] = 0
-                self.huge[sl] = True
-                self.huge_wp[sl] = False
-                self.huge_changed(n)
-            else:
-                gs = self.gibs(sl)
-                gbs = np.flatnonzero(self.gb[gs]) + gs.start  # 1 GiB leaves in the way
-                self.gb[gbs] = False
-                self.gb_wp[gbs] = False
-                self.huge_changed(-GIB_REGIONS * len(gbs))
-                was_huge = self.huge[sl].copy()
-                zapped = int(was_huge.sum()) + len(gbs)
-                freed = 0
-                flushes = zapped  # one kvm_flush_remote_tlbs_gfn per huge leaf dropped
-                present = np.where(self.pt[sl], self.n4k[sl], 0).astype(np.int64)
-                allocs = int((~self.pt[sl]).sum()) + len(gbs)
-                faults = int((REGION_PAGES - present).sum())
-                installs = faults
-                self.huge[sl] = False
-                self.huge_wp[sl] = False
-                self.huge_changed(-int(was_huge.sum()))
-                self.pt[sl] = True
-                self.n4k[sl] = REGION_PAGES
-                self.w4k[sl] = REGION_PAGES  # make_spte maps writable where the host allows
-                self.dirty[sl] = np.where(logged, REGION_PAGES, self.dirty[sl])
-            self.l2[r0 // GIB_REGIONS : (r1 - 1) // GIB_REGIONS + 1] = True
-            st = kvm.stats.vm
-            st["sptes_zapped"] += zapped
-            st["pt_pages_freed"] += freed
-            st["pt_pages_allocated"] += allocs
-            kvm.mmu_lock.work(
-                np.array(
-                    [
-                        faults * c.fault_locked
-                        + installs * c.spte_install
-                        + allocs * c.pt_alloc
-                        + zapped * c.zap_leaf
-                        + freed * c.pt_free
-                    ]
-                ),
-                lock_break=False,
-            )
-            if flushes:
-                self.tlbs_dirty = True
-                kvm.flush_remote_tlbs(flushes)
+            stale = mn.retry_gfn(mmu_seq, g0, g1)  # is_page_fault_stale: RET_PF_RETRY
+            if not stale:
+                if goal_huge:
+                    old = self.n4k[sl].astype(np.int64)
+                    had_pt = self.pt[sl].copy()
+                    zapped = int(old.sum())
+                    freed = int(had_pt.sum())
+                    faults = n
+                    installs = n
+                    allocs = 0
+                    flushes = 1 if zapped else 0
+                    self.pt[sl] = False
+                    self.n4k[sl] = 0
+                    self.w4k[sl] = 0
+                    self.huge[sl] = True
+                    self.huge_wp[sl] = False
+                    self.huge_changed(n)
+                else:
+                    gs = self.gibs(sl)
+                    gbs = np.flatnonzero(self.gb[gs]) + gs.start  # 1 GiB leaves in the way
+                    self.gb[gbs] = False
+                    self.gb_wp[gbs] = False
+                    self.huge_changed(-GIB_REGIONS * len(gbs))
+                    was_huge = self.huge[sl].copy()
+                    zapped = int(was_huge.sum()) + len(gbs)
+                    freed = 0
+                    flushes = zapped  # one kvm_flush_remote_tlbs_gfn per huge leaf dropped
+                    present = np.where(self.pt[sl], self.n4k[sl], 0).astype(np.int64)
+                    allocs = int((~self.pt[sl]).sum()) + len(gbs)
+                    faults = int((REGION_PAGES - present).sum())
+                    installs = faults
+                    self.huge[sl] = False
+                    self.huge_wp[sl] = False
+                    self.huge_changed(-int(was_huge.sum()))
+                    self.pt[sl] = True
+                    self.n4k[sl] = REGION_PAGES
+                    self.w4k[sl] = REGION_PAGES  # make_spte maps writable where the host allows
+                    self.dirty[sl] = np.where(logged, REGION_PAGES, self.dirty[sl])
+                self.l2[r0 // GIB_REGIONS : (r1 - 1) // GIB_REGIONS + 1] = True
+                st = kvm.stats.vm
+                st["sptes_zapped"] += zapped
+                st["pt_pages_freed"] += freed
+                st["pt_pages_allocated"] += allocs
+                kvm.mmu_lock.work(
+                    np.array(
+                        [
+                            faults * c.fault_locked
+                            + installs * c.spte_install
+                            + allocs * c.pt_alloc
+                            + zapped * c.zap_leaf
+                            + freed * c.pt_free
+                        ]
+                    ),
+                    lock_break=False,
+                )
+                if flushes:
+                    self.tlbs_dirty = True
+                    kvm.flush_remote_tlbs(flushes)
+        if stale:
+            mn.retry(vcpu, g0, g1)
+            return r0
         kvm.charge(faults * c.fault_exit + n * REGION_PAGES * c.touch_page)
         self._count_faults(vcpu, faults)
         return r1
@@ -205,27 +216,38 @@ class RegionFaults(RegionState):
         if not backed.all() or logged.any():
             return 0
         end = min(r1, sl.stop)
+        g0, g1 = sl.start << REGION_SHIFT, sl.stop << REGION_SHIFT
+        mn = kvm.notifier
+        mmu_seq = mn.fault_seq()  # before the pfn lookup (kvm_faultin_pfn)
+        if mn.in_range(g0, g1):  # mmu_invalidate_retry_gfn_unsafe: no mmu_lock
+            mn.retry(vcpu, g0, g1)
+            return r0
         with self._fault_lock():
-            nh = int(self.huge[sl].sum())
-            zapped = nh + int(self.n4k[sl].sum(dtype=np.int64))
-            freed = int(self.pt[sl].sum()) + int(self.l2[g])
-            self.huge[sl] = False
-            self.huge_wp[sl] = False
-            self.pt[sl] = False
-            self.n4k[sl] = 0
-            self.w4k[sl] = 0
-            self.gb[g] = True
-            self.gb_wp[g] = False
-            self.l2[g] = False
-            self.huge_changed(GIB_REGIONS - nh)
-            st = kvm.stats.vm
-            st["sptes_zapped"] += zapped
-            st["pt_pages_freed"] += freed
-            cost = c.fault_locked + c.spte_install + zapped * c.zap_leaf + freed * c.pt_free
-            kvm.mmu_lock.work(np.array([cost]), lock_break=False)
-            if zapped:
-                self.tlbs_dirty = True
-                kvm.flush_remote_tlbs()
+            stale = mn.retry_gfn(mmu_seq, g0, g1)  # is_page_fault_stale: RET_PF_RETRY
+            if not stale:
+                nh = int(self.huge[sl].sum())
+                zapped = nh + int(self.n4k[sl].sum(dtype=np.int64))
+                freed = int(self.pt[sl].sum()) + int(self.l2[g])
+                self.huge[sl] = False
+                self.huge_wp[sl] = False
+                self.pt[sl] = False
+                self.n4k[sl] = 0
+                self.w4k[sl] = 0
+                self.gb[g] = True
+                self.gb_wp[g] = False
+                self.l2[g] = False
+                self.huge_changed(GIB_REGIONS - nh)
+                st = kvm.stats.vm
+                st["sptes_zapped"] += zapped
+                st["pt_pages_freed"] += freed
+                cost = c.fault_locked + c.spte_install + zapped * c.zap_leaf + freed * c.pt_free
+                kvm.mmu_lock.work(np.array([cost]), lock_break=False)
+                if zapped:
+                    self.tlbs_dirty = True
+                    kvm.flush_remote_tlbs()
+        if stale:
+            mn.retry(vcpu, g0, g1)
+            return r0
         kvm.charge(c.fault_exit + (end - r0) * REGION_PAGES * c.touch_page)
         self._count_faults(vcpu, 1)
         return end

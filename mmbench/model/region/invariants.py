@@ -58,3 +58,17 @@ class RegionInvariants(RegionState):
             )
         if self.tlbs_dirty and not self.kvm.mmu_lock.held_elsewhere():  # else: it flushes
             fail("sptes were zapped or write-protected but remote TLBs were not flushed")
+
+    def check_host_unmapped(self, when: str, gfn0: int, gfn1: int) -> None:
+        """Once an MMU-notifier invalidation of ``[gfn0, gfn1)`` has ended no leaf maps
+        those gfns (the host may have freed them; racing faults retried)."""
+        r0, r1 = gfn0 >> REGION_SHIFT, -(-gfn1 >> REGION_SHIFT)
+        sl = slice(r0, r1)
+        mapped = self.huge[sl] | (self.pt[sl] & (self.n4k[sl] > 0))
+        mapped |= self.gib_per_region(self.gb, r0, r1)
+        if mapped.any():
+            r = r0 + int(np.argmax(mapped))
+            raise InvariantViolation(
+                f"after {when}: a leaf still maps gfn 0x{r << REGION_SHIFT:x}, whose host"
+                " page the MMU notifier invalidated"
+            )

@@ -12,7 +12,7 @@ import numpy as np
 
 from mmbench.model.memslots import Memslot
 from mmbench.model.region.leaves import RegionLeaves
-from mmbench.model.region.state import GIB_REGIONS, REGION_PAGES
+from mmbench.model.region.state import GIB_REGIONS, REGION_PAGES, REGION_SHIFT
 
 CMO_LINE = 64  # bytes per DC CIVAC
 PAGE_BYTES = 4096
@@ -79,6 +79,28 @@ class RegionUnmap(RegionLeaves):
                 st["tlbi"] += nh + n
 
         self.walk(r0, r1, cost, apply, lock_break=lock_break)
+
+    def kvm_unmap_gfn_range(
+        self,
+        start: int,
+        end: int,
+        may_block: bool,
+        *,
+        cmo: bool = False,
+        tlbi_per_ipa: bool = False,
+    ) -> bool:
+        """``kvm_unmap_gfn_range`` for an MMU-notifier range of gfns ``[start, end)``
+        (whole 2 MiB regions; mmu_lock held for write), yielding when ``may_block``.
+
+        x86: ``kvm_tdp_mmu_unmap_gfn_range`` -> ``tdp_mmu_zap_leafs`` under the write lock
+        (6.18; the model also frees the emptied 4 KiB tables, which the kernel leaves
+        for a later zap). arm64: ``__unmap_stage2_range`` -> ``kvm_pgtable_stage2_unmap``,
+        with ``cmo`` (``dcache_clean_inval_poc`` per unmapped page, unless the CPU has
+        FWB) and ``tlbi_per_ipa``. Returns whether a remote flush is owed (x86: yes if
+        anything was zapped; arm64 invalidated each IPA as it went)."""
+        r0, r1 = start >> REGION_SHIFT, -(-end >> REGION_SHIFT)
+        self.zap_range(r0, r1, lock_break=may_block, cmo=cmo, tlbi_per_ipa=tlbi_per_ipa)
+        return bool(self.tlbs_dirty)
 
     def zap_slot(self, slot: Memslot, **kw: bool) -> None:
         """``kvm_tdp_mmu_unmap_gfn_range`` / ``unmap_stage2_range`` over a slot, then

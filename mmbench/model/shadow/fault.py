@@ -237,19 +237,31 @@ class ShadowFault(ShadowReclaim):
         want = want[touched]
         faults = installed = new_sps = 0
         self._walk_guest_tables(vcpu, l1)
+        mn = kvm.notifier
+        mmu_seq = mn.fault_seq()  # kvm_faultin_pfn: before the pfn lookup
+        if mn.in_range(g, end):  # mmu_invalidate_retry_gfn_unsafe: retry without the lock
+            mn.retry(vcpu, g, end)
+            return g
         rows = gfns.reshape(-1, PTES_PER_TABLE)[touched]
         absent = self._faultin_host_pages(rows, want)
         cold = want & ~self.gpte_accessed[rows]
         absent = cold if absent is None else absent | cold
         with kvm.mmu_lock:
-            if self.n_max_mmu_pages:
-                self._make_pages_available_for(vcpu.id, l1)
-            new_sps += self.kvm_mmu_reload(vcpu.id)
-            if len(l1):
-                faults, installed, allocated = self._fetch(vcpu.id, l1, want, absent)
-                new_sps += allocated
-                self.gpte_accessed[rows[want]] = True
+            if mn.retry_gfn(mmu_seq, g, end):  # is_page_fault_stale: RET_PF_RETRY
+                stale = True
+            else:
+                stale = False
+                if self.n_max_mmu_pages:
+                    self._make_pages_available_for(vcpu.id, l1)
+                new_sps += self.kvm_mmu_reload(vcpu.id)
+                if len(l1):
+                    faults, installed, allocated = self._fetch(vcpu.id, l1, want, absent)
+                    new_sps += allocated
+                    self.gpte_accessed[rows[want]] = True
             kvm.charge(faults * c.fault_locked + installed * c.spte_install + new_sps * c.sp_alloc)
+        if stale:
+            mn.retry(vcpu, g, end)
+            return g
         nbacked = int(want.sum())
         mmio = int(in_range.sum()) - nbacked
         kvm.charge(faults * c.fault_exit + nbacked * c.touch_page + mmio * c.mmio_exit)

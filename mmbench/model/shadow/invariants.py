@@ -87,3 +87,15 @@ def check_shadow_mmu(mmu: ShadowMmu, when: str, memslots: bool = True) -> None:
 def reload_pending(vcpu: Vcpu) -> bool:
     """``KVM_REQ_MMU_RELOAD`` is set, or taken and the vCPU waits for mmu_lock to unload."""
     return vcpu.request_reload or vcpu.reloading
+
+
+def check_host_unmapped(mmu: ShadowMmu, when: str, gfn0: int, gfn1: int) -> None:
+    """Once an MMU-notifier invalidation of ``[gfn0, gfn1)`` has ended, no spte maps those
+    gfns: the host may have freed the pages, and a fault that raced the invalidation must
+    have retried (``mmu_invalidate_retry_gfn``) rather than map the old page."""
+    mapped = np.flatnonzero(mmu.rmap_count[gfn0:gfn1])
+    if len(mapped):
+        raise InvariantViolation(
+            f"after {when}: an spte still maps gfn 0x{gfn0 + int(mapped[0]):x}, whose host"
+            " page the MMU notifier invalidated"
+        )

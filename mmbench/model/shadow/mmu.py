@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from mmbench.errors import InvariantViolation
 from mmbench.model.shadow.fault import ShadowFault
-from mmbench.model.shadow.invariants import check_shadow_mmu
+from mmbench.model.shadow.invariants import check_host_unmapped, check_shadow_mmu
 from mmbench.model.shadow.reclaim import ShadowReclaim
 from mmbench.model.shadow.sps import SpTable
 from mmbench.model.shadow.zap import ShadowZap
@@ -58,3 +58,7 @@ class ShadowMmu(ShadowFault, ShadowReclaim, ShadowZap, SpTable):
         """The oracle for this MMU (``check_shadow_mmu``). It always checks every gfn:
         the rmap counts are per gfn, so ``[gfn0, gfn1)`` would not make it cheaper."""
         check_shadow_mmu(self, when, memslots)
+
+    def check_host_unmapped(self, when: str, gfn0: int, gfn1: int) -> None:
+        """After an MMU-notifier invalidation: nothing maps ``[gfn0, gfn1)``."""
+        check_host_unmapped(self, when, gfn0, gfn1)

@@ -192,3 +192,13 @@ class ShadowZap(SpTable):
             self.zapped_unflushed = True
             self.kvm.stats.vm["sptes_zapped"] += dropped
         return dropped
+
+    def kvm_unmap_gfn_range(self, start: int, end: int, may_block: bool) -> bool:
+        """The rmap half of x86 ``kvm_unmap_gfn_range`` for an MMU-notifier range
+        (mmu_lock held for write): ``__kvm_rmap_zap_gfn_range`` walks the rmaps of
+        ``[start, end)`` at every level with ``kvm_zap_rmap``, yielding (and flushing
+        first) when ``may_block`` and someone waits ("KVM: x86/mmu: Honor NEED_RESCHED
+        when zapping rmaps and blocking is allowed", 6.13). Returns whether a remote
+        TLB flush is owed (``kvm_handle_hva_range`` flushes once, before unlocking)."""
+        self.zap_gfn_range(start, end, lock_break=may_block, flush_on_break=True)
+        return bool(self.tlbs_dirty)

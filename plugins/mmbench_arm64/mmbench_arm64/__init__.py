@@ -14,6 +14,7 @@ from collections.abc import Callable
 from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
+from mmbench.model.notifier import KvmGfnRange
 from mmbench.model.region.arch import RegionArch
 from mmbench.model.region.mmu import RegionMmu
 from mmbench_arm64.costs import ARM64_STAGE2
@@ -41,6 +42,15 @@ class Arm64(RegionArch):
         with kvm.mmu_lock:
             kvm.mmu.kvm_free_stage2_pgd()
         return True
+
+    @hookimpl(trylast=True)
+    def mmbench_unmap_gfn_range(self, kvm: Kvm[RegionMmu], range: KvmGfnRange) -> bool:
+        """arm64 ``kvm_unmap_gfn_range`` -> ``__unmap_stage2_range``: CMO and a TLBI per
+        IPA whatever the notifier's event, as mainline on a CPU without FWB (the same
+        code as the ``s2-unmap`` policy)."""
+        return kvm.mmu.kvm_unmap_gfn_range(
+            range.start, range.end, range.may_block, cmo=True, tlbi_per_ipa=True
+        )
 
     @hookimpl(trylast=True)
     def mmbench_dirty_log_enable(self, kvm: Kvm[RegionMmu], slot: Memslot) -> bool:

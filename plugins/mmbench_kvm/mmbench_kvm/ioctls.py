@@ -468,6 +468,35 @@ def munmap(addr: int, size: int) -> None:
         raise OSError(err, f"munmap({addr:#x}, {size}): {os.strerror(err)}")
 
 
+MAP_FIXED = 0x10
+MADV_DONTNEED = 4
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mprotect.restype = ctypes.c_int
+
+
+def mmap_anon_fixed(addr: int, size: int) -> None:
+    """A fresh private anonymous mapping over ``[addr, addr + size)``: ``mmap(MAP_FIXED)``
+    unmaps what was there first, in one call (``MMU_NOTIFY_UNMAP``), so no access can
+    fall between an munmap and a new mapping."""
+    got = libc.mmap(
+        addr,
+        size,
+        PROT_READ | PROT_WRITE,
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
+        -1,
+        0,
+    )
+    if got != addr:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap(MAP_FIXED {addr:#x}, {size}): {os.strerror(err)}")
+
+
+def mprotect(addr: int, size: int, prot: int) -> None:
+    if libc.mprotect(addr, size, prot) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mprotect({addr:#x}, {size}, {prot}): {os.strerror(err)}")
+
+
 def madvise(addr: int, size: int, advice: int) -> None:
     if libc.madvise(addr, size, advice) != 0:
         err = ctypes.get_errno()

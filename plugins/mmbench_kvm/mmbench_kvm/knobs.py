@@ -8,8 +8,10 @@ only what maps the slot (the 2019 series, ``kvm_mmu_zap_memslot``). Policies wit
 switch are refused, naming what this kernel supports. Other paths have one kernel
 implementation each, which stands for the policy that models it: VM destruction is
 ``kvm_mmu_zap_all`` (zap-all), and stopping dirty logging on the shadow MMU zaps the
-collapsible sptes synchronously under mmu_lock (collapse-sync). Policies are matched per
-path: zap-all is the kernel's teardown, not a memslot-delete knob.
+collapsible sptes synchronously under mmu_lock (collapse-sync), and a host munmap /
+madvise / mprotect of guest memory reaches ``kvm_unmap_gfn_range`` through the MMU
+notifier (unmap-range). Policies are matched per path: zap-all is the kernel's teardown,
+not a memslot-delete knob.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ KERNEL_POLICIES: dict[str, KernelPolicy] = {
         ),
         KernelPolicy(
             "zap-all", 0, 0, "kvm_arch_flush_shadow_all -> kvm_mmu_zap_all", ("teardown",)
+        ),
+        KernelPolicy(
+            "unmap-range",
+            0,
+            0,
+            "kvm_mmu_notifier_invalidate_range_start -> kvm_unmap_gfn_range",
+            ("mmu-notifier",),
         ),
         KernelPolicy(
             "collapse-sync",

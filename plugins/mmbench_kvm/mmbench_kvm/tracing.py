@@ -30,6 +30,8 @@ PATH_EVENTS: dict[str, tuple[str, ...]] = {
     "teardown": ("kvm_mmu_prepare_zap_page",),
     "reclaim": ("kvm_mmu_prepare_zap_page", "kvm_mmu_get_page"),
     "dirty-log-stop": ("kvm_mmu_prepare_zap_page", "kvm_mmu_split_huge_page"),
+    # kvm:kvm_unmap_hva_range: one per kvm_mmu_notifier_invalidate_range_start (kvm_main.c)
+    "mmu-notifier": ("kvm:kvm_unmap_hva_range", "kvm_mmu_prepare_zap_page"),
 }
 SYSTEM = "kvmmmu"
 LINE = re.compile(r"^\s*.+?-\d+\s+\[\d+\]\s+(?:\S+\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>\w+):")
@@ -75,10 +77,14 @@ class TraceInstance:
     def __init__(self, paths: tuple[str, ...]) -> None:
         root = tracefs_root()
         remove_stale(root)
-        self.events = tuple(dict.fromkeys(e for p in paths for e in PATH_EVENTS.get(p, ())))
-        missing = [e for e in self.events if not (root / "events" / SYSTEM / e).is_dir()]
+        names = tuple(dict.fromkeys(e for p in paths for e in PATH_EVENTS.get(p, ())))
+        self.events = tuple(n.split(":")[-1] for n in names)  # as the trace lines name them
+        self._dirs = [n.replace(":", "/") if ":" in n else f"{SYSTEM}/{n}" for n in names]
+        missing = [d for d in self._dirs if not (root / "events" / d).is_dir()]
         if missing:
-            raise ConfigError("--trace", f"this kernel lacks tracepoint {SYSTEM}:{missing[0]}")
+            raise ConfigError(
+                "--trace", f"this kernel lacks tracepoint {missing[0].replace('/', ':')}"
+            )
         n = 0
         while (root / "instances" / f"{PREFIX}{os.getpid()}-{n}").exists():
             n += 1
@@ -88,8 +94,8 @@ class TraceInstance:
             self._write("tracing_on", "0")
             self._write("trace_clock", "mono")  # CLOCK_MONOTONIC, as time.perf_counter_ns
             self._write("buffer_size_kb", str(BUFFER_KB))
-            for e in self.events:
-                self._write(f"events/{SYSTEM}/{e}/enable", "1")
+            for d in self._dirs:
+                self._write(f"events/{d}/enable", "1")
             self._write("tracing_on", "1")
         except BaseException:
             self.close()

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
+from mmbench.model.notifier import KvmGfnRange
 from mmbench.model.region.mmu import RegionMmu
 
 
@@ -18,6 +19,11 @@ class S2Unmap:
     This is also the arm64 arch's default teardown (``Arm64.mmbench_flush_shadow_all``):
     both call the model's ``RegionMmu.kvm_free_stage2_pgd``; the policy names the
     baseline so it can be selected, compared and swept like the series that replaced it.
+
+    On the MMU-notifier path (``kvm_unmap_hva_range`` then, ``kvm_unmap_gfn_range`` now)
+    every invalidation, whatever its event, unmaps with ``kvm_flush_dcache_pte`` per
+    page and a TLBI per IPA (``unmap_stage2_range``); mainline still does on a CPU
+    without FWB. The arm64 arch's default for that path too.
     """
 
     name = "s2-unmap"
@@ -25,12 +31,19 @@ class S2Unmap:
     description = "arm64 teardown with per-page CMO and per-IPA TLBI (before 2019)"
     archs = ("arm64",)
     options = {}
+    paths = ("teardown", "mmu-notifier")
 
     @hookimpl
     def mmbench_flush_shadow_all(self, kvm: Kvm[RegionMmu]) -> bool:
         with kvm.mmu_lock:
             kvm.mmu.kvm_free_stage2_pgd()
         return True
+
+    @hookimpl
+    def mmbench_unmap_gfn_range(self, kvm: Kvm[RegionMmu], range: KvmGfnRange) -> bool:
+        return kvm.mmu.kvm_unmap_gfn_range(
+            range.start, range.end, range.may_block, cmo=True, tlbi_per_ipa=True
+        )
 
 
 @hookimpl

@@ -13,6 +13,7 @@ import numpy as np
 
 from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
+from mmbench.model.notifier import KvmGfnRange
 from mmbench.model.shadow.guest_tables import build_identity_page_tables
 from mmbench.model.shadow.mmu import ShadowMmu
 from mmbench.model.shadow.reclaim import fifo_reclaim
@@ -64,3 +65,9 @@ class X86Shadow:
         with kvm.mmu_lock:
             kvm.mmu.kvm_mmu_zap_all()
         return True
+
+    @hookimpl(trylast=True)
+    def mmbench_unmap_gfn_range(self, kvm: Kvm[ShadowMmu], range: KvmGfnRange) -> bool:
+        """x86 ``kvm_unmap_gfn_range`` (6.18) with rmaps: ``__kvm_rmap_zap_gfn_range``
+        (policy ``unmap-range`` names the same zap)."""
+        return kvm.mmu.kvm_unmap_gfn_range(range.start, range.end, range.may_block)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
+from mmbench.model.notifier import KvmGfnRange
 from mmbench.model.region.arch import RegionArch
 from mmbench.model.region.mmu import RegionMmu
 from mmbench_x86.tdp_costs import X86_TDP_BARE_METAL
@@ -44,3 +45,9 @@ class X86Tdp(RegionArch):
     def mmbench_dirty_log_enable(self, kvm: Kvm[RegionMmu], slot: Memslot) -> bool:
         kvm.mmu.enable_dirty_logging(slot)
         return True
+
+    @hookimpl(trylast=True)
+    def mmbench_unmap_gfn_range(self, kvm: Kvm[RegionMmu], range: KvmGfnRange) -> bool:
+        """x86 ``kvm_unmap_gfn_range`` (6.18) -> ``kvm_tdp_mmu_unmap_gfn_range`` under the
+        write lock (policy ``unmap-range`` names the same zap)."""
+        return kvm.mmu.kvm_unmap_gfn_range(range.start, range.end, range.may_block)
