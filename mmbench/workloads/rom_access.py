@@ -22,7 +22,13 @@ from mmbench.host.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT, Memslot, Memslots
 from mmbench.model.shadow.reclaim import KVM_MIN_ALLOC_MMU_PAGES
 from mmbench.workloads.base import Metric, Param, Samples, WorkloadSpec, parse_int_auto
-from mmbench.workloads.guest_layout import KERNEL_RESERVE, REGION_PAGES, align_up
+from mmbench.workloads.guest_layout import (
+    HUGE_PAGE_SIZE,
+    KERNEL_RESERVE,
+    REGION_PAGES,
+    align_up,
+    backing_param,
+)
 from mmbench.workloads.sizes import size_text
 
 MiB = 1 << 20
@@ -94,6 +100,7 @@ class RomAccess:
             min=0,
             max=100000,
         ),
+        backing_param(),
     )
     default_plots = ("pass.ms", "rom-access.delete_ns", "mmu_lock_hold_hist")
     phases = ("populate_ms", "pass_time_ms", "memslot_add_ms", "memslot_delete_ms")
@@ -164,7 +171,9 @@ class RomAccess:
     def layout(self, p: WorkloadSpec, arch: Any) -> VmSpec:
         if arch.region_granular:
             raise ConfigError(
-                "--arch", "rom-access needs 4 KiB slots and guest page tables: use x86-shadow"
+                "--arch",
+                f"rom-access on {arch.name} needs memslots of any 4 KiB multiple (a 128 KiB"
+                " ROM), which its region model cannot hold: use x86-shadow or x86-ept",
             )
         thread_pages = p.mb * MiB >> PAGE_SHIFT
         rom_bytes = p.rom_kib * 1024
@@ -227,6 +236,10 @@ class RomAccess:
             pt_gfn=KERNEL_RESERVE >> PAGE_SHIFT,
             max_gfn=max_gfn,
             nr_mmu_pages=p.mmu_pages,
+            # guest RAM's host backing; the ROM BAR is a 128 KiB region of its own, and
+            # only frames wholly inside one memslot may be huge (lpage_info)
+            huge_pages=p.backing != "4k",
+            huge_page_size=HUGE_PAGE_SIZE[p.backing],
         )
 
     # -- the run -------------------------------------------------------------------------

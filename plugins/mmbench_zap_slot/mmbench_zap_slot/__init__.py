@@ -21,7 +21,7 @@ class ZapSlot:
 
     name = "zap-slot"
     year = 2019  # seed 001
-    archs = ("x86-shadow",)
+    archs = ("x86-shadow", "x86-ept")
     options: dict[str, object] = {}
 
     @hookimpl
