@@ -13,7 +13,7 @@ from mmbench.model.shadow.mmu import ShadowMmu
 
 
 class _Memslot:
-    archs = ("x86-shadow",)
+    archs = ("x86-shadow", "x86-ept")
     options: dict = {}
 
 
@@ -203,6 +203,24 @@ class LpageReset(_FastInvalidate):
         return True
 
 
+class ZapsLeafLevelOnly(_Memslot):
+    """zap-slot on the legacy MMU with EPT whose rmap walk covers only the 4 KiB heads
+    (``slot_handle_leaf`` instead of ``slot_handle_all_level``): the slot's 2 MiB and 1 GiB
+    sptes stay, and with them the mappings of a deleted slot."""
+
+    name = "zaps-leaf-level-only"
+    archs = ("x86-ept",)
+
+    @hookimpl
+    def mmbench_flush_shadow_memslot(self, kvm: Kvm[ShadowMmu], slot: Memslot) -> bool:
+        mmu = kvm.mmu
+        with kvm.mmu_lock:
+            kvm.mmu_lock.work(np.full(slot.npages, kvm.costs.rmap_walk), False)
+            mmu._zap_rmapp(slot.base_gfn, slot.end_gfn)
+            mmu.commit_zap_page()
+        return True
+
+
 MUTANTS = (
     ForgetsZap,
     NeverFlushes,
@@ -216,6 +234,7 @@ MUTANTS = (
     NoReload,
     GenBumpOnly,
     LpageReset,
+    ZapsLeafLevelOnly,
 )
 
 
