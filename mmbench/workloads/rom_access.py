@@ -100,7 +100,9 @@ class RomAccess:
             min=0,
             max=100000,
         ),
-        backing_param(),
+        # 4k by default: what the runs before --backing did (on --backend kvm, 2m also
+        # maps the guest's own memory with 2 MiB pages)
+        backing_param("4k"),
     )
     default_plots = ("pass.ms", "rom-access.delete_ns", "mmu_lock_hold_hist")
     phases = ("populate_ms", "pass_time_ms", "memslot_add_ms", "memslot_delete_ms")

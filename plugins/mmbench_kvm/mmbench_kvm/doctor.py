@@ -59,6 +59,7 @@ def diagnose() -> dict[str, Any]:
         mask = system.supported_quirks
         facts["api_version"] = system.api_version
         facts["tdp_mmu"] = system.param("tdp_mmu")
+        facts["mmu"] = dict(zip(("arch", "reason"), system.mmu, strict=True))
         facts["eager_page_split"] = system.param("eager_page_split")
         facts["disableable_quirks"] = system.quirk_names(mask)
         facts["manual_dirty_log_protect2"] = system.check_extension(
@@ -95,6 +96,7 @@ def _lines(f: dict[str, Any]) -> list[str]:
     out += [
         f"KVM API           {f['api_version']}",
         f"tdp_mmu           {f['tdp_mmu']}  (N: the shadow MMU handles guest faults)",
+        f"MMU (--arch)      {f['mmu']['arch']}: {f['mmu']['reason']}",
         f"eager_page_split  {f['eager_page_split']}",
         f"DISABLE_QUIRKS2   {', '.join(f['disableable_quirks']) or 'none'}",
         f"MANUAL_DIRTY_LOG_PROTECT2  {mdl} ({'supported' if mdl else 'unsupported'})",
