@@ -33,6 +33,9 @@ class ShadowMmu(ShadowFault, ShadowReclaim, ShadowZap, SpTable):
         """``KVM_SET_NR_MMU_PAGES``, or KVM's default for the memslots' pages when 0."""
         self.kvm_mmu_change_mmu_pages(nr_mmu_pages or self.default_mmu_pages(nr_memslot_pages))
 
+    def check_new_slot(self, slot_id: int, base_gfn: int, npages: int) -> None:
+        """Per-gfn rmaps hold any layout of 4 KiB-aligned slots: nothing to refuse."""
+
     def nr_mapped(self) -> int:
         return self.nr_live_sps()
 
