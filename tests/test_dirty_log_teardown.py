@@ -176,7 +176,7 @@ def test_teardown_4k_backing_and_x86(runs_dir):
             "--initially-set",
             "--manual-protect",
         ),
-        (["rom-access", "--arch", "x86-tdp", "--policy", "zap-all"], "--arch", "x86-shadow"),
+        (["rom-access", "--arch", "arm64"], "--arch", "zap-slot (x86-shadow, x86-ept, x86-tdp)"),
     ],
 )
 def test_bad_input_exits_2(runs_dir, args, field, names):

@@ -78,6 +78,14 @@ SCENARIOS = {
         "zap-slot",
         {"zaps-leaf-level-only": "huge spte maps gfn"},
     ),
+    "rom-access x86-tdp": (  # the TDP MMU's kvm_mmu_zap_all_fast, broken
+        [*ROM, "--arch", "x86-tdp", "--backing", "2m"],
+        "fast-zap",
+        {
+            "fast-zap-no-reload": "invalid root with no reload",
+            "fast-zap-keeps-invalid-roots": "never torn down",
+        },
+    ),
     "rom-access, the RAM slot deleted": (
         [*ROM, "--delete-ram-after-pass", "3"],
         "fast-invalidate",

@@ -171,12 +171,6 @@ class RomAccess:
 
     # -- layout --------------------------------------------------------------------------
     def layout(self, p: WorkloadSpec, arch: Any) -> VmSpec:
-        if arch.region_granular:
-            raise ConfigError(
-                "--arch",
-                f"rom-access on {arch.name} needs memslots of any 4 KiB multiple (a 128 KiB"
-                " ROM), which its region model cannot hold: use x86-shadow or x86-ept",
-            )
         thread_pages = p.mb * MiB >> PAGE_SHIFT
         rom_bytes = p.rom_kib * 1024
         if rom_bytes % 4096:

@@ -180,10 +180,6 @@ class RegionState:
                 if actor is not None:
                     self.kvm.engine.interrupt(actor)
 
-    def kvm_mmu_unload(self, vcpu: int) -> int:
-        """A vCPU drops its root reference; roots are freed with the tree."""
-        return 0
-
     # -- figures -----------------------------------------------------------------------------
     def extra_stats(self) -> dict[str, float]:
         st = self.kvm.stats.vm

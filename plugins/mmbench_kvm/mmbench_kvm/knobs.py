@@ -42,6 +42,13 @@ KERNEL_POLICIES: dict[str, KernelPolicy] = {
             "KVM_X86_QUIRK_SLOT_ZAP_ALL disabled via KVM_CAP_DISABLE_QUIRKS2",
         ),
         KernelPolicy(
+            "fast-zap",
+            0,
+            0,
+            "KVM_X86_QUIRK_SLOT_ZAP_ALL on (the default): kvm_mmu_zap_all_fast, TDP MMU",
+            tdp_mmu=True,
+        ),
+        KernelPolicy(
             "zap-all", 0, 0, "kvm_arch_flush_shadow_all -> kvm_mmu_zap_all", ("teardown",)
         ),
         KernelPolicy(

@@ -9,6 +9,7 @@ import numpy as np
 from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
+from mmbench.model.region.mmu import RegionMmu
 from mmbench.model.shadow.mmu import ShadowMmu
 
 
@@ -221,6 +222,39 @@ class ZapsLeafLevelOnly(_Memslot):
         return True
 
 
+class FastZapNoReload(_Memslot):
+    """``kvm_mmu_zap_all_fast`` on the TDP MMU without
+    ``kvm_make_all_cpus_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)``: vCPUs stay on the
+    invalidated roots, which are then torn down under them."""
+
+    name = "fast-zap-no-reload"
+    archs = ("x86-tdp",)
+
+    @hookimpl
+    def mmbench_flush_shadow_memslot(self, kvm: Kvm[RegionMmu], slot: Memslot) -> bool:
+        with kvm.mmu_lock:
+            kvm.mmu.kvm_tdp_mmu_invalidate_all_roots()
+        with kvm.mmu_lock.read_lock():
+            kvm.mmu.kvm_tdp_mmu_zap_invalidated_roots(lock_break=True)
+        return True
+
+
+class FastZapKeepsInvalidRoots(_Memslot):
+    """``kvm_mmu_zap_all_fast`` that invalidates the roots and asks for the reload but
+    never calls ``kvm_tdp_mmu_zap_invalidated_roots``: the old tree, with the deleted
+    slot's mappings, is never torn down."""
+
+    name = "fast-zap-keeps-invalid-roots"
+    archs = ("x86-tdp",)
+
+    @hookimpl
+    def mmbench_flush_shadow_memslot(self, kvm: Kvm[RegionMmu], slot: Memslot) -> bool:
+        with kvm.mmu_lock:
+            kvm.mmu.kvm_tdp_mmu_invalidate_all_roots()
+            kvm.reload_remote_mmus()
+        return True
+
+
 MUTANTS = (
     ForgetsZap,
     NeverFlushes,
@@ -235,6 +269,8 @@ MUTANTS = (
     GenBumpOnly,
     LpageReset,
     ZapsLeafLevelOnly,
+    FastZapNoReload,
+    FastZapKeepsInvalidRoots,
 )
 
 
