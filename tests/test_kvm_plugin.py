@@ -24,7 +24,9 @@ def test_policies_map_to_the_slot_zap_all_quirk():
     assert knobs.resolve("zap-slot", every).quirks_off == k.KVM_X86_QUIRK_SLOT_ZAP_ALL
     # a kernel older than the quirk still does fast invalidate on memslot delete
     delete = ("memslot-delete",)
-    assert [p.name for p in knobs.supported(0, paths=delete)] == ["fast-invalidate"]
+    assert [p.name for p in knobs.supported(0, False, delete)] == ["fast-invalidate"]
+    # on the TDP MMU the same default is kvm_mmu_zap_all_fast over its roots: fast-zap
+    assert [p.name for p in knobs.supported(0, True, delete)] == ["fast-zap"]
     with pytest.raises(ConfigError) as ei:
         knobs.resolve("zap-slot", 0, paths=delete)
     assert ei.value.field == "--policy" and "cannot disable" in ei.value.message

@@ -526,7 +526,8 @@ class KvmBackend:
     def supported_policies(self, names: list[str], paths: tuple[str, ...] = ()) -> list[str]:
         """Of ``names``, those this kernel has a knob for on ``paths`` (the defaults)."""
         with KvmSystem() as s:
-            ok = {p.name for p in knobs.supported(s.supported_quirks, s.tdp_mmu, paths)}
+            tdp = s.mmu[0] == "x86-tdp"
+            ok = {p.name for p in knobs.supported(s.supported_quirks, tdp, paths)}
         return [n for n in names if n in ok]
 
     def check_policies(self, names: list[str], arch: str, paths: tuple[str, ...] = ()) -> None:
@@ -560,8 +561,9 @@ class KvmBackend:
             )
         system = KvmSystem()
         try:
-            name = run_policy_name(hook) or "fast-invalidate"
-            policy = knobs.resolve(name, system.supported_quirks)
+            tdp = system.mmu[0] == "x86-tdp"
+            name = run_policy_name(hook) or ("fast-zap" if tdp else "fast-invalidate")
+            policy = knobs.resolve(name, system.supported_quirks, tdp)
         except BaseException:
             system.close()
             raise

@@ -34,7 +34,13 @@ class KernelPolicy:
 KERNEL_POLICIES: dict[str, KernelPolicy] = {
     p.name: p
     for p in (
-        KernelPolicy("fast-invalidate", 0, 0, "KVM_X86_QUIRK_SLOT_ZAP_ALL on (the default)"),
+        KernelPolicy(
+            "fast-invalidate",
+            0,
+            0,
+            "KVM_X86_QUIRK_SLOT_ZAP_ALL on (the default): kvm_mmu_zap_all_fast, shadow MMU",
+            tdp_mmu=False,
+        ),
         KernelPolicy(
             "zap-slot",
             k.KVM_X86_QUIRK_SLOT_ZAP_ALL,
