@@ -159,7 +159,7 @@ def test_teardown_4k_backing_and_x86(runs_dir):
         (["teardown", "--arch", "x86-tdp", "--policy", "s2-elide"], "--policy", "s2-elide (arm64)"),
         (["teardown", "--arch", "x86-shadow", "--policy", "s2-unmap"], "--policy", "zap-all"),
         (["dirty-log", "--arch", "x86-tdp", "--policy", "zap-slot"], "--policy", "collapse-sync"),
-        (["rom-access", "--policy", "collapse-sync"], "--policy", "zap-slot (x86-shadow)"),
+        (["rom-access", "--policy", "collapse-sync"], "--policy", "zap-slot (x86-shadow, x86-ept)"),
         (
             ["dirty-log", "--arch", "x86-shadow", "--size", "1G"],
             "--arch",
@@ -176,7 +176,7 @@ def test_teardown_4k_backing_and_x86(runs_dir):
             "--initially-set",
             "--manual-protect",
         ),
-        (["rom-access", "--arch", "x86-tdp", "--policy", "zap-all"], "--arch", "x86-shadow"),
+        (["rom-access", "--arch", "arm64"], "--arch", "zap-slot (x86-shadow, x86-ept, x86-tdp)"),
     ],
 )
 def test_bad_input_exits_2(runs_dir, args, field, names):

@@ -9,6 +9,8 @@ the commit message and the README. ``rom-access-preempt-full.json`` is the defau
 kernel configuration (contention-driven lock-break always on). It reproduced the previous
 default figures to the last digit when it was made; it has moved since only with the
 remote-flush fix (IPIs to running vCPUs only, commit 8306fc6), by microseconds.
+``rom-access-x86-ept.json`` and ``rom-access-x86-tdp.json`` are the default ``rom-access``
+on the legacy MMU with EPT and on the TDP MMU, 2 MiB backing (issue 12), as first made.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import pytest
 from conftest import mmbench
 from mmbench_kvm import ioctls as k
 from mmbench_kvm import knobs
+from mmbench_kvm.system import host_mmu
 
 from mmbench.errors import ConfigError
 
@@ -23,7 +24,9 @@ def test_policies_map_to_the_slot_zap_all_quirk():
     assert knobs.resolve("zap-slot", every).quirks_off == k.KVM_X86_QUIRK_SLOT_ZAP_ALL
     # a kernel older than the quirk still does fast invalidate on memslot delete
     delete = ("memslot-delete",)
-    assert [p.name for p in knobs.supported(0, paths=delete)] == ["fast-invalidate"]
+    assert [p.name for p in knobs.supported(0, False, delete)] == ["fast-invalidate"]
+    # on the TDP MMU the same default is kvm_mmu_zap_all_fast over its roots: fast-zap
+    assert [p.name for p in knobs.supported(0, True, delete)] == ["fast-zap"]
     with pytest.raises(ConfigError) as ei:
         knobs.resolve("zap-slot", 0, paths=delete)
     assert ei.value.field == "--policy" and "cannot disable" in ei.value.message
@@ -50,3 +53,21 @@ def test_bad_calibrate_and_validate_input_is_one_line_exit_2(tmp_path):
     proc = mmbench("validate", "--costs", str(tmp_path / "missing.yaml"), "--sizes-mb", "48,64")
     assert proc.returncode == 2 and "--costs" in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "params, arch",
+    [
+        ({"kvm": {"tdp_mmu": "Y"}, "kvm_intel": {"ept": "Y"}}, "x86-tdp"),
+        ({"kvm": {"tdp_mmu": "N"}, "kvm_intel": {"ept": "Y"}}, "x86-ept"),
+        ({"kvm": {"tdp_mmu": "N"}, "kvm_amd": {"npt": "1"}}, "x86-ept"),
+        ({"kvm": {"tdp_mmu": "Y"}, "kvm_intel": {"ept": "N"}}, "x86-shadow"),
+        ({"kvm": {"tdp_mmu": "N"}, "kvm_pvm": {"pvm_native": "Y"}}, "x86-shadow"),
+    ],
+)
+def test_the_host_mmu_is_read_from_ept_npt_and_tdp_mmu(params, arch):
+    """``tdp_mmu_enabled = tdp_mmu_allowed && tdp_enabled``: the TDP MMU needs both; TDP
+    hardware alone is the legacy MMU's direct sps; no ept/npt (kvm_pvm) is shadow paging."""
+    got, why = host_mmu(params)
+    assert got == arch
+    assert ("shadow paging" in why) == (arch == "x86-shadow")

@@ -79,8 +79,8 @@ class Arch(Protocol):
     implementations are the kernel's defaults and must be ``@hookimpl(trylast=True)``.
 
     ``max_guest_bytes``: the largest guest the model holds; ``dirty_log``: it models
-    ``KVM_MEM_LOG_DIRTY_PAGES``; ``region_granular``: accesses, slots and clears come in
-    whole 2 MiB regions."""
+    ``KVM_MEM_LOG_DIRTY_PAGES``; ``region_granular``: faults and dirty-log clears come in
+    whole 2 MiB regions (memslots of any 4 KiB multiple; dirty logging 2 MiB-aligned)."""
 
     name: str
     costs: CostTable

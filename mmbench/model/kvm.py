@@ -150,6 +150,8 @@ class Kvm(Generic[MmuT]):
             raise ConfigError("memslot", f"gpa 0x{gpa:x} and size 0x{size:x} must be 4 KiB aligned")
         slot = Memslot(slot_id, gpa >> PAGE_SHIFT, size >> PAGE_SHIFT, flags, name)
         self.memslots.check_new(slot_id, slot.base_gfn, slot.npages)
+        if self.mmu is not None:  # the MMU model's own limits on a layout
+            self.mmu.check_new_slot(slot_id, slot.base_gfn, slot.npages)
         # kvm_arch_prepare_memory_region: rmap and lpage_info arrays; then publish + SRCU
         self.charge(slot.npages * self.costs.memslot_alloc_page)
         self.synchronize_srcu_expedited()
@@ -177,6 +179,7 @@ class Kvm(Generic[MmuT]):
         slot = self.memslots.get(slot_id)
         new_base = new_gpa >> PAGE_SHIFT
         self.memslots.check_new(slot_id, new_base, slot.npages, field="memslot move")
+        self.mmu.check_new_slot(slot_id, new_base, slot.npages)
         self._invalidate_slot(slot)
         self.memslots.remove(slot)
         self.hook.mmbench_memslot_deleted(kvm=self, slot=slot, change="move")

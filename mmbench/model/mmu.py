@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from mmbench.model.memslots import Memslot
 
 
@@ -27,6 +29,13 @@ class Mmu(Protocol):
 
     def kvm_mmu_unload(self, vcpu: int) -> int:
         """The vCPU drops its root (``kvm_mmu_unload``); returns sps freed."""
+
+    def root_lock(self) -> AbstractContextManager[object]:
+        """mmu_lock in the mode a vCPU's root reload takes it (shadow: exclusive; TDP MMU:
+        for read)."""
+
+    def check_new_slot(self, slot_id: int, base_gfn: int, npages: int) -> None:
+        """Refuse (``ConfigError``) a memslot layout the MMU model cannot hold."""
 
     def nr_mapped(self) -> int:
         """What is still mapped: live sps (shadow) or leaves (region); 0 after teardown."""

@@ -42,9 +42,11 @@ class Vcpu:
             self.request_reload = False
             self.stats["root_reloads"] += 1
             self.reloading = True  # request taken, the unload still waits for mmu_lock
-            with kvm.mmu_lock:
+            with kvm.mmu.root_lock():
                 freed = kvm.mmu.kvm_mmu_unload(self.id)
-                kvm.charge(kvm.costs.root_reload + freed * kvm.costs.zap_sp)
+                # an invalid shadow root freed by its last user (the TDP MMU frees none)
+                zapped = freed * kvm.costs.zap_sp if freed else 0
+                kvm.charge(kvm.costs.root_reload + zapped)
             self.reloading = False
 
     def access(self, gfn0: int, gfn1: int, write: bool = True) -> None:

@@ -84,6 +84,7 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
     if not req.policies:  # kvm: kernel knobs only
         names = backend.supported_policies(names, on)
     if not names:
+        backend.check_policies([], req.arch, on)  # an arch the backend cannot run says why
         raise ConfigError(
             "--policy", f"backend {req.backend!r} has no policy for {req.workload} on {req.arch}"
         )

@@ -69,12 +69,12 @@ def check_size(size: int, arch: Any) -> None:
         )
 
 
-def backing_param() -> Param:
+def backing_param(default: str = "2m") -> Param:
     """``--backing``: the host memory behind guest RAM, which bounds the leaf size."""
     return Param(
         "backing",
         str,
-        "2m",
+        default,
         "host backing: 2m (THP/hugetlbfs), 1g (hugetlbfs 1 GiB pages) or 4k",
         parse=choice("--backing", BACKINGS),
     )

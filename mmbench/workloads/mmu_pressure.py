@@ -24,7 +24,13 @@ from mmbench.host.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT
 from mmbench.model.shadow.reclaim import KVM_MIN_ALLOC_MMU_PAGES
 from mmbench.workloads.base import Metric, Param, Samples, WorkloadSpec
-from mmbench.workloads.guest_layout import KERNEL_RESERVE, REGION_PAGES, align_up
+from mmbench.workloads.guest_layout import (
+    HUGE_PAGE_SIZE,
+    KERNEL_RESERVE,
+    REGION_PAGES,
+    align_up,
+    backing_param,
+)
 
 MiB = 1 << 20
 
@@ -65,6 +71,7 @@ class MmuPressure:
             " mille of guest pages",
             min=0,
         ),
+        backing_param("4k"),  # shadow paging maps the guest's 4 KiB pages whatever backs them
     )
     metrics = {
         "run_ms": Metric("ms", "time until every vCPU finished its rounds"),
@@ -136,6 +143,9 @@ class MmuPressure:
             nr_vcpus=p.vcpus,
             nr_mmu_pages=p.mmu_pages,
             trace_mmu_pages=True,
+            huge_pages=p.backing != "4k",
+            huge_page_size=HUGE_PAGE_SIZE[p.backing],
+            host_page_size=HUGE_PAGE_SIZE[p.backing],  # what the host allocates
         )
 
     def schedule(self, p: WorkloadSpec, vcpu: int) -> list[int]:

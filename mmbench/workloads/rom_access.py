@@ -22,7 +22,13 @@ from mmbench.host.hookspecs import hookimpl
 from mmbench.model.memslots import PAGE_SHIFT, Memslot, Memslots
 from mmbench.model.shadow.reclaim import KVM_MIN_ALLOC_MMU_PAGES
 from mmbench.workloads.base import Metric, Param, Samples, WorkloadSpec, parse_int_auto
-from mmbench.workloads.guest_layout import KERNEL_RESERVE, REGION_PAGES, align_up
+from mmbench.workloads.guest_layout import (
+    HUGE_PAGE_SIZE,
+    KERNEL_RESERVE,
+    REGION_PAGES,
+    align_up,
+    backing_param,
+)
 from mmbench.workloads.sizes import size_text
 
 MiB = 1 << 20
@@ -94,6 +100,9 @@ class RomAccess:
             min=0,
             max=100000,
         ),
+        # 4k by default: what the runs before --backing did (on --backend kvm, 2m also
+        # maps the guest's own memory with 2 MiB pages)
+        backing_param("4k"),
     )
     default_plots = ("pass.ms", "rom-access.delete_ns", "mmu_lock_hold_hist")
     phases = ("populate_ms", "pass_time_ms", "memslot_add_ms", "memslot_delete_ms")
@@ -162,10 +171,6 @@ class RomAccess:
 
     # -- layout --------------------------------------------------------------------------
     def layout(self, p: WorkloadSpec, arch: Any) -> VmSpec:
-        if arch.region_granular:
-            raise ConfigError(
-                "--arch", "rom-access needs 4 KiB slots and guest page tables: use x86-shadow"
-            )
         thread_pages = p.mb * MiB >> PAGE_SHIFT
         rom_bytes = p.rom_kib * 1024
         if rom_bytes % 4096:
@@ -227,6 +232,11 @@ class RomAccess:
             pt_gfn=KERNEL_RESERVE >> PAGE_SHIFT,
             max_gfn=max_gfn,
             nr_mmu_pages=p.mmu_pages,
+            # guest RAM's host backing; the ROM BAR is a 128 KiB region of its own, and
+            # only frames wholly inside one memslot may be huge (lpage_info)
+            huge_pages=p.backing != "4k",
+            huge_page_size=HUGE_PAGE_SIZE[p.backing],
+            host_page_size=HUGE_PAGE_SIZE[p.backing],  # what the host allocates
         )
 
     # -- the run -------------------------------------------------------------------------

@@ -403,3 +403,22 @@ def test_teardown_and_dirty_log_run_on_the_kernel(tmp_path):
     m = dl["results"][0]["metrics"]
     assert m["disable_dirty_log_ms"] > 0 and m["pages_dirtied"] > 0
     assert "iter1_clear_dirty_log_ms" in m and "vcpu_stall_ms" not in m  # kernel: no lock view
+
+
+def test_the_arch_is_the_hosts_mmu_and_another_is_refused_saying_why(runs_dir):
+    """The result records the host's MMU; an --arch it does not run is one line, exit 2,
+    naming the host's MMU, why, and what the other arch needs."""
+    from mmbench_kvm.system import KvmSystem
+
+    with KvmSystem() as s:
+        here, why = s.mmu
+    doc = json.loads(
+        mmbench("run", "rom-access", "--backend", "kvm", "-c", "1", "-m", "16", "--passes", "3",
+                "--policy", "zap-slot", "--json", check=True).stdout
+    )  # fmt: skip
+    assert [r["arch"] for r in doc["results"]] == [here]
+    for other in {"x86-shadow", "x86-ept", "x86-tdp"} - {here}:
+        proc = mmbench("run", "rom-access", "--backend", "kvm", "--arch", other, "-m", "16")
+        assert proc.returncode == 2
+        (line,) = proc.stderr.strip().splitlines()
+        assert f"backend kvm runs this host's MMU, {here} ({why}); {other} needs" in line

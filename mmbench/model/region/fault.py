@@ -28,11 +28,13 @@ class RegionFaults(RegionState):
 
     def _need(self, r0: int, r1: int, write: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per region: 0 runs natively, 1 takes lockless fast faults, 2 faults under
-        mmu_lock, 3 is not backed (MMIO exits). Also returns (backed, logged)."""
-        backed, logged = self._flags(r0, r1)
+        mmu_lock, 3 is not backed (MMIO exits). Also returns (pages backed, logged): a
+        partial region is fully mapped when its table holds every page its slot backs."""
+        pages, logged = self._backing(r0, r1)
         huge, pt, n4k = self.huge[r0:r1], self.pt[r0:r1], self.n4k[r0:r1]
         gb = self.gib_per_region(self.gb, r0, r1)
-        full = huge | gb | (pt & (n4k == REGION_PAGES))
+        table_full = pt & (n4k == pages)
+        full = huge | gb | table_full
         need = np.where(full, 0, 2).astype(np.int8)
         if write:
             gb_wp = gb & self.gib_per_region(self.gb_wp, r0, r1)
@@ -41,38 +43,54 @@ class RegionFaults(RegionState):
             wp_huge = huge & self.huge_wp[r0:r1]
             need[wp_huge & logged] = 2  # a logged slot maps 4 KiB: drop the huge leaf
             need[wp_huge & ~logged] = 1  # fast_page_fault restores W on the huge spte
-            need[pt & (n4k == REGION_PAGES) & (self.w4k[r0:r1] < n4k)] = 1
-        need[~backed] = 3
-        return need, backed, logged
+            need[table_full & (self.w4k[r0:r1] < n4k)] = 1
+        need[pages == 0] = 3
+        return need, pages, logged
 
     def access(self, vcpu: Vcpu, gfn0: int, gfn1: int, write: bool) -> None:
-        """Touch one qword per 4 KiB page of ``[gfn0, gfn1)`` (whole 2 MiB regions)."""
-        if gfn0 % REGION_PAGES or gfn1 % REGION_PAGES:
-            raise ValueError(f"[0x{gfn0:x}, 0x{gfn1:x}): the region model touches 2 MiB runs")
-        r, r_end = gfn0 >> REGION_SHIFT, gfn1 >> REGION_SHIFT
+        """Touch one qword per 4 KiB page of ``[gfn0, gfn1)``. A fault maps whole regions
+        (a partial region: every page its slot backs there); pages of the range that no
+        slot backs are MMIO exits."""
+        r, r_end = gfn0 >> REGION_SHIFT, -(-gfn1 // REGION_PAGES)
+        exact = not (gfn0 % REGION_PAGES or gfn1 % REGION_PAGES)
         while r < r_end:
             vcpu.check_requests()
             c1 = min(r_end, r + RUN_REGIONS)
-            need, backed, logged = self._need(r, c1, write)
+            need, pages, logged = self._need(r, c1, write)
             kind = int(need[0])
             same = need != kind
             run = int(np.argmax(same)) if same.any() else len(need)
+            backed = touched = None  # the fast path: whole regions, all backed
+            if not (exact and bool((pages[:run] == REGION_PAGES).all())):
+                backed = self._backing(r, r + run, gfn0, gfn1)[0]
+                touched = np.full(run, REGION_PAGES, dtype=np.int32)
+                touched[0] -= max(0, gfn0 - (r << REGION_SHIFT))
+                touched[-1] -= max(0, ((r + run) << REGION_SHIFT) - gfn1)
+            start = r
             if kind == 0:
-                r = self._run_native(vcpu, r, r + run)
+                r = self._run_native(vcpu, r, r + run, backed)
             elif kind == 1:
-                self._fast_faults(vcpu, r, r + run, logged[:run])
+                self._fast_faults(vcpu, r, r + run, logged[:run], backed)
                 r += run
             elif kind == 2:
-                r = self._locked_faults(vcpu, r, r + run, logged[:run])
+                r = self._locked_faults(vcpu, r, r + run, logged[:run], pages[:run], backed)
             else:
-                self._mmio(vcpu, run)
                 r += run
+            if touched is not None:  # the unbacked pages of partial regions: MMIO exits
+                done = r - start
+                self._mmio(vcpu, int((touched[:done] - backed[:done]).sum()))
+            elif kind == 3:
+                self._mmio(vcpu, run * REGION_PAGES)
 
-    def _run_native(self, vcpu: Vcpu, r0: int, r1: int) -> int:
-        """Run natively over mapped regions; a kick (IPI) cuts the run short."""
+    def _run_native(self, vcpu: Vcpu, r0: int, r1: int, backed: np.ndarray | None = None) -> int:
+        """Run natively over mapped regions (``backed``: the pages touched in each, if not
+        all 512); a kick (IPI) cuts the run short."""
         kvm = self.kvm
         per_region = REGION_PAGES * kvm.costs.touch_page
-        total = (r1 - r0) * per_region
+        if backed is None:
+            total = (r1 - r0) * per_region
+        else:
+            total = int(backed.sum()) * kvm.costs.touch_page
         vcpu.in_guest = True
         self.native[vcpu.id] = (r0, r1)
         slept = kvm.engine.sleep_interruptible(total, lambda now: now)
@@ -80,15 +98,26 @@ class RegionFaults(RegionState):
         del self.native[vcpu.id]
         if slept >= int(total):
             return r1
-        return r0 + int(slept // per_region)
+        if backed is None:
+            return r0 + int(slept // per_region)
+        return r0 + int((r1 - r0) * slept // max(total, 1))
 
-    def _mmio(self, vcpu: Vcpu, regions: int) -> None:
-        pages = regions * REGION_PAGES
+    def _mmio(self, vcpu: Vcpu, pages: int) -> None:
+        """``pages`` accesses that no memslot backs: each an exit to user space."""
+        if not pages:
+            return
         self.kvm.charge(pages * self.kvm.costs.mmio_exit)
         vcpu.stats["mmio_exits"] += pages
         vcpu.stats["exits"] += pages
 
-    def _fast_faults(self, vcpu: Vcpu, r0: int, r1: int, logged: np.ndarray) -> None:
+    @staticmethod
+    def _touched(n: int, backed: np.ndarray | None) -> int:
+        """Backed pages the access touches in the first ``n`` regions of a run."""
+        return n * REGION_PAGES if backed is None else int(backed[:n].sum())
+
+    def _fast_faults(
+        self, vcpu: Vcpu, r0: int, r1: int, logged: np.ndarray, backed: np.ndarray | None
+    ) -> None:
         """``fast_page_fault``: make write-protected leaves writable without mmu_lock
         (``mark_page_dirty_in_slot`` in a logged slot)."""
         kvm, c = self.kvm, self.kvm.costs
@@ -102,11 +131,19 @@ class RegionFaults(RegionState):
         self.huge_wp[sl] = False
         self.w4k[sl] = self.n4k[sl]
         self.dirty[sl] = np.where(logged, REGION_PAGES, self.dirty[sl])
-        pages = (r1 - r0) * REGION_PAGES
+        pages = self._touched(r1 - r0, backed)
         kvm.charge(faults * (c.fault_exit + c.fast_page_fault) + pages * c.touch_page)
         self._count_faults(vcpu, faults)
 
-    def _locked_faults(self, vcpu: Vcpu, r0: int, r1: int, logged: np.ndarray) -> int:
+    def _locked_faults(
+        self,
+        vcpu: Vcpu,
+        r0: int,
+        r1: int,
+        logged: np.ndarray,
+        cap: np.ndarray,
+        backed: np.ndarray | None,
+    ) -> int:
         """Page faults over ``[r0, r1)`` under mmu_lock, one lock section per batch
         (x86 ``kvm_tdp_mmu_map``, arm64 ``user_mem_abort``).
 
@@ -114,21 +151,24 @@ class RegionFaults(RegionState):
         way is zapped (and its TLB entries flushed), a table allocated, every page faulted
         in, writable and marked dirty (``make_spte``). Otherwise, if the backing allows,
         one fault maps a 1 GiB leaf (``_fault_1g``) or a 2 MiB leaf, replacing the tables
-        and leaves in the way.
+        and leaves in the way. A partial region (``cap`` < 512 pages backed) is never huge
+        (lpage_info of a frame the slot covers in part): its table gets ``cap`` leaves.
         """
         kvm, c = self.kvm, self.kvm.costs
-        if self.huge_1g and not logged[0]:
-            done = self._fault_1g(vcpu, r0, r1)
+        whole = cap == REGION_PAGES
+        if self.huge_1g and not logged[0] and whole[0]:
+            done = self._fault_1g(vcpu, r0, r1, backed)
             if done:
                 return done
-        goal_huge = self.huge_ok and not logged[0]
+        goal_huge = self.huge_ok and not logged[0] and bool(whole[0])
         span = FAULT_HUGE_REGIONS if goal_huge else FAULT_4K_REGIONS
         r1 = min(r1, r0 + span)
-        logged = logged[: r1 - r0]
-        differs = logged != logged[0]  # one kind per batch: stop at a slot boundary
+        logged, whole, cap = logged[: r1 - r0], whole[: r1 - r0], cap[: r1 - r0]
+        # one kind per batch: stop at a slot boundary or a partial region
+        differs = (logged != logged[0]) | (whole != whole[0])
         if differs.any():
             r1 = r0 + int(np.argmax(differs))
-            logged = logged[: r1 - r0]
+            logged, cap = logged[: r1 - r0], cap[: r1 - r0]
         sl = slice(r0, r1)
         n = r1 - r0
         g0, g1 = r0 << REGION_SHIFT, r1 << REGION_SHIFT
@@ -167,15 +207,15 @@ class RegionFaults(RegionState):
                     flushes = zapped  # one kvm_flush_remote_tlbs_gfn per huge leaf dropped
                     present = np.where(self.pt[sl], self.n4k[sl], 0).astype(np.int64)
                     allocs = int((~self.pt[sl]).sum()) + len(gbs)
-                    faults = int((REGION_PAGES - present).sum())
+                    faults = int((cap - present).sum())
                     installs = faults
                     self.huge[sl] = False
                     self.huge_wp[sl] = False
                     self.huge_changed(-int(was_huge.sum()))
                     self.pt[sl] = True
-                    self.n4k[sl] = REGION_PAGES
-                    self.w4k[sl] = REGION_PAGES  # make_spte maps writable where the host allows
-                    self.dirty[sl] = np.where(logged, REGION_PAGES, self.dirty[sl])
+                    self.n4k[sl] = cap
+                    self.w4k[sl] = cap  # make_spte maps writable where the host allows
+                    self.dirty[sl] = np.where(logged, cap, self.dirty[sl])
                 self.l2[r0 // GIB_REGIONS : (r1 - 1) // GIB_REGIONS + 1] = True
                 st = kvm.stats.vm
                 st["sptes_zapped"] += zapped
@@ -199,11 +239,11 @@ class RegionFaults(RegionState):
         if stale:
             mn.retry(vcpu, g0, g1)
             return r0
-        kvm.charge(faults * c.fault_exit + n * REGION_PAGES * c.touch_page)
+        kvm.charge(faults * c.fault_exit + self._touched(n, backed) * c.touch_page)
         self._count_faults(vcpu, faults)
         return r1
 
-    def _fault_1g(self, vcpu: Vcpu, r0: int, r1: int) -> int:
+    def _fault_1g(self, vcpu: Vcpu, r0: int, r1: int, backed: np.ndarray | None) -> int:
         """One fault maps the 1 GiB leaf over ``r0``'s GiB if one unlogged slot backs all
         of it, replacing its level-2 table and whatever hangs there. Returns the region
         after the ones touched, or 0 if a 1 GiB leaf cannot go there."""
@@ -212,8 +252,8 @@ class RegionFaults(RegionState):
         sl = slice(g * GIB_REGIONS, (g + 1) * GIB_REGIONS)
         if sl.stop > self.nr_regions:
             return 0
-        backed, logged = self._flags(sl.start, sl.stop)
-        if not backed.all() or logged.any():
+        pages, logged = self._backing(sl.start, sl.stop)
+        if not (pages == REGION_PAGES).all() or logged.any():
             return 0
         end = min(r1, sl.stop)
         g0, g1 = sl.start << REGION_SHIFT, sl.stop << REGION_SHIFT
@@ -248,7 +288,7 @@ class RegionFaults(RegionState):
         if stale:
             mn.retry(vcpu, g0, g1)
             return r0
-        kvm.charge(c.fault_exit + (end - r0) * REGION_PAGES * c.touch_page)
+        kvm.charge(c.fault_exit + self._touched(end - r0, backed) * c.touch_page)
         self._count_faults(vcpu, 1)
         return end
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from mmbench.errors import InvariantViolation
-from mmbench.model.region.state import GIB_REGIONS, REGION_PAGES, REGION_SHIFT, RegionState
+from mmbench.model.region.roots import RegionRoots
+from mmbench.model.region.state import GIB_REGIONS, REGION_PAGES, REGION_SHIFT
 
 
-class RegionInvariants(RegionState):
+class RegionInvariants(RegionRoots):
     """What must hold of the tree whenever mmu_lock is free and no walk is half done."""
 
     def check_invariants(self, when: str, gfn0: int = 0, gfn1: int | None = None) -> None:
@@ -43,7 +44,12 @@ class RegionInvariants(RegionState):
         covered = int(self.huge.sum()) + GIB_REGIONS * int(self.gb.sum())
         if covered != self.nr_huge:
             fail(f"nr_huge {self.nr_huge} but huge leaves cover {covered} regions")
-        backed, logged = self._flags(r0, r1)
+        pages, logged = self._backing(r0, r1)
+        backed = pages > 0
+        over = n4k > pages
+        if over.any():
+            r = int(np.argmax(over))
+            fail(f"{gfn(r)}'s table holds {int(n4k[r])} leaves, its slot backs {int(pages[r])}")
         stale = (huge | pt | gb) & ~backed
         if stale.any():
             fail(f"{gfn(int(np.argmax(stale)))} is still mapped but no live memslot backs it")
@@ -56,6 +62,12 @@ class RegionInvariants(RegionState):
                 f"a writable spte maps {gfn(r)} in a dirty-logged slot whose bitmap does not"
                 f" have it set ({int(writable[r])} writable, {int(dirty[r])} dirty)"
             )
+        for vcpu in self.kvm.vcpus:  # an invalidated root is left at the next entry
+            if not self.root_usable(vcpu.id) and not (vcpu.request_reload or vcpu.reloading):
+                fail(f"vcpu {vcpu.id} runs on an invalid root with no reload pending")
+        left = self.invalid_root_leaves()
+        if left and not self.kvm.mmu_lock.held_elsewhere():
+            fail(f"invalid roots still map {left} leaves: they were never torn down")
         if self.tlbs_dirty and not self.kvm.mmu_lock.held_elsewhere():  # else: it flushes
             fail("sptes were zapped or write-protected but remote TLBs were not flushed")
 

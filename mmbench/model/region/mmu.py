@@ -9,6 +9,8 @@
 - ``leaves``: zap a range's tables, install huge leaves, free empty level-2 tables;
 - ``unmap``: range zaps, zap-all, freeing the tables (``kvm_tdp_mmu_zap_leafs``,
   ``unmap_stage2_range``);
+- ``roots``: root generations and invalid roots (``kvm_tdp_mmu_invalidate_all_roots``,
+  ``kvm_tdp_mmu_zap_invalidated_roots``), and the legacy MMU's zap names;
 - ``dirty_log``: enable, write-protect, GET/CLEAR_DIRTY_LOG, eager split;
 - ``invariants``: the oracle.
 
@@ -18,13 +20,14 @@ the remote TLB flush is ``Kvm.flush_remote_tlbs``, the one of both MMU families.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 from mmbench.model.region.dirty_log import RegionDirtyLog
 from mmbench.model.region.fault import RegionFaults
 from mmbench.model.region.invariants import RegionInvariants
-from mmbench.model.region.unmap import RegionUnmap
 
 
-class RegionMmu(RegionFaults, RegionUnmap, RegionDirtyLog, RegionInvariants):
+class RegionMmu(RegionFaults, RegionInvariants, RegionDirtyLog):
     """``kvm->arch.tdp_mmu`` / ``kvm->arch.mmu.pgt``: one radix tree, aggregated."""
 
     supports_dirty_log = True
@@ -33,6 +36,11 @@ class RegionMmu(RegionFaults, RegionUnmap, RegionDirtyLog, RegionInvariants):
     def set_mmu_pages_limit(self, nr_mmu_pages: int, nr_memslot_pages: int) -> None:
         """``KVM_SET_NR_MMU_PAGES`` bounds shadow pages (``n_max_mmu_pages``); TDP MMU
         and stage-2 tables are not counted against it, so nothing to do."""
+
+    def root_lock(self) -> AbstractContextManager[object]:
+        """mmu_lock as a vCPU's root reload takes it: for read on the TDP MMU
+        (``kvm_mmu_free_roots``: ``is_tdp_mmu_active``), else exclusively."""
+        return self._fault_lock()
 
     def check_after_fault(self, when: str) -> None:
         """No per-fault invariant: the tables have no page limit (see above)."""

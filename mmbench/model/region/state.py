@@ -7,8 +7,12 @@ leaves are present and writable, and how many of its pages the dirty bitmap has 
 the state is one row per region (2 M rows at 4 TiB, about 20 MB) plus flags per 1 GiB for
 the level-2 table and a 1 GiB leaf (and its write protection); there is no per-gfn array.
 
-The price is granularity: guest accesses, memslots and ``KVM_CLEAR_DIRTY_LOG`` ranges
-are whole 2 MiB regions (the kernel allows 64-page clears). Within a region the counts
+The price is granularity: guest accesses fault in, and ``KVM_CLEAR_DIRTY_LOG`` ranges
+cover, whole 2 MiB regions (the kernel allows 64-page clears); dirty logging needs
+2 MiB-aligned slots. A memslot may be any 4 KiB multiple at any 4 KiB-aligned base: a
+region it covers only in part (a *partial region*, such as the 2 MiB around a 128 KiB
+option ROM) holds that slot's pages alone, never a huge leaf (lpage_info), and its leaf
+count is out of the pages the slot backs there (``_backing``). Within a region the counts
 are exact because every operation covers the whole region.
 """
 
@@ -63,27 +67,72 @@ class RegionState:
         self.tlbs_dirty = False
         self.zapped_unflushed = False  # leaves or tables zapped, not yet flushed
         self.native: dict[int, tuple[int, int]] = {}  # vCPU id -> regions it runs over
+        for slot in list(kvm.memslots.slots.values()):  # the slots the VM was created with
+            self.check_new_slot(slot.id, slot.base_gfn, slot.npages)
 
     # -- lookups -----------------------------------------------------------------------------
     def slot_regions(self, slot: Memslot) -> tuple[int, int]:
-        """The regions ``[r0, r1)`` a memslot covers (it must be 2 MiB-aligned)."""
+        """The regions ``[r0, r1)`` a memslot covers, for the walks that need whole
+        regions (dirty logging, collapse): the slot must be 2 MiB-aligned."""
         if slot.base_gfn % REGION_PAGES or slot.npages % REGION_PAGES:
             raise ConfigError("memslot", f"{slot}: the region model needs 2 MiB-aligned slots")
         return slot.base_gfn >> REGION_SHIFT, slot.end_gfn >> REGION_SHIFT
 
-    def _flags(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
-        """(backed by a valid slot, dirty-logged) for regions ``[r0, r1)``."""
-        backed = np.zeros(r1 - r0, dtype=bool)
-        logged = np.zeros(r1 - r0, dtype=bool)
-        for slot in self.kvm.memslots.slots.values():
-            s0, s1 = slot.base_gfn >> REGION_SHIFT, slot.end_gfn >> REGION_SHIFT
-            lo, hi = max(s0, r0), min(s1, r1)
-            if lo >= hi or slot.invalid:
+    def slot_span(self, slot: Memslot) -> tuple[int, int]:
+        """Every region ``[r0, r1)`` a memslot touches, its partial end regions included
+        (they are the slot's alone: ``check_new_slot``)."""
+        return slot.base_gfn >> REGION_SHIFT, -(-slot.end_gfn // REGION_PAGES)
+
+    def check_new_slot(self, slot_id: int, base_gfn: int, npages: int) -> None:
+        """A slot of any 4 KiB multiple at any 4 KiB-aligned base, but a 2 MiB region
+        that a slot covers in part holds no other slot: its per-region leaf count is the
+        slot's. Two slots sharing a region are refused (``ConfigError``)."""
+        end = base_gfn + npages
+        for other in self.kvm.memslots.slots.values():
+            if other.id == slot_id:
                 continue
-            backed[lo - r0 : hi - r0] = True
+            # slots do not overlap, so they can share only an end region
+            r_a = {base_gfn >> REGION_SHIFT, (end - 1) >> REGION_SHIFT}
+            r_b = {other.base_gfn >> REGION_SHIFT, (other.end_gfn - 1) >> REGION_SHIFT}
+            if r_a & r_b:
+                r = min(r_a & r_b)
+                raise ConfigError(
+                    "memslot",
+                    f"gpa 0x{base_gfn << 12:x}+0x{npages << 12:x} shares the 2 MiB region at"
+                    f" gpa 0x{r << (REGION_SHIFT + 12):x} with {other}: the region model keeps"
+                    " one slot's leaves per 2 MiB",
+                )
+
+    def _backing(
+        self, r0: int, r1: int, g0: int | None = None, g1: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(pages a valid slot backs, dirty-logged) per region of ``[r0, r1)``, counting
+        only gfns inside ``[g0, g1)`` when given (an access that starts or ends inside a
+        region)."""
+        pages = np.zeros(r1 - r0, dtype=np.int32)
+        logged = np.zeros(r1 - r0, dtype=bool)
+        lo_g = r0 << REGION_SHIFT if g0 is None else max(g0, r0 << REGION_SHIFT)
+        hi_g = r1 << REGION_SHIFT if g1 is None else min(g1, r1 << REGION_SHIFT)
+        for slot in self.kvm.memslots.slots.values():
+            a, b = max(slot.base_gfn, lo_g), min(slot.end_gfn, hi_g)
+            if a >= b or slot.invalid:
+                continue
+            ra, rb = (a >> REGION_SHIFT) - r0, ((b - 1) >> REGION_SHIFT) - r0
+            if ra == rb:
+                pages[ra] += b - a
+            else:
+                pages[ra] += REGION_PAGES - (a & (REGION_PAGES - 1))
+                pages[rb] += b - ((rb + r0) << REGION_SHIFT)
+                pages[ra + 1 : rb] = REGION_PAGES
             if slot.flags & KVM_MEM_LOG_DIRTY_PAGES:
-                logged[lo - r0 : hi - r0] = True
-        return backed, logged
+                logged[ra : rb + 1] = True
+        return pages, logged
+
+    def _flags(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        """(backed by a valid slot, dirty-logged) for regions ``[r0, r1)``: a region is
+        backed if a slot covers any of it."""
+        pages, logged = self._backing(r0, r1)
+        return pages > 0, logged
 
     def gib_per_region(self, arr: np.ndarray, r0: int, r1: int) -> np.ndarray:
         """A per-GiB array (``l2``, ``gb``, ``gb_wp``) seen per region over ``[r0, r1)``."""
@@ -101,7 +150,10 @@ class RegionState:
         """Regions that could be huge-mapped: every backed region if the backing allows."""
         if not self.huge_ok:
             return 0
-        return sum(s.npages >> REGION_SHIFT for s in self.kvm.memslots.slots.values())
+        return sum(
+            max(0, s.end_gfn // REGION_PAGES - -(-s.base_gfn // REGION_PAGES))
+            for s in self.kvm.memslots.slots.values()
+        )
 
     def huge_changed(self, delta: int) -> None:
         """``delta`` regions came under (or left) a huge leaf; note when all are huge."""
@@ -127,10 +179,6 @@ class RegionState:
                 actor = self.kvm.vcpus[vid].actor
                 if actor is not None:
                     self.kvm.engine.interrupt(actor)
-
-    def kvm_mmu_unload(self, vcpu: int) -> int:
-        """A vCPU drops its root reference; roots are freed with the tree."""
-        return 0
 
     # -- figures -----------------------------------------------------------------------------
     def extra_stats(self) -> dict[str, float]:

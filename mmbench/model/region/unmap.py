@@ -105,7 +105,7 @@ class RegionUnmap(RegionLeaves):
     def zap_slot(self, slot: Memslot, **kw: bool) -> None:
         """``kvm_tdp_mmu_unmap_gfn_range`` / ``unmap_stage2_range`` over a slot, then
         the remote flush it owes."""
-        r0, r1 = self.slot_regions(slot)
+        r0, r1 = self.slot_span(slot)  # partial end regions are the slot's alone
         self.zap_range(r0, r1, **kw)
         self.kvm.flush_remote_tlbs_if_dirty()
 

@@ -81,9 +81,11 @@ class ShadowFault(ShadowReclaim):
         self.sp_map_base[new] = self.gpt.map_base[g]
         self.sp_accessed[new] = True
         self.gpt_sp[g] = new
-        # account_shadowed(): the guest table is write-protected; no huge page over it
-        scatter_add(self.lpage_disallow, self.sp_gfn[new] >> LEVEL_SHIFT)
-        self.sp_accounted[new] = True
+        if not self.direct:
+            # account_shadowed(): the guest table is write-protected; no huge page over
+            # it. A direct sp (role.direct) shadows no guest table and accounts nothing.
+            scatter_add(self.lpage_disallow, self.sp_gfn[new] >> LEVEL_SHIFT)
+            self.sp_accounted[new] = True
         self.kvm.stats.vm["mmu_cache_miss"] += k
         sps = sps.copy()
         sps[need] = new

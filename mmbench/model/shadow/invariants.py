@@ -2,7 +2,9 @@
 
 After a memslot delete or move completes, the slot's rmaps are gone, so:
 * no spte (reachable or not) may map a gfn that no live memslot backs;
-* no sp may shadow a guest table in such a gfn;
+* no sp may shadow a guest table in such a gfn (direct sps shadow none: role.direct);
+* with huge leaves (direct maps), the 2 MiB / 1 GiB rmaps match the huge sptes, each
+  of which maps only gfns a live memslot backs;
 * every vCPU runs on a root of the current generation, or has a reload pending;
 * no zapped spte may still sit in a TLB: the remote flush must have happened;
 * rmaps and per-sp spte counts agree with the sptes themselves;
@@ -62,6 +64,8 @@ def check_shadow_mmu(mmu: ShadowMmu, when: str, memslots: bool = True) -> None:
     if len(stale):
         sp = leaves[rows[~live[gfns]][0]]
         fail(f"sp {sp} still maps gfn 0x{int(stale[0]):x}, which no live memslot backs")
+    if mmu.huge_leaves:
+        _check_huge_leaves(mmu, live, fail)
     # a root still in use that was invalidated (role.invalid) or made obsolete is freed
     # when its last vCPU reloads: legitimate while every vCPU on it has a reload pending
     unreloaded = [int(mmu.vcpu_root[v.id]) for v in kvm.vcpus if not reload_pending(v)]
@@ -69,7 +73,7 @@ def check_shadow_mmu(mmu: ShadowMmu, when: str, memslots: bool = True) -> None:
     leaving &= mmu.sp_invalid[:n] | (mmu.sp_gen[:n] != mmu.mmu_valid_gen)
     leaving[[r for r in unreloaded if 0 <= r < n]] = False
     shadowed = mmu.sp_gfn[:n][alive & ~leaving]
-    if len(shadowed) and not live[shadowed].all():
+    if not mmu.direct and len(shadowed) and not live[shadowed].all():
         fail(f"an sp shadows gfn 0x{int(shadowed[~live[shadowed]][0]):x} outside every memslot")
     for vcpu in kvm.vcpus:
         root = int(mmu.vcpu_root[vcpu.id])
@@ -82,6 +86,34 @@ def check_shadow_mmu(mmu: ShadowMmu, when: str, memslots: bool = True) -> None:
         fail(f"n_used_mmu_pages is {mmu.n_used_mmu_pages} but {used} sps are live")
     if mmu.n_max_mmu_pages and used > mmu.n_max_mmu_pages:
         fail(f"{used} sps live, over n_max_mmu_pages {mmu.n_max_mmu_pages}")
+
+
+def _check_huge_leaves(mmu: ShadowMmu, live: np.ndarray, fail) -> None:
+    """2 MiB / 1 GiB leaves: rmaps agree, per-sp counts include them, all gfns live."""
+    n = mmu.n
+    up = np.flatnonzero(mmu.sp_alive[:n] & (mmu.sp_level[:n] > 1))
+    rows, _, gfns = mmu.huge_leaf_gfns(up)
+    lv = mmu.sp_level[up][rows]
+    for level, rmap, shift in ((2, mmu.rmap_2m, LEVEL_SHIFT), (3, mmu.rmap_1g, 2 * LEVEL_SHIFT)):
+        counted = np.bincount(gfns[lv == level] >> shift, minlength=len(rmap))
+        bad = np.flatnonzero(counted != rmap)
+        if len(bad):
+            f = int(bad[0])
+            fail(
+                f"level-{level} rmap of gfn 0x{f << shift:x} counts {rmap[f]} sptes,"
+                f" {counted[f]} exist"
+            )
+    for g, level in zip(gfns.tolist(), lv.tolist(), strict=True):
+        span = 1 << (LEVEL_SHIFT * (level - 1))
+        if not live[g : g + span].all():
+            fail(f"a level-{level} huge spte maps gfn 0x{g:x}+{span}, not all in a live memslot")
+    # sp_nr of an upper sp: linked children plus huge leaves
+    par = mmu.sp_parent[:n]
+    children = np.bincount(par[mmu.sp_alive[:n] & (par >= 0)], minlength=n)
+    want = children[up] + mmu.sp_sptes[up].sum(axis=1)
+    wrong = up[want != mmu.sp_nr[up]]
+    if len(wrong):
+        fail(f"sp {wrong[0]} counts {mmu.sp_nr[wrong[0]]} children and huge sptes")
 
 
 def reload_pending(vcpu: Vcpu) -> bool:

@@ -15,6 +15,8 @@ spte). Its methods come from one module per concept, each layer using only those
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 from mmbench.errors import InvariantViolation
 from mmbench.model.shadow.fault import ShadowFault
 from mmbench.model.shadow.invariants import check_host_unmapped, check_shadow_mmu
@@ -32,6 +34,13 @@ class ShadowMmu(ShadowFault, ShadowReclaim, ShadowZap, SpTable):
     def set_mmu_pages_limit(self, nr_mmu_pages: int, nr_memslot_pages: int) -> None:
         """``KVM_SET_NR_MMU_PAGES``, or KVM's default for the memslots' pages when 0."""
         self.kvm_mmu_change_mmu_pages(nr_mmu_pages or self.default_mmu_pages(nr_memslot_pages))
+
+    def root_lock(self) -> AbstractContextManager[object]:
+        """mmu_lock as a vCPU's root reload takes it: exclusively (``kvm_mmu_unload``)."""
+        return self.kvm.mmu_lock
+
+    def check_new_slot(self, slot_id: int, base_gfn: int, npages: int) -> None:
+        """Per-gfn rmaps hold any layout of 4 KiB-aligned slots: nothing to refuse."""
 
     def nr_mapped(self) -> int:
         return self.nr_live_sps()

@@ -47,7 +47,17 @@ def scatter_add(arr: np.ndarray, idx: np.ndarray, sign: int = 1) -> None:
 
 
 class SpTable:
-    """``kvm->arch`` for the shadow MMU: sps, sptes, rmaps, lpage_info, mmu_valid_gen."""
+    """``kvm->arch`` for the shadow MMU: sps, sptes, rmaps, lpage_info, mmu_valid_gen.
+
+    ``sp_sptes`` of a level-1 sp are its 4 KiB leaf sptes. An sp above level 1 holds leaf
+    sptes only on an MMU with ``huge_leaves`` (the legacy MMU's direct maps with EPT,
+    ``mmbench.model.shadow.direct``): bit i is a 2 MiB (level 2) or 1 GiB (level 3) leaf
+    at entry i, counted in ``rmap_2m`` / ``rmap_1g`` (the rmaps of ``slot->arch.rmap[1]``
+    and ``[2]``) and in ``sp_nr`` beside the linked children.
+    """
+
+    huge_leaves = False  # sps above level 1 may hold leaf sptes (direct maps)
+    direct = False  # role.direct: sps map the GPA space, not guest tables
 
     def __init__(self, kvm: Kvm, gpt: GuestPageTables, max_gfn: int, nr_vcpus: int) -> None:
         self.kvm = kvm
@@ -57,6 +67,8 @@ class SpTable:
         self._alloc_arrays(max(64, gpt.count * 2))
         self.gpt_sp = np.full(gpt.count, -1, dtype=np.int32)
         self.rmap_count = np.zeros(max_gfn, dtype=np.uint16)
+        self.rmap_2m = np.zeros((max_gfn >> LEVEL_SHIFT) + 1, dtype=np.int32)
+        self.rmap_1g = np.zeros((max_gfn >> (2 * LEVEL_SHIFT)) + 1, dtype=np.int32)
         self.lpage_disallow = np.zeros((max_gfn >> LEVEL_SHIFT) + 1, dtype=np.int32)
         self.mmu_valid_gen = 0
         self.tlbs_dirty = False
@@ -182,6 +194,20 @@ class SpTable:
         hit = self.sp_alive[:n] & (self.sp_level[:n] == 1)
         hit &= (base < gfn1) & (base + PTES_PER_TABLE > gfn0)
         return np.flatnonzero(hit)
+
+    def huge_leaf_gfns(self, sps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The huge leaf sptes of upper-level ``sps``: (row in ``sps``, entry, first gfn
+        mapped). Each maps ``512 ** (level - 1)`` gfns from that gfn."""
+        rows, cols = np.nonzero(self.sp_sptes[sps])
+        lv = self.sp_level[sps][rows].astype(np.int64)
+        gfns = self.sp_map_base[sps][rows] + (cols.astype(np.int64) << (LEVEL_SHIFT * (lv - 1)))
+        return rows, cols, gfns
+
+    def drop_huge_rmaps(self, levels: np.ndarray, gfns: np.ndarray) -> None:
+        """``rmap_remove`` for huge leaves at ``levels`` (2 or 3) mapping from ``gfns``."""
+        two = levels == 2
+        scatter_add(self.rmap_2m, gfns[two] >> LEVEL_SHIFT, -1)
+        scatter_add(self.rmap_1g, gfns[~two] >> (2 * LEVEL_SHIFT), -1)
 
     def pages_with_gfn_in(self, slot: Memslot) -> np.ndarray:
         """sps that shadow a guest table inside ``slot``: ``for_each_valid_sp(gfn)`` for

@@ -52,6 +52,8 @@ class ShadowZap(SpTable):
                 else:
                     scatter_add(self.rmap_count, gfns, -1)
             self.sp_sptes[leaves] = False
+        if self.huge_leaves:
+            dropped += self._drop_huge_leaves(sps[self.sp_level[sps] > 1])
         # unlink children: they stay on the list, unreachable, until zapped or relinked
         n = self.n
         zapped = np.zeros(n, dtype=bool)
@@ -84,6 +86,15 @@ class ShadowZap(SpTable):
         st["mmu_shadow_zapped"] += len(sps)
         st["sptes_zapped"] += dropped
         return dropped
+
+    def _drop_huge_leaves(self, uppers: np.ndarray) -> int:
+        """The 2 MiB / 1 GiB leaf sptes of zapped upper-level sps leave their rmaps
+        (``mmu_page_zap_pte`` -> ``drop_spte``). Returns how many."""
+        rows, _, gfns = self.huge_leaf_gfns(uppers)
+        if len(rows):
+            self.drop_huge_rmaps(self.sp_level[uppers][rows], gfns)
+            self.sp_sptes[uppers] = False
+        return len(rows)
 
     def commit_zap_page(self) -> None:
         """``kvm_mmu_commit_zap_page``: flush remote TLBs, then the zapped sps are free."""
@@ -169,7 +180,33 @@ class ShadowZap(SpTable):
                 if flush_on_break:
                     self.kvm.flush_remote_tlbs_if_dirty()
                 lock.cond_resched()
+        if self.huge_leaves:
+            total += self._zap_huge_rmapp(gfn0, gfn1)
         return total
+
+    def _zap_huge_rmapp(self, gfn0: int, gfn1: int) -> int:
+        """``kvm_zap_rmapp`` on the 2 MiB and 1 GiB rmap heads of ``[gfn0, gfn1)`` (their
+        walk was charged with the 4 KiB heads): drop every huge leaf found, one
+        ``zap_spte`` each. Returns sptes dropped."""
+        n = self.n
+        up = np.flatnonzero(self.sp_alive[:n] & (self.sp_level[:n] > 1))
+        rows, cols, gfns = self.huge_leaf_gfns(up)
+        if not len(rows):
+            return 0
+        lv = self.sp_level[up][rows].astype(np.int64)
+        hit = (gfns < gfn1) & (gfns + (1 << (LEVEL_SHIFT * (lv - 1))) > gfn0)
+        if not hit.any():
+            return 0
+        self.kvm.mmu_lock.work(np.full(int(hit.sum()), self.kvm.costs.zap_spte), False)
+        sps, cols = up[rows[hit]], cols[hit]
+        self.drop_huge_rmaps(lv[hit], gfns[hit])
+        self.sp_sptes[sps, cols] = False
+        scatter_add(self.sp_nr, sps, -1)
+        dropped = len(sps)
+        self.tlbs_dirty = True
+        self.zapped_unflushed = True
+        self.kvm.stats.vm["sptes_zapped"] += dropped
+        return dropped
 
     def _zap_rmapp(self, gfn0: int, gfn1: int) -> int:
         """``kvm_zap_rmapp`` for the 4 KiB rmap heads of ``[gfn0, gfn1)``: drop every

@@ -25,7 +25,7 @@ class FastInvalidate:
     name = "fast-invalidate"
     year = 2013  # seed 000
     kernel = "3.11 (2013, seed 000); restored in 5.3"
-    archs = ("x86-shadow",)
+    archs = ("x86-shadow", "x86-ept")
     options = {
         "batch": Param(
             "batch", int, BATCH_ZAP_PAGES, "obsolete sps zapped between lock-break checks", min=1

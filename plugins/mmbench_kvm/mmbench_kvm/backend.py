@@ -574,24 +574,33 @@ class KvmBackend:
         return True, f"/dev/kvm usable, {mmu}"
 
     def default_arch(self) -> str:
-        """The arch this kernel runs: its MMU, not a workload's modelled default."""
+        """The arch this kernel runs: its MMU (``system.host_mmu``), not a workload's
+        modelled default."""
         with KvmSystem() as s:
-            return "x86-tdp" if s.tdp_mmu else "x86-shadow"
+            return s.mmu[0]
 
     def supported_policies(self, names: list[str], paths: tuple[str, ...] = ()) -> list[str]:
         """Of ``names``, those this kernel has a knob for on ``paths`` (the defaults)."""
         with KvmSystem() as s:
-            ok = {p.name for p in knobs.supported(s.supported_quirks, s.tdp_mmu, paths)}
+            tdp = s.mmu[0] == "x86-tdp"
+            ok = {p.name for p in knobs.supported(s.supported_quirks, tdp, paths)}
         return [n for n in names if n in ok]
 
     def check_policies(self, names: list[str], arch: str, paths: tuple[str, ...] = ()) -> None:
         """Refuse, before anything runs, what this kernel cannot do."""
         with KvmSystem() as s:
-            mask, tdp = s.supported_quirks, s.tdp_mmu
-        here = "x86-tdp" if tdp else "x86-shadow"
+            mask = s.supported_quirks
+            here, why = s.mmu
+        tdp = here == "x86-tdp"
         if arch != here:
+            need = {
+                "x86-tdp": "kvm_intel.ept=Y (or kvm_amd.npt=Y) and kvm.tdp_mmu=Y",
+                "x86-ept": "kvm_intel.ept=Y (or kvm_amd.npt=Y) and kvm.tdp_mmu=N",
+                "x86-shadow": "no TDP hardware (kvm_intel.ept=N, kvm_amd.npt=N)",
+            }.get(arch, "an x86 host")
             raise ConfigError(
-                "--arch", f"this kernel's MMU is {here} (kvm.tdp_mmu), so backend kvm runs {here}"
+                "--arch",
+                f"backend kvm runs this host's MMU, {here} ({why}); {arch} needs {need}",
             )
         for n in names:
             knobs.resolve(n, mask, tdp, paths)
@@ -608,8 +617,9 @@ class KvmBackend:
             )
         system = KvmSystem()
         try:
-            name = run_policy_name(hook) or "fast-invalidate"
-            policy = knobs.resolve(name, system.supported_quirks)
+            tdp = system.mmu[0] == "x86-tdp"
+            name = run_policy_name(hook) or ("fast-zap" if tdp else "fast-invalidate")
+            policy = knobs.resolve(name, system.supported_quirks, tdp)
         except BaseException:
             system.close()
             raise

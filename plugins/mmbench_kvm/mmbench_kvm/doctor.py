@@ -59,14 +59,22 @@ def diagnose() -> dict[str, Any]:
         mask = system.supported_quirks
         facts["api_version"] = system.api_version
         facts["tdp_mmu"] = system.param("tdp_mmu")
+        facts["mmu"] = dict(zip(("arch", "reason"), system.mmu, strict=True))
         facts["eager_page_split"] = system.param("eager_page_split")
         facts["disableable_quirks"] = system.quirk_names(mask)
         facts["manual_dirty_log_protect2"] = system.check_extension(
             k.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
         )
-        runnable = {p.name for p in knobs.supported(mask)}
+        tdp = system.mmu[0] == "x86-tdp"
+        runnable = {p.name for p in knobs.supported(mask, tdp)}
+
+        def why_not(p: knobs.KernelPolicy) -> str:
+            if p.tdp_mmu is not None and p.tdp_mmu != tdp:
+                return "TDP MMU only" if p.tdp_mmu else "shadow/legacy MMU only"
+            return "quirk not disableable"
+
         facts["policies"] = {
-            p.name: {"runs": p.name in runnable, "knob": p.knob}
+            p.name: {"runs": p.name in runnable, "knob": p.knob, "why_not": why_not(p)}
             for p in knobs.KERNEL_POLICIES.values()
         }
         try:
@@ -95,13 +103,14 @@ def _lines(f: dict[str, Any]) -> list[str]:
     out += [
         f"KVM API           {f['api_version']}",
         f"tdp_mmu           {f['tdp_mmu']}  (N: the shadow MMU handles guest faults)",
+        f"MMU (--arch)      {f['mmu']['arch']}: {f['mmu']['reason']}",
         f"eager_page_split  {f['eager_page_split']}",
         f"DISABLE_QUIRKS2   {', '.join(f['disableable_quirks']) or 'none'}",
         f"MANUAL_DIRTY_LOG_PROTECT2  {mdl} ({'supported' if mdl else 'unsupported'})",
         "policies on this kernel:",
     ]
     for name, p in f["policies"].items():
-        state = "yes" if p["runs"] else "no (quirk not disableable)"
+        state = "yes" if p["runs"] else f"no ({p['why_not']})"
         out.append(f"  {name:<16} {state:<4} {p['knob']}")
     out.append("  (others, e.g. zap-all: no kernel knob; model only)")
     g = f["guest"]

@@ -36,12 +36,25 @@ class KernelPolicy:
 KERNEL_POLICIES: dict[str, KernelPolicy] = {
     p.name: p
     for p in (
-        KernelPolicy("fast-invalidate", 0, 0, "KVM_X86_QUIRK_SLOT_ZAP_ALL on (the default)"),
+        KernelPolicy(
+            "fast-invalidate",
+            0,
+            0,
+            "KVM_X86_QUIRK_SLOT_ZAP_ALL on (the default): kvm_mmu_zap_all_fast, shadow MMU",
+            tdp_mmu=False,
+        ),
         KernelPolicy(
             "zap-slot",
             k.KVM_X86_QUIRK_SLOT_ZAP_ALL,
             k.KVM_X86_QUIRK_SLOT_ZAP_ALL,
             "KVM_X86_QUIRK_SLOT_ZAP_ALL disabled via KVM_CAP_DISABLE_QUIRKS2",
+        ),
+        KernelPolicy(
+            "fast-zap",
+            0,
+            0,
+            "KVM_X86_QUIRK_SLOT_ZAP_ALL on (the default): kvm_mmu_zap_all_fast, TDP MMU",
+            tdp_mmu=True,
         ),
         KernelPolicy(
             "zap-all", 0, 0, "kvm_arch_flush_shadow_all -> kvm_mmu_zap_all", ("teardown",)

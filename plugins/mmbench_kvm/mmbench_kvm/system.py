@@ -35,6 +35,36 @@ def module_loaded(module: str) -> bool:
     return (Path("/sys/module") / module).exists()
 
 
+def _yes(v: str | None) -> bool:
+    return v in ("Y", "1")
+
+
+def host_mmu(params: dict[str, dict[str, str]]) -> tuple[str, str]:
+    """The arch that models this host's MMU, from its module parameters, and why.
+
+    TDP hardware is ``kvm_intel.ept`` or ``kvm_amd.npt`` (``tdp_enabled``); the TDP MMU
+    runs where it is on and ``kvm.tdp_mmu`` is too (``tdp_mmu_enabled = tdp_mmu_allowed &&
+    tdp_enabled``), else the legacy MMU builds direct sps (x86-ept). Without TDP hardware
+    (the parameter off, or a module without one, such as kvm_pvm) it is shadow paging."""
+    hw = [(m, name) for m, name in (("kvm_intel", "ept"), ("kvm_amd", "npt")) if m in params]
+    tdp_mmu = params.get("kvm", {}).get("tdp_mmu")
+    for module, name in hw:
+        value = params[module].get(name)
+        if _yes(value):
+            if _yes(tdp_mmu):
+                return "x86-tdp", f"{module}.{name}=Y, kvm.tdp_mmu=Y: the TDP MMU"
+            return (
+                "x86-ept",
+                f"{module}.{name}=Y, kvm.tdp_mmu={tdp_mmu}: the legacy MMU's direct sps",
+            )
+        if value is not None:
+            return "x86-shadow", f"{module}.{name}={value}: shadow paging"
+    others = [m for m in params if m != "kvm"] or ["no arch module"]
+    return "x86-shadow", (
+        f"{'+'.join(others)} has no ept/npt parameter, kvm.tdp_mmu={tdp_mmu}: shadow paging"
+    )
+
+
 class KvmSystem:
     """/dev/kvm: capabilities, module parameters, VM factory."""
 
@@ -90,6 +120,11 @@ class KvmSystem:
             if name in mod:
                 return mod[name]
         return None
+
+    @property
+    def mmu(self) -> tuple[str, str]:
+        """(arch, reason): ``host_mmu`` of this host's module parameters."""
+        return host_mmu(self.params)
 
     @property
     def tdp_mmu(self) -> bool | None:

@@ -29,7 +29,7 @@ class ZapAll:
 
     name = "zap-all"
     year = 2008  # kvm_mmu_zap_all on memslot removal, 2008
-    archs = ("x86-shadow", "x86-tdp")
+    archs = ("x86-shadow", "x86-ept", "x86-tdp")
     options = {"lock_break": Param("lock_break", bool, False, "drop mmu_lock when someone waits")}
 
     def __init__(self, lock_break: bool = False) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
+from mmbench.model.region.mmu import RegionMmu
 from mmbench.model.shadow.mmu import ShadowMmu
 
 
@@ -17,15 +18,21 @@ class ZapSlot:
     ``kvm_mmu_invalidate_zap_pages_in_memslot()``: zap the rmaps of the slot's gfns at every
     level, then the sps that shadow a guest table inside the slot, flushing and lock-breaking
     as needed. Upstream later made this opt-in: ``KVM_X86_QUIRK_SLOT_ZAP_ALL`` disabled.
+
+    The same composition is the legacy MMU with EPT (``x86-ept``: direct sps, rmaps at
+    every level) and, on ``x86-tdp``, v6.12's ``kvm_mmu_zap_memslot`` with the quirk off
+    ("KVM: x86: Introduce KVM_X86_QUIRK_SLOT_ZAP_ALL", Yan Zhao, 6.12):
+    ``kvm_unmap_gfn_range`` -> ``kvm_tdp_mmu_unmap_gfn_range`` over the slot under the write
+    lock, then the flush; the TDP MMU has no shadow pages to zap.
     """
 
     name = "zap-slot"
     year = 2019  # seed 001
-    archs = ("x86-shadow",)
+    archs = ("x86-shadow", "x86-ept", "x86-tdp")
     options: dict[str, object] = {}
 
     @hookimpl
-    def mmbench_flush_shadow_memslot(self, kvm: Kvm[ShadowMmu], slot: Memslot) -> bool:
+    def mmbench_flush_shadow_memslot(self, kvm: Kvm[ShadowMmu | RegionMmu], slot: Memslot) -> bool:
         mmu = kvm.mmu
         with kvm.mmu_lock:
             mmu.zap_gfn_range(slot.base_gfn, slot.end_gfn, lock_break=True)

@@ -9,11 +9,12 @@ import numpy as np
 from mmbench import hookimpl
 from mmbench.model.kvm import Kvm
 from mmbench.model.memslots import Memslot
+from mmbench.model.region.mmu import RegionMmu
 from mmbench.model.shadow.mmu import ShadowMmu
 
 
 class _Memslot:
-    archs = ("x86-shadow",)
+    archs = ("x86-shadow", "x86-ept")
     options: dict = {}
 
 
@@ -203,6 +204,57 @@ class LpageReset(_FastInvalidate):
         return True
 
 
+class ZapsLeafLevelOnly(_Memslot):
+    """zap-slot on the legacy MMU with EPT whose rmap walk covers only the 4 KiB heads
+    (``slot_handle_leaf`` instead of ``slot_handle_all_level``): the slot's 2 MiB and 1 GiB
+    sptes stay, and with them the mappings of a deleted slot."""
+
+    name = "zaps-leaf-level-only"
+    archs = ("x86-ept",)
+
+    @hookimpl
+    def mmbench_flush_shadow_memslot(self, kvm: Kvm[ShadowMmu], slot: Memslot) -> bool:
+        mmu = kvm.mmu
+        with kvm.mmu_lock:
+            kvm.mmu_lock.work(np.full(slot.npages, kvm.costs.rmap_walk), False)
+            mmu._zap_rmapp(slot.base_gfn, slot.end_gfn)
+            mmu.commit_zap_page()
+        return True
+
+
+class FastZapNoReload(_Memslot):
+    """``kvm_mmu_zap_all_fast`` on the TDP MMU without
+    ``kvm_make_all_cpus_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)``: vCPUs stay on the
+    invalidated roots, which are then torn down under them."""
+
+    name = "fast-zap-no-reload"
+    archs = ("x86-tdp",)
+
+    @hookimpl
+    def mmbench_flush_shadow_memslot(self, kvm: Kvm[RegionMmu], slot: Memslot) -> bool:
+        with kvm.mmu_lock:
+            kvm.mmu.kvm_tdp_mmu_invalidate_all_roots()
+        with kvm.mmu_lock.read_lock():
+            kvm.mmu.kvm_tdp_mmu_zap_invalidated_roots(lock_break=True)
+        return True
+
+
+class FastZapKeepsInvalidRoots(_Memslot):
+    """``kvm_mmu_zap_all_fast`` that invalidates the roots and asks for the reload but
+    never calls ``kvm_tdp_mmu_zap_invalidated_roots``: the old tree, with the deleted
+    slot's mappings, is never torn down."""
+
+    name = "fast-zap-keeps-invalid-roots"
+    archs = ("x86-tdp",)
+
+    @hookimpl
+    def mmbench_flush_shadow_memslot(self, kvm: Kvm[RegionMmu], slot: Memslot) -> bool:
+        with kvm.mmu_lock:
+            kvm.mmu.kvm_tdp_mmu_invalidate_all_roots()
+            kvm.reload_remote_mmus()
+        return True
+
+
 MUTANTS = (
     ForgetsZap,
     NeverFlushes,
@@ -216,6 +268,9 @@ MUTANTS = (
     NoReload,
     GenBumpOnly,
     LpageReset,
+    ZapsLeafLevelOnly,
+    FastZapNoReload,
+    FastZapKeepsInvalidRoots,
 )
 
 
