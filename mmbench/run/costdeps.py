@@ -13,7 +13,9 @@ sizes are small, so a constant that matters only at scale (a lock-break threshol
 from __future__ import annotations
 
 import math
+import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,8 +76,29 @@ def _moved(a: float, b: float) -> bool:
     return not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def dependencies(arch: str, host: Host | None = None) -> dict[str, dict[str, list[str]]]:
-    """For each constant of ``arch``'s table, ``{workload: [headline metrics it moves]}``."""
+def _perturbed(arch: str, name: str, ns: float, found: list[Probe]) -> dict[str, list[str]]:
+    """The headline metrics each probe moves when ``name`` is doubled."""
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="mmbench-costdeps-") as tmp:
+        path = Path(tmp, f"{name}.yaml")
+        doc = {"name": f"{arch}, {name} x{FACTOR:g}"}
+        doc["costs"] = {name: {"ns": ns * FACTOR, "provenance": "mmbench list --costs"}}
+        path.write_text(yaml.safe_dump(doc))
+        for p in found:
+            got = _figures(p, arch, str(path))
+            moved = sorted(
+                {m for pol, ms in p.base.items() for m, v in ms.items() if _moved(v, got[pol][m])}
+            )
+            if moved:
+                out[p.workload] = moved
+    return out
+
+
+def dependencies(
+    arch: str, host: Host | None = None, jobs: int | None = None
+) -> dict[str, dict[str, list[str]]]:
+    """For each constant of ``arch``'s table, ``{workload: [headline metrics it moves]}``;
+    the perturbed runs are spread over ``jobs`` processes (default: one per CPU)."""
     host = host or get_host()
     table = host.registry.get("arch", arch).costs
     found = []
@@ -86,20 +109,14 @@ def dependencies(arch: str, host: Host | None = None) -> dict[str, dict[str, lis
             continue  # refused when it runs (x86-shadow models no dirty logging)
         found.append(p)
     deps: dict[str, dict[str, list[str]]] = {name: {} for name in table.costs}
-    with tempfile.TemporaryDirectory(prefix="mmbench-costdeps-") as tmp:
-        for name, cost in table.costs.items():
-            if cost.ns == 0:
-                continue
-            path = Path(tmp, f"{name}.yaml")
-            doc = {"name": f"{table.name}, {name} x{FACTOR:g}"}
-            doc["costs"] = {name: {"ns": cost.ns * FACTOR, "provenance": "list --costs"}}
-            path.write_text(yaml.safe_dump(doc))
-            for p in found:
-                got = _figures(p, arch, str(path))
-                moved = sorted(
-                    {m for pol, ms in p.base.items() for m, v in ms.items()
-                     if _moved(v, got[pol][m])}
-                )  # fmt: skip
-                if moved:
-                    deps[name][p.workload] = moved
+    todo = [(n, c.ns) for n, c in table.costs.items() if c.ns != 0 and found]
+    jobs = min(jobs or os.cpu_count() or 1, len(todo)) or 1
+    if jobs == 1:
+        for name, ns in todo:
+            deps[name] = _perturbed(arch, name, ns, found)
+        return deps
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(_perturbed, arch, n, ns, found): n for n, ns in todo}
+        for fut, name in futures.items():
+            deps[name] = fut.result()
     return deps

@@ -36,7 +36,7 @@ class MmuPressure:
     backends = ("sim",)
     default_plots = ("mmu_used_pages", "mmu_recycled", "pf_fixed", "slice.ms")
     headline = ("run_ms", "hot_slice_ms")
-    probe = {"rounds": 4}
+    probe = {"rounds": 10}
     phases = ("hot_slice_ms", "cold_slice_ms")
     params = (
         Param("vcpus", int, 4, "vCPUs the processes share", ("-c", "--vcpus"), min=1, max=64),
