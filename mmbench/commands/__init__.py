@@ -35,6 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the model primitives a policy composes, with signatures and docstrings",
     )
+    p.add_argument(
+        "--costs",
+        metavar="ARCH",
+        choices=reg.names("arch"),
+        help="an arch's cost table: value, kind (measured/derived/estimate/absent), range,"
+        " source, and the workloads whose headline figures depend on each constant"
+        f" ({', '.join(reg.names('arch'))}; runs the model, a few seconds)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="--costs: text table or one JSON document",
+    )
     p.set_defaults(func=cmd_list)
     run_parser(sub, reg)
     p = sub.add_parser("runs", help="list stored runs")

@@ -20,6 +20,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if getattr(args, "primitives", False):
         print(primitives_text())
         return 0
+    if getattr(args, "costs", None):
+        print(costs_text(args.costs, args.format))
+        return 0
     out = []
     for kind, title in (
         ("workload", "Workloads"),
@@ -84,6 +87,46 @@ def metrics_text(wl: type) -> str:
         lines.append("  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
     lines.append(
         "kernel stat: KVM's binary stats / debugfs name (- : a figure of the model or workload)"
+    )
+    return "\n".join(lines)
+
+
+def costs_text(arch: str, fmt: str = "text") -> str:
+    """``mmbench list --costs ARCH``: every constant of the arch's table with its value,
+    kind, range, one-line source and the workloads whose headline figures move when it
+    does (``mmbench.run.costdeps``, computed by the model on the spot)."""
+    import json
+
+    from mmbench.run.costdeps import dependencies
+
+    reg = get_host().registry
+    table = reg.get("arch", arch).costs
+    deps = dependencies(arch)
+    if fmt == "json":
+        doc = {"arch": arch, "table": table.name, "costs": {}}
+        for name, c in table.costs.items():
+            entry = c.as_dict() | {"unit": "ns", "per": c.doc, "missing": c.missing()}
+            doc["costs"][name] = entry | {"headline_depends": deps.get(name, {})}
+        return json.dumps(doc, indent=1)
+    rows = [("cost", "value", "unit", "kind", "range", "headline figures that depend on it")]
+    for name, c in table.costs.items():
+        rng = f"{c.range[0]:g}-{c.range[1]:g}" if c.range is not None else "-"
+        on = ", ".join(deps.get(name, {})) or "-"
+        rows.append((name, f"{c.ns:g}", "ns", c.kind or "?", rng, on))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [f"{arch}: {table.name}"]
+    for i, r in enumerate(rows):
+        lines.append("  ".join(f"{v:<{w}}" for v, w in zip(r, widths, strict=False)) + "  " + r[-1])
+        if i:
+            c = table.costs[r[0]]
+            lines.append(f"    {c.doc}: {c.provenance}" if c.doc else f"    {c.provenance}")
+            if c.missing():
+                lines.append(f"    MISSING: {', '.join(c.missing())}")
+    lines.append(
+        "kind: measured (host, kernel, preempt, date, spread) / derived (a cited public figure)"
+        " / estimate (with its range) / absent (no such mechanism on the arch). A figure"
+        " depends on a cost when doubling the cost moves it (workloads at their probe sizes,"
+        " default policies, sim backend)."
     )
     return "\n".join(lines)
 

@@ -104,7 +104,9 @@ class Workload(Protocol):
 
     ``paths``: the invalidation paths it drives, the first being the one it is about;
     ``backends``: where it runs (empty: everywhere); ``phases`` and ``default_plots``: what
-    ``mmbench plot`` draws by default."""
+    ``mmbench plot`` draws by default; ``headline``: the metrics its README figures quote
+    (empty: the first metric) and ``probe``: small parameters that still drive every path,
+    for ``mmbench list --costs`` to find which costs those figures depend on."""
 
     name: str
     params: tuple[Param, ...]
@@ -115,6 +117,8 @@ class Workload(Protocol):
     backends: tuple[str, ...] = ()
     phases: tuple[str, ...] = ()
     default_plots: tuple[str, ...] = ()
+    headline: tuple[str, ...] = ()
+    probe: Mapping[str, Any] = MappingProxyType({})
 
     def layout(self, p: "WorkloadSpec", arch: Arch) -> "VmSpec":
         """The VM to build; raises ConfigError on sizes or addresses the arch cannot take."""

@@ -1,8 +1,19 @@
 """Cost tables: what each model primitive charges to the virtual clock, and why.
 
-Every constant carries its provenance: a measurement on a named host, a published
-figure, or an explicit estimate. ``mmbench calibrate`` writes tables in the same format
-(YAML) and ``--costs FILE`` loads one over an arch backend's defaults.
+Every constant carries its provenance, one of four kinds (``Cost.kind``):
+
+- ``measured``: on a named host, kernel and preempt model, on a date, with its spread
+  (``range``: a CI or the runs' spread); ``mmbench calibrate`` writes these.
+- ``derived``: from a cited public figure: ``ref`` (URL, lore message or kernel commit),
+  ``figure`` (the number as published) and ``derivation`` (the arithmetic, one line).
+- ``estimate``: reasoning (``provenance``) and a stated ``range``.
+- ``absent``: 0 ns because the mechanism does not exist on the arch (the provenance says
+  which kernel code shows it).
+
+Build them with ``Cost.measured``, ``Cost.derived``, ``Cost.estimate`` and
+``Cost.absent``; ``Cost.missing()`` says what a cost lacks (``mmbench list --costs``
+prints it, ``tests/test_costs.py`` fails on it for every registered arch). ``mmbench
+calibrate`` writes tables in YAML and ``--costs FILE`` loads one over an arch's defaults.
 """
 
 from __future__ import annotations
@@ -11,27 +22,111 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from mmbench.errors import ConfigError
 from mmbench.yamlfile import load_yaml
 
+KINDS = ("measured", "derived", "estimate", "absent")
+
 
 @dataclass(frozen=True)
 class Cost:
     """One constant. ``range`` (low, high ns) is where the constant may lie: the spread
-    of a measurement, or the bounds an estimate's reasoning gives; ``mmbench sweep``
-    samples it (``costs: stated``). None where the provenance states none."""
+    of a measurement, the bounds a derivation or an estimate's reasoning gives; ``mmbench
+    sweep`` samples it (``costs: stated``). ``provenance`` is the one-line source; the
+    other fields are its parts, by ``kind`` (see the module docstring)."""
 
     ns: float
     provenance: str
     doc: str = ""
     range: tuple[float, float] | None = None
+    kind: str = ""
+    ref: str = ""  # derived: URL, lore message-id or commit
+    figure: str = ""  # derived: the published number
+    derivation: str = ""  # derived: the arithmetic from figure to ns
+    host: str = ""  # measured: where, on which kernel and preempt model, when
+    kernel: str = ""
+    preempt: str = ""
+    date: str = ""
 
     def __post_init__(self) -> None:
         if self.range is not None and not 0 <= self.range[0] <= self.ns <= self.range[1]:
             raise ValueError(f"cost {self.ns} ns outside its stated range {self.range}")
+
+    @classmethod
+    def measured(
+        cls,
+        ns: float,
+        how: str,
+        doc: str = "",
+        *,
+        host: str,
+        kernel: str,
+        preempt: str,
+        date: str,
+        spread: tuple[float, float],
+    ) -> Cost:
+        """A measurement: ``spread`` is its CI or the runs' range (ns)."""
+        prov = (
+            f"measured on {host}, kernel {kernel}, preempt {preempt}, {date}: {how};"
+            f" spread {_ns(spread[0])}-{_ns(spread[1])} ns"
+        )
+        return cls(ns, prov, doc, spread, "measured", host=host, kernel=kernel,
+                   preempt=preempt, date=date)  # fmt: skip
+
+    @classmethod
+    def derived(
+        cls,
+        ns: float,
+        doc: str = "",
+        *,
+        ref: str,
+        figure: str,
+        derivation: str,
+        range: tuple[float, float] | None = None,
+    ) -> Cost:
+        """From a cited public figure: where, the figure, the arithmetic."""
+        prov = f"{ref}: {figure}; {derivation}"
+        return cls(ns, prov, doc, range, "derived", ref=ref, figure=figure, derivation=derivation)
+
+    @classmethod
+    def estimate(cls, ns: float, why: str, doc: str = "", *, range: tuple[float, float]) -> Cost:
+        """An estimate: the reasoning and the range it gives."""
+        return cls(ns, f"estimate: {why}", doc, range, "estimate")
+
+    @classmethod
+    def absent(cls, why: str, doc: str = "unused") -> Cost:
+        """0 ns: the arch has no such mechanism (``why`` names the kernel code)."""
+        return cls(0.0, f"absent: {why}", doc, None, "absent")
+
+    def missing(self) -> list[str]:
+        """What this cost's provenance lacks for its kind (empty: complete)."""
+        if self.kind not in KINDS:
+            return [f"kind (one of {', '.join(KINDS)})"]
+        need = {"measured": ("host", "kernel", "preempt", "date", "range")}
+        need |= {"derived": ("ref", "figure", "derivation"), "estimate": ("range",)}
+        out = [f for f in need.get(self.kind, ()) if not getattr(self, f)]
+        if not self.provenance.strip():
+            out.append("provenance")
+        if self.kind == "absent" and self.ns != 0:
+            out.append("ns == 0 (an absent mechanism costs nothing)")
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """The cost as ``list --costs --format json`` and ``to_yaml`` write it."""
+        out: dict[str, Any] = {"ns": self.ns, "kind": self.kind, "provenance": self.provenance}
+        out["range"] = list(self.range) if self.range is not None else None
+        for f in ("ref", "figure", "derivation", "host", "kernel", "preempt", "date"):
+            if getattr(self, f):
+                out[f] = getattr(self, f)
+        return out
+
+
+def _ns(x: float) -> str:
+    return f"{x:.3g}"
 
 
 class CostTable:
@@ -58,6 +153,7 @@ class CostTable:
         if not isinstance(entries, dict):
             raise ConfigError("--costs", f"{p}: expected a mapping 'costs: {{name: ...}}'")
         merged = dict(self.costs)
+        cal = doc.get("calibration") if isinstance(doc.get("calibration"), dict) else None
         for key, val in entries.items():
             if key not in merged:
                 raise ConfigError(
@@ -72,7 +168,7 @@ class CostTable:
                 raise ConfigError(
                     f"--costs {p}: costs.{key}", f"must be a finite number >= 0 (ns), got {ns!r}"
                 )
-            merged[key] = Cost(float(ns), prov, merged[key].doc, _range_for(ns, merged[key].range))
+            merged[key] = _override(float(ns), prov, merged[key], val, cal)
         name = str(doc.get("name", f"{self.name}+{p.name}"))
         return CostTable(name, merged)
 
@@ -84,9 +180,7 @@ class CostTable:
         return yaml.safe_dump(
             {
                 "name": self.name,
-                "costs": {
-                    k: {"ns": c.ns, "provenance": c.provenance} for k, c in self.costs.items()
-                },
+                "costs": {k: c.as_dict() for k, c in self.costs.items()},
             },
             sort_keys=True,
         )
@@ -98,3 +192,20 @@ def _range_for(ns: float, stated: tuple[float, float] | None) -> tuple[float, fl
     if stated is not None and stated[0] <= ns <= stated[1]:
         return stated
     return None
+
+
+def _override(ns: float, prov: str, default: Cost, val: Any, cal: dict | None) -> Cost:
+    """A cost from a ``--costs`` file. A calibration's (``mmbench calibrate`` writes a
+    ``calibration`` block naming host, kernel, preempt model and date) is a measurement
+    with its CI (else its repetitions' range) as spread; any other value is the file's,
+    keeping the default's range only where it lies inside it (a sweep's point)."""
+    if cal is not None and isinstance(val, dict):
+        ci = val.get("ci95") or (
+            [min(val["per_rep"]), max(val["per_rep"])] if val.get("per_rep") else None
+        )
+        spread = (min(float(ci[0]), ns), max(float(ci[1]), ns)) if ci else (ns, ns)
+        return Cost(ns, prov, default.doc, spread, "measured", host=str(cal.get("host", "")),
+                    kernel=str(cal.get("kernel", "")), preempt=str(cal.get("preempt", "")),
+                    date=str(cal.get("date", "")))  # fmt: skip
+    kind = "estimate" if _range_for(ns, default.range) else ""
+    return Cost(ns, prov, default.doc, _range_for(ns, default.range), kind)

@@ -49,6 +49,8 @@ class DirtyLog:
         "hugepage_recovery_ms",
     )
     default_plots = ("phases", "mmu_lock_hold_hist")
+    headline = ("disable_dirty_log_ms", "vcpu_stall_max_ms")
+    probe = {"size": "1G", "vcpus": 2, "run_on_s": 1.0}
     default_arch = "x86-tdp"
     params = (
         size_param(4 * TiB, "guest memory: 4T, 64G, 512M or bytes (memstress -b, in total)"),

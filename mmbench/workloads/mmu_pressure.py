@@ -41,6 +41,8 @@ class MmuPressure:
     paths = ("reclaim",)
     backends = ("sim",)
     default_plots = ("mmu_used_pages", "mmu_recycled", "pf_fixed", "slice.ms")
+    headline = ("run_ms", "hot_slice_ms")
+    probe = {"rounds": 10}
     phases = ("hot_slice_ms", "cold_slice_ms")
     params = (
         Param("vcpus", int, 4, "vCPUs the processes share", ("-c", "--vcpus"), min=1, max=64),

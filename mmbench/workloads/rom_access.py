@@ -105,6 +105,8 @@ class RomAccess:
         backing_param("4k"),
     )
     default_plots = ("pass.ms", "rom-access.delete_ns", "mmu_lock_hold_hist")
+    headline = ("pass_time_ms", "memslot_delete_ms")
+    probe = {"threads": 2, "mb": 64, "passes": 4, "rom_interval_ms": 2.0}
     phases = ("populate_ms", "pass_time_ms", "memslot_add_ms", "memslot_delete_ms")
     metrics = {
         "pass_time_ms": Metric(

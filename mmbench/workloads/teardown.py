@@ -31,6 +31,8 @@ class Teardown:
     paths = ("teardown",)
     phases = ("populate_ms", "teardown_ms")
     default_plots = ("phases", "mmu_lock_hold_hist")
+    headline = ("teardown_ms",)
+    probe = {"size": "1G", "vcpus": 2}
     default_arch = "arm64"  # seed 003
     params = (
         size_param(64 * GiB, "guest memory: 64G, 4T, 512M or bytes"),
