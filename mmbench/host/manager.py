@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mmbench.workloads.mmu_pressure",
     "mmbench.workloads.dirty_log",
     "mmbench.workloads.teardown",
+    "mmbench.workloads.memslot_perf",
     "mmbench.monitors.invariants",
     "mmbench.report.plots",
 )
