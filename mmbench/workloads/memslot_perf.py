@@ -272,7 +272,7 @@ class MemslotPerf:
         self._built = True
         state: dict[str, int] = {}
 
-        def script() -> None:
+        def prepare() -> None:
             setup = 0
             gpa = MEM_GPA
             for i in range(nslots):
@@ -282,15 +282,15 @@ class MemslotPerf:
             state["setup"] = setup
             # prepare_vm's memset of every slot: host pages exist before the guest runs
             vm.host_touch(MEM_GPA >> PAGE_SHIFT, (MEM_GPA + mem) >> PAGE_SHIFT, write=True)
-            self._loop(vm, p, test, slots, state)
 
+        vm.run_host(prepare, name="prepare_vm")  # before launch_vm: no guest runs yet
         if test.key.startswith("move"):
             src = slots.slot2gpa(nslots - 1)
             area = src - MEM_TEST_MOVE_SIZE // (2 if test.key == "move-active" else 1)
             vm.start_loop(
                 0, area >> PAGE_SHIFT, (area + MEM_TEST_MOVE_SIZE) >> PAGE_SHIFT, 1 << 62, True
             )
-        vm.run_host(script, name="memslot-perf")
+        vm.run_host(lambda: self._loop(vm, p, test, slots, state), name="memslot-perf")
         vm.destroy()
         self._events.append(
             {

@@ -156,6 +156,7 @@ class KvmVm:
         self.npages_touched = 0
         self._manual_protect: bool | None = None
         self._trace: TraceInstance | None = None
+        self._accessed = False  # guest_access ran a vCPU since the last native check
         self._loops: dict[int, int] = {}  # run_host's loop guests: vCPU -> stop time (ns)
         self._views: dict[int, tuple[int, int, Any]] = {}  # slot -> (gpa, size, u64 view)
         self.kernel = host_kernel()  # the result records the kernel it ran on
@@ -317,6 +318,7 @@ class KvmVm:
         new: dict[int, _PassThread] = {}
         loops = self._loops = dict(self._until)  # stop_loop() may bring a stop forward
         self._until.clear()
+        loop_pages = {vid: g1 - g0 for vid, (g0, g1, _, _) in self._pending.items()}
         for vid, (g0, g1, passes, write) in self._pending.items():
             vcpu = vm.vcpus[vid]
             vcpu.set_touch(g0 << PAGE_SHIFT, g1 << PAGE_SHIFT, passes=passes, write=write)
@@ -349,6 +351,8 @@ class KvmVm:
             raise
         for vid in started:
             t = self._threads[vid]
+            if vid in loops:  # an open-ended loop touched its pages on every pass
+                self.npages_touched += max(0, len(t.pass_ns) - 1) * loop_pages[vid]
             edges = [t.start_ns, *t.pass_ns]
             pfs = [t.pf0, *t.pf]
             for i in range(len(t.pass_ns)):
@@ -361,7 +365,9 @@ class KvmVm:
                         pfs[i + 1] - pfs[i],
                     )
                 )
-        self._check_native()
+        if started or self._accessed:  # a host-only script (memslot setup) ran no guest
+            self._check_native()
+            self._accessed = False
 
     def _stop_threads(self) -> None:
         for t in self._threads.values():
@@ -379,7 +385,8 @@ class KvmVm:
                 f" (pf_fixed={st.get('pf_fixed', 0)}, pages_4k={st.get('pages_4k', 0)});"
                 " the numbers would not be the shadow MMU's"
             )
-        emulated = st.get("insn_emulation", 0)
+        # an MMIO write is emulated by design (a gpa no memslot backs): not a CPL0 guest
+        emulated = st.get("insn_emulation", 0) - sum(v.mmio_writes for v in self._vm().vcpus)
         if emulated > MAX_EMULATED_PER_PAGE * max(1, self.npages_touched):
             print(
                 f"mmbench: warning: kvm guest emulated {emulated} instructions for"
@@ -452,6 +459,7 @@ class KvmVm:
 
         timer = threading.Timer(budget_s, watchdog)
         timer.start()
+        self._accessed = True
         t0 = time.perf_counter_ns()
         try:
             done = vcpu.run()
