@@ -104,7 +104,10 @@ class Workload(Protocol):
 
     ``paths``: the invalidation paths it drives, the first being the one it is about;
     ``backends``: where it runs (empty: everywhere); ``phases`` and ``default_plots``: what
-    ``mmbench plot`` draws by default."""
+    ``mmbench plot`` draws by default. Optional: ``policies_for(spec, arch, given)``, the
+    policies its parameters select when ``--policy`` names none (memslot-perf's ``-q``), and
+    ``report_lines(params, series)``, lines ``mmbench run`` prints under the table (a
+    selftest's own output)."""
 
     name: str
     params: tuple[Param, ...]
