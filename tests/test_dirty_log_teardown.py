@@ -159,7 +159,11 @@ def test_teardown_4k_backing_and_x86(runs_dir):
         (["teardown", "--arch", "x86-tdp", "--policy", "s2-elide"], "--policy", "s2-elide (arm64)"),
         (["teardown", "--arch", "x86-shadow", "--policy", "s2-unmap"], "--policy", "zap-all"),
         (["dirty-log", "--arch", "x86-tdp", "--policy", "zap-slot"], "--policy", "collapse-sync"),
-        (["rom-access", "--policy", "collapse-sync"], "--policy", "zap-slot (x86-shadow, x86-ept)"),
+        (
+            ["rom-access", "--policy", "collapse-sync"],
+            "--policy",
+            "zap-slot (x86-shadow, x86-ept, x86-tdp)",
+        ),
         (
             ["dirty-log", "--arch", "x86-shadow", "--size", "1G"],
             "--arch",

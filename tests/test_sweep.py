@@ -235,7 +235,7 @@ BASE = "workload: rom-access\npolicies: [zap-slot]\nparams: {threads: 1, mb: 16,
 BAD = [
     (
         "sweep:\n  grid:\n    params.megabytes: [1, 2]\n",
-        "sweep.grid.params.megabytes: unknown parameter of rom-access (known: delete_ram_after",
+        "sweep.grid.params.megabytes: unknown parameter of rom-access (known: backing, delete_ram",
     ),
     ("sweep:\n  grid: {}\n", "sweep.grid: empty (give KEY: [VALUE, ...])"),
     ("sweep:\n  grid:\n    params.mb: []\n", "sweep.grid.params.mb: empty list of values"),

@@ -19,11 +19,11 @@ from mmbench.errors import ConfigError
 from mmbench.host.contracts import Arch
 from mmbench.host.hooks import RunHooks
 from mmbench.host.hookspecs import hookimpl
-from mmbench.model.costs import CostTable
+from mmbench.model.costs import HOST_TOUCH_PAGE, CostTable
 from mmbench.model.engine import Actor, Engine
 from mmbench.model.host_memory import HostMemory
 from mmbench.model.kvm import Kvm
-from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT
+from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES, KVM_USER_MEM_SLOTS, PAGE_SHIFT
 from mmbench.model.notifier import HOST_MM_NS_4K, HOST_MM_NS_THP, HOST_UNMAP_EVENT
 from mmbench.model.sched import KernelConfig
 from mmbench.model.stats import VCPU_STATS, VM_STATS
@@ -50,9 +50,13 @@ class SimVm:
         self._guest_actors: list[Actor] = []
         self.on_progress: Callable[[float, float], None] | None = None  # (done, planned)
         self._planned = 0  # passes and slices the guest threads were given
+        self._stopped: set[int] = set()  # start_loop guests told to exit
 
     # -- building ------------------------------------------------------------------------
     def create(self, spec: VmSpec) -> Kvm:
+        """Build the VM; after ``destroy()`` a new one (memslot-perf: one VM per run)."""
+        self._guest_actors = []
+        self._stopped.clear()
         nr_vcpus = spec.nr_vcpus or len(spec.areas_per_vcpu)
         kvm = Kvm(
             self.engine, self.hook, self.arch, self.costs, nr_vcpus, spec.max_gfn, self.kernel
@@ -145,11 +149,22 @@ class SimVm:
 
         def guest() -> None:
             i = 0
-            while self.engine.now < until_ns:
+            while self.engine.now < until_ns and vcpu_id not in self._stopped:
                 self._timed_pass(vcpu_id, i, lambda: vcpu.access(gfn0, gfn1, write=write))
                 i += 1
 
         self._spawn_guest(vcpu_id, guest)
+
+    def stop_loop(self, vcpu_id: int) -> None:
+        self._stopped.add(vcpu_id)
+
+    def max_memslots(self) -> int:
+        return KVM_USER_MEM_SLOTS
+
+    def host_touch(self, gfn0: int, gfn1: int, write: bool = True) -> int:
+        """Host user space touches guest pages: its own page tables, no KVM, no mmu_lock."""
+        per = self.costs.costs.get("host_touch_page", HOST_TOUCH_PAGE).ns
+        return self._timed(lambda: self.kvm.charge((gfn1 - gfn0) * per))
 
     def guests_done(self) -> bool:
         return all(a.done for a in self._guest_actors)
@@ -173,6 +188,8 @@ class SimVm:
         return self.engine.now - t0
 
     def add_memslot(self, slot_id: int, gpa: int, size: int, name: str = "") -> int:
+        """A slot the VMM maps while the guest runs (4 KiB host pages, as on kvm)."""
+        self.kvm.host_memory.add_small(gpa >> PAGE_SHIFT, (gpa + size) >> PAGE_SHIFT)
         return self._timed(lambda: self.kvm.create_memslot(slot_id, gpa, size, 0, name))
 
     def delete_memslot(self, slot_id: int) -> int:

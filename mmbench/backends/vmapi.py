@@ -87,6 +87,20 @@ class VmApi(Protocol):
         ``until_ns`` (a guest that "runs on" across a host operation)."""
         ...
 
+    def stop_loop(self, vcpu_id: int) -> None:
+        """End a ``start_loop`` guest at its next pass boundary (the selftest's
+        ``make_guest_exit``)."""
+        ...
+
+    def max_memslots(self) -> int:
+        """``KVM_CAP_NR_MEMSLOTS``: user memslots a VM may have."""
+        ...
+
+    def host_touch(self, gfn0: int, gfn1: int, write: bool = True) -> int:
+        """Host user space reads or writes one qword per page of guest memory through its
+        own mapping (no KVM involved; memslot_perf_test's rw loop). Returns ns taken."""
+        ...
+
     def guests_done(self) -> bool: ...
     def passes_done(self, vcpu_id: int) -> int:
         """Passes the guest thread on ``vcpu_id`` has finished so far (while it runs)."""

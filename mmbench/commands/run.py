@@ -151,6 +151,16 @@ def run_parser(sub: argparse._SubParsersAction, reg) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         for prm in wl.params:
+            if prm.switch:  # a flag alone sets it, as the selftest's getopt switches
+                p.add_argument(
+                    *prm.cli,
+                    dest=f"param_{prm.name}",
+                    default=None,
+                    action="store_const",
+                    const="true",
+                    help=prm.help_text(),
+                )
+                continue
             p.add_argument(
                 *prm.cli,
                 dest=f"param_{prm.name}",
@@ -327,6 +337,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(record_mod.run_document(record), indent=1))
     else:
         print(render_terminal(compare([record], resolved.workload.metrics)))
+        report = getattr(resolved.workload, "report_lines", None)  # a selftest's own lines
+        for r in results if report else ():
+            lines = report(record["params"], r.get("series", {}))
+            if lines:
+                print(f"\n{r['policy']} on {r['backend']} (repetition 1):")
+                print("\n".join(f"  {line}" if line else "" for line in lines))
         print(f"saved: {run_dir}")
     for r in results:
         asked = r.get("policy_calls")

@@ -106,7 +106,10 @@ class Workload(Protocol):
     ``backends``: where it runs (empty: everywhere); ``phases`` and ``default_plots``: what
     ``mmbench plot`` draws by default; ``headline``: the metrics its README figures quote
     (empty: the first metric) and ``probe``: small parameters that still drive every path,
-    for ``mmbench list --costs`` to find which costs those figures depend on."""
+    for ``mmbench list --costs`` to find which costs those figures depend on. Optional:
+    ``policies_for(spec, arch, given)``, the policies its parameters select when
+    ``--policy`` names none (memslot-perf's ``-q``), and ``report_lines(params, series)``,
+    lines ``mmbench run`` prints under the table (a selftest's own output)."""
 
     name: str
     params: tuple[Param, ...]

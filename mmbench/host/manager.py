@@ -40,6 +40,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mmbench.workloads.dirty_log",
     "mmbench.workloads.teardown",
     "mmbench.workloads.host_unmap",
+    "mmbench.workloads.memslot_perf",
     "mmbench.monitors.invariants",
     "mmbench.report.plots",
 )

@@ -15,8 +15,10 @@ median of 3, 2026-12-02, loaded): THP backing 2049 faults either way, 113 ms wit
 memory populated first and 150 ms without; 4 KiB backing 2049 faults and 95 ms populated,
 16385 faults and 574 ms not.
 
-One bit per host page (``page_size``: 4 KiB, 2 MiB or 1 GiB), allocated on first use, so
-the region MMUs' 4 TiB guests that never ask pay nothing.
+One bit per host page (``page_size``: 4 KiB, 2 MiB or 1 GiB: guest RAM's backing),
+allocated on first use, so the region MMUs' 4 TiB guests that never ask pay nothing.
+Memory the VMM maps while the guest runs (a ROM BAR's 128 KiB, memslot_perf_test's
+slots) is 4 KiB pages (``add_small``), as the kvm backend maps it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class HostMemory:
         self.shift = page_size.bit_length() - 1 - PAGE_SHIFT  # gfn -> host page index
         self.pages_per_host_page = 1 << self.shift
         self._present: np.ndarray | None = None
+        # memory mapped at run time, 4 KiB pages: which backing pages it lies in, and
+        # which of its gfns are present (both allocated by the first ``add_small``)
+        self._small_at: np.ndarray | None = None
+        self._small_present: np.ndarray | None = None
         self.faulted = 0  # host pages faulted in so far
 
     @property
@@ -43,22 +49,54 @@ class HostMemory:
             self._present = np.zeros((self.max_gfn >> self.shift) + 1, dtype=bool)
         return self._present
 
+    def add_small(self, gfn0: int, gfn1: int) -> None:
+        """``[gfn0, gfn1)`` is backed by 4 KiB host pages of its own (mapped while the guest
+        runs); its pages stay present across the slot's delete and re-add. (A backing
+        page it shares with guest RAM counts as 4 KiB pages from then on.)"""
+        if not self.shift:
+            return
+        if self._small_at is None:
+            self._small_at = np.zeros_like(self.present_bits)
+            self._small_present = np.zeros(self.max_gfn + 1, dtype=bool)
+        self._small_at[gfn0 >> self.shift : ((gfn1 - 1) >> self.shift) + 1] = True
+
+    def small(self, gfns: np.ndarray) -> np.ndarray:
+        """Which of ``gfns`` are 4 KiB host pages (all of them with a 4 KiB backing)."""
+        if not self.shift:
+            return np.ones(gfns.shape, dtype=bool)
+        if self._small_at is None:
+            return np.zeros(gfns.shape, dtype=bool)
+        return self._small_at[gfns >> self.shift]
+
     def absent(self, gfns: np.ndarray) -> np.ndarray:
         """Which of ``gfns`` (any shape) have no host page yet."""
-        return ~self.present_bits[gfns >> self.shift]
+        out = ~self.present_bits[gfns >> self.shift]
+        if self._small_at is not None:
+            m = self._small_at[gfns >> self.shift]
+            if m.any():
+                out[m] = ~self._small_present[gfns[m]]
+        return out
 
-    def fault_in(self, gfns: np.ndarray) -> int:
+    def fault_in(self, gfns: np.ndarray) -> tuple[int, int]:
         """``hva_to_pfn``'s slow path for ``gfns`` (each a page a vCPU touches): make their
-        host pages present; returns how many host pages that faulted in."""
-        idx = np.asarray(gfns).ravel() >> self.shift
+        host pages present; returns how many backing pages and 4 KiB pages of memory
+        mapped at run time that faulted in."""
+        gfns = np.asarray(gfns).ravel()
+        small = 0
+        if self._small_at is not None:
+            m = self._small_at[gfns >> self.shift]
+            if m.any():
+                g = gfns[m]
+                small = int((~self._small_present[g]).sum())
+                self._small_present[g] = True
+                gfns = gfns[~m]
+        idx = gfns >> self.shift
         bits = self.present_bits
         new = idx[~bits[idx]]
-        if not len(new):
-            return 0
         n = len(new) if self.shift == 0 else len(np.unique(new))
         bits[new] = True
-        self.faulted += n
-        return n
+        self.faulted += n + small
+        return n, small
 
     def drop(self, gfn0: int, gfn1: int) -> None:
         """The VMM unmapped or ``MADV_DONTNEED``-ed ``[gfn0, gfn1)``: the host pages it
@@ -68,6 +106,8 @@ class HostMemory:
         lo, hi = -(-gfn0 >> s), gfn1 >> s
         if hi > lo:
             self.present_bits[lo:hi] = False
+        if self._small_present is not None:
+            self._small_present[gfn0:gfn1] = False
 
     def populate(self, gfn0: int, gfn1: int) -> None:
         """The VMM wrote these pages itself (the guest image it loads, ``MAP_POPULATE``)."""

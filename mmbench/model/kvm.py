@@ -161,7 +161,7 @@ class Kvm(Generic[MmuT]):
 
     def _invalidate_slot(self, slot: Memslot) -> None:
         """Publish the slot as KVM_MEMSLOT_INVALID, then let the policy drop its mappings."""
-        slot.invalid = True
+        self.memslots.invalidate(slot)
         self.synchronize_srcu_expedited()
         handled = self.hook.mmbench_flush_shadow_memslot(kvm=self, slot=slot)
         if not handled:

@@ -79,7 +79,10 @@ def resolve(req: RunRequest, host: Host | None = None) -> ResolvedRun:
     allowed = workload_cls.backends
     if allowed and req.backend not in allowed:
         raise ConfigError("--backend", f"{req.workload} runs on: {', '.join(allowed)}")
-    names = req.policies or paths.default_policies(host.registry, workload_cls, req.arch)
+    # a workload may choose its policy from its parameters (memslot-perf's -q: the quirk)
+    chosen = getattr(workload_cls, "policies_for", None)
+    chosen = chosen(spec, req.arch, list(req.policies or ())) if chosen else []
+    names = req.policies or chosen or paths.default_policies(host.registry, workload_cls, req.arch)
     on = paths.workload_paths(workload_cls)
     if not req.policies:  # kvm: kernel knobs only
         names = backend.supported_policies(names, on)

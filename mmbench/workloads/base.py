@@ -30,6 +30,7 @@ class Param:
     max: float | None = None
     parse: Callable[[str], Any] | None = None
     unit: str = ""  # "size" (bytes, shown as 4T) or "gpa" (shown in hex)
+    switch: bool = False  # a bool the CLI sets by its flag alone (the selftest's ``-q``)
 
     @property
     def cli(self) -> tuple[str, ...]:

@@ -289,10 +289,12 @@ class ShadowFault(ShadowReclaim):
         absent = want & hm.absent(gfns)
         if not absent.any():
             return None
-        n = hm.fault_in(gfns[absent])
+        big, small = hm.fault_in(gfns[absent])
         c = self.kvm.costs
-        self.kvm.charge(n * (c.host_page_fault + hm.pages_per_host_page * c.host_page_zero))
-        return absent if hm.shift == 0 else None
+        zeroed = big * hm.pages_per_host_page + small
+        self.kvm.charge((big + small) * c.host_page_fault + zeroed * c.host_page_zero)
+        absent &= hm.small(gfns)
+        return absent if absent.any() else None
 
     def _walk_guest_tables(self, vcpu: Vcpu, l1: np.ndarray) -> None:
         """Before mmu_lock, the guest's tables must be readable: ``mmu_check_root`` (in

@@ -102,6 +102,11 @@ class Vcpu(StatsFdOwner):
         self._idle = threading.Event()
         self._idle.set()
         self.image: SystemImage | None = None
+        # with drop_mmio_writes, KVM_EXIT_MMIO writes (to a gpa no memslot backs) are
+        # dropped and the guest goes on, as a VMM with nothing mapped there does (the
+        # backend's choice, as the model's); otherwise they end run() with an error
+        self.drop_mmio_writes = False
+        self.mmio_writes = 0
 
     # register state
 
@@ -208,7 +213,8 @@ class Vcpu(StatsFdOwner):
         Every KVM_EXIT_IO out calls on_io(port, value, perf_counter_ns) with
         the time taken right after KVM_RUN returned.  Returns None if stopped
         via request_stop() + a signal kick (EINTR).  Raises GuestExitError
-        on SHUTDOWN / FAIL_ENTRY / INTERNAL_ERROR / MMIO / anything else.
+        on SHUTDOWN / FAIL_ENTRY / INTERNAL_ERROR / MMIO / anything else; with
+        ``drop_mmio_writes`` MMIO writes are counted in ``mmio_writes`` and the guest goes on.
         """
         if self._run is None:
             raise KvmError(f"vCPU {self.id} is closed")
@@ -241,6 +247,9 @@ class Vcpu(StatsFdOwner):
                         return value
                     continue
                 if reason == k.KVM_EXIT_INTR:
+                    continue
+                if reason == k.KVM_EXIT_MMIO and self.drop_mmio_writes and run.exit.mmio.is_write:
+                    self.mmio_writes += 1  # the next KVM_RUN completes the instruction
                     continue
                 raise self._exit_error(reason)
         finally:
