@@ -24,7 +24,8 @@ MiB = 1 << 20
 class Quantity:
     key: str
     what: str
-    count: bool = False  # a count (the model's structure) rather than a time in ms
+    count: bool = False  # a count (the model's structure) rather than a time
+    unit: str = "ms"  # of a time
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Scenario:
     play: Callable[[VmApi, int], dict[str, float]]
     quantities: tuple[Quantity, ...]
     arch: str = "x86-shadow"
+    sized: bool = True  # False: the scenario's guest is fixed (played at the first size only)
 
 
 def rom_idle(vm: VmApi, size_mb: int) -> dict[str, float]:
@@ -90,6 +92,17 @@ def _teardown(size_mb: int) -> dict[str, Any]:
     return {"size": size_mb * MiB, "vcpus": 2, "backing": "4k"}
 
 
+def _host_unmap(size_mb: int) -> dict[str, Any]:
+    # ten MADV_DONTNEEDs of a quarter of guest RAM (at most 32 MiB) while 2 vCPUs run
+    unmap = min(32, size_mb // 4) * MiB
+    return {"size": size_mb * MiB, "unmap_size": unmap, "unmaps": 10, "interval_ms": 5.0}
+
+
+def _memslot_perf(size_mb: int) -> dict[str, Any]:
+    # memslot_perf_test -s 512 -f 3 -e 4 (move active, move inactive): its guest is fixed
+    return {"slots": 512, "first": 3, "last": 4, "loop_s": 1.0, "max_iterations": 20}
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "rom-idle",
@@ -133,5 +146,26 @@ SCENARIOS: tuple[Scenario, ...] = (
             Quantity("teardown_ms", "VM destroy (kvm_mmu_zap_all and the frees)"),
             Quantity("sptes_zapped", "sptes zapped by teardown", count=True),
         ),
+    ),
+    Scenario(
+        "host-unmap",
+        "unmap-range",
+        "host-unmap: ten MADV_DONTNEEDs of guest RAM while 2 vCPUs touch it (MMU notifier)",
+        workload("host-unmap", _host_unmap),
+        (
+            Quantity("invalidate_p50_us", "host call p50, notifier included", unit="us"),
+            Quantity("sptes_zapped", "sptes zapped by the notifier", count=True),
+        ),
+    ),
+    Scenario(
+        "memslot-perf",
+        "fast-invalidate",
+        "memslot_perf_test -s 512 -f 3 -e 4: move a slot under the guest (SLOT_ZAP_ALL on)",
+        workload("memslot-perf", _memslot_perf),
+        (
+            Quantity("move_active_iter_best_ms", "move active area, best iteration"),
+            Quantity("move_inactive_iter_best_ms", "move inactive area, best iteration"),
+        ),
+        sized=False,
     ),
 )

@@ -53,6 +53,7 @@ class Cell:
     model: float | None
     kernel: list[float]  # one per repetition
     note: str = ""  # why there is no model figure
+    unit: str = "ms"  # of a time
 
     @property
     def median(self) -> float:
@@ -121,6 +122,8 @@ def measure(
     background = [] if background is None else background
     for mb in sizes:
         for sc in scenarios:
+            if not sc.sized and mb != sizes[0]:
+                continue
             note = ""
             try:
                 model: dict[str, float] | None = play(sc, "sim", mb, costs_file, kernel)
@@ -149,6 +152,7 @@ def measure(
                         m,
                         got,
                         why,
+                        q.unit,
                     )
                 )
     return cells
@@ -206,7 +210,7 @@ def _row(c: Cell) -> list[str]:
         median = spread = "-"
     err = "n/a" if c.error_pct is None else f"{c.error_pct:+.0f}%"
     mark = "" if c.error_pct is None else ("inside" if c.inside else "OUTSIDE")
-    return [c.what + ("" if c.count else " (ms)"), model, median, spread, err, mark]
+    return [c.what + ("" if c.count else f" ({c.unit})"), model, median, spread, err, mark]
 
 
 HEAD = ["quantity", "model", "kernel", "spread", "error", ""]
