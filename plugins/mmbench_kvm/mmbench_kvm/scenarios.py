@@ -93,8 +93,8 @@ def _teardown(size_mb: int) -> dict[str, Any]:
 
 
 def _host_unmap(size_mb: int) -> dict[str, Any]:
-    # ten MADV_DONTNEEDs of a quarter of guest RAM (at most 32 MiB) while 2 vCPUs run
-    unmap = min(32, size_mb // 4) * MiB
+    # ten MADV_DONTNEEDs of an eighth of guest RAM (2-32 MiB) while 2 vCPUs run
+    unmap = max(2, min(32, size_mb // 8) // 2 * 2) * MiB
     return {"size": size_mb * MiB, "unmap_size": unmap, "unmaps": 10, "interval_ms": 5.0}
 
 
