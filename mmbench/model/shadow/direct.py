@@ -204,35 +204,36 @@ class DirectMmu(ShadowMmu):
         touched = want.any(axis=1)
         regions, want = regions[touched], want[touched]
         level = self.max_mapping_level(r0, r1)[touched]
+        mn = kvm.notifier
+        mmu_seq = mn.fault_seq()  # kvm_faultin_pfn: before the pfn lookup
+        if mn.in_range(g, end):  # mmu_invalidate_retry_gfn_unsafe: retry without the lock
+            mn.retry(vcpu, g, end)
+            return g
+        # hva_to_pfn's slow path for host pages not yet present (before mmu_lock)
+        self._faultin_host_pages(gfns.reshape(-1, PTES_PER_TABLE)[touched], want)
+        new_sps = faults = installed = lookups = 0
         with kvm.mmu_lock:
-            if self.n_max_mmu_pages:
-                self._make_pages_available_for(vcpu.id, area.first_l1 + regions - area.region0)
-            new_sps = self.kvm_mmu_reload(vcpu.id)
-            faults = installed = lookups = 0
-            if len(regions):
-                faults, installed, allocated, lookups = self._direct_map(
-                    vcpu.id, area, regions, want, level
-                )
-                new_sps += allocated
+            stale = mn.retry_gfn(mmu_seq, g, end)  # is_page_fault_stale: RET_PF_RETRY
+            if not stale:
+                if self.n_max_mmu_pages:
+                    regions_l1 = area.first_l1 + regions - area.region0
+                    self._make_pages_available_for(vcpu.id, regions_l1)
+                new_sps = self.kvm_mmu_reload(vcpu.id)
+                if len(regions):
+                    faults, installed, allocated, lookups = self._direct_map(
+                        vcpu.id, area, regions, want, level
+                    )
+                    new_sps += allocated
             kvm.charge(
                 faults * c.fault_locked
                 + installed * c.spte_install
                 + new_sps * c.sp_alloc
                 + lookups * c.host_level_lookup
             )
-        nbacked = int(want.sum())
-        mmio = int(in_range.sum()) - nbacked
-        kvm.charge(faults * c.fault_exit + nbacked * c.touch_page + mmio * c.mmio_exit)
-        st = vcpu.stats
-        st["pf_taken"] += faults
-        st["pf_fixed"] += faults
-        st["mmio_exits"] += mmio
-        st["exits"] += faults + mmio
-        if self.trace and faults:
-            kvm.stats.series["pf_fixed"].append((kvm.now, kvm.stats.vcpu_total("pf_fixed")))
-        if kvm.trace_faults and faults:
-            kvm.hook.mmbench_page_fault(kvm=kvm, vcpu=vcpu, gfn=g, npages=end - g, faults=faults)
-        return end
+        if stale:
+            mn.retry(vcpu, g, end)
+            return g
+        return self._fault_exit(vcpu, faults, int(want.sum()), int(in_range.sum()), g, end)
 
     def _direct_map(
         self, vcpu: int, area: Area, regions: np.ndarray, want: np.ndarray, level: np.ndarray

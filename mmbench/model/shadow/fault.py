@@ -264,8 +264,16 @@ class ShadowFault(ShadowReclaim):
         if stale:
             mn.retry(vcpu, g, end)
             return g
-        nbacked = int(want.sum())
-        mmio = int(in_range.sum()) - nbacked
+        return self._fault_exit(vcpu, faults, int(want.sum()), int(in_range.sum()), g, end)
+
+    def _fault_exit(
+        self, vcpu: Vcpu, faults: int, nbacked: int, touched: int, g: int, end: int
+    ) -> int:
+        """After the batch's mmu_lock section: the exits (``faults`` page faults, MMIO
+        for the touched pages no memslot backs), the pages touched, the vCPU's stats and
+        the fault observers. Returns ``end``."""
+        kvm, c = self.kvm, self.kvm.costs
+        mmio = touched - nbacked
         kvm.charge(faults * c.fault_exit + nbacked * c.touch_page + mmio * c.mmio_exit)
         st = vcpu.stats
         st["pf_taken"] += faults
