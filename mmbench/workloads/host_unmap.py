@@ -41,6 +41,9 @@ HOWS = ("dontneed", "munmap", "mprotect")
 
 class HostUnmap:
     name = "host-unmap"
+    headline = ("invalidate_p50_us",)
+    # small enough for ``mmbench list --costs`` to run once per cost
+    probe = {"size": 256 << 20, "unmap_size": 16 << 20, "unmaps": 4, "interval_ms": 5.0}
     description = "host munmap/MADV_DONTNEED/mprotect of guest memory under running vCPUs"
     paths = ("mmu-notifier",)
     phases = ("populate_ms",)

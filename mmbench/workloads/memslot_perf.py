@@ -136,6 +136,9 @@ class SlotLayout:
 
 class MemslotPerf:
     name = "memslot-perf"
+    headline = ("move_active_iter_best_ms", "move_inactive_iter_best_ms")
+    # small enough for ``mmbench list --costs`` to run once per cost
+    probe = {"slots": 64, "first": 3, "last": 4, "loop_s": 0.2, "max_iterations": 5}
     description = "the kernel's memslot_perf_test: map, unmap, move and rw over many memslots"
     paths = ("memslot-delete",)
     default_plots = ()
