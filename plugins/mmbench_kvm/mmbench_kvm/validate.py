@@ -141,6 +141,8 @@ def measure(
                 why = note or ("" if m is not None else "the model had no such event")
                 if not got:
                     why = "; ".join(filter(None, [why, f"no {q.key} in any kernel run"]))
+                elif not np.median(got):  # no relative error against 0
+                    why = "; ".join(filter(None, [why, f"the kernel's median {q.key} is 0"]))
                 cells.append(
                     Cell(
                         sc.name,
