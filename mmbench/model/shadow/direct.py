@@ -196,10 +196,7 @@ class DirectMmu(ShadowMmu):
         section for the batch; gfns no memslot backs are MMIO exits. Returns ``end``."""
         kvm = self.kvm
         c = kvm.costs
-        r0, r1 = g >> LEVEL_SHIFT, ((end - 1) >> LEVEL_SHIFT) + 1
-        gfns = np.arange(r0 << LEVEL_SHIFT, r1 << LEVEL_SHIFT)
-        in_range = (gfns >= g) & (gfns < end)
-        want = (in_range & kvm.memslots.backed(gfns[0], gfns[-1] + 1)).reshape(-1, PTES_PER_TABLE)
+        r0, r1, gfns, in_range, want = self._fault_batch(g, end)
         regions = np.arange(r0, r1)
         touched = want.any(axis=1)
         regions, want = regions[touched], want[touched]

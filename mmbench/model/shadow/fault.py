@@ -230,10 +230,7 @@ class ShadowFault(ShadowReclaim):
         section for the batch; gfns no memslot backs are MMIO exits. Returns ``end``."""
         kvm = self.kvm
         c = kvm.costs
-        r0, r1 = g >> LEVEL_SHIFT, ((end - 1) >> LEVEL_SHIFT) + 1
-        gfns = np.arange(r0 << LEVEL_SHIFT, r1 << LEVEL_SHIFT)
-        in_range = (gfns >= g) & (gfns < end)
-        want = (in_range & kvm.memslots.backed(gfns[0], gfns[-1] + 1)).reshape(-1, PTES_PER_TABLE)
+        r0, r1, gfns, in_range, want = self._fault_batch(g, end)
         touched = want.any(axis=1)
         l1 = (area.first_l1 + np.arange(r0, r1) - area.region0)[touched]
         want = want[touched]
@@ -265,6 +262,15 @@ class ShadowFault(ShadowReclaim):
             mn.retry(vcpu, g, end)
             return g
         return self._fault_exit(vcpu, faults, int(want.sum()), int(in_range.sum()), g, end)
+
+    def _fault_batch(self, g: int, end: int) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+        """The 2 MiB regions ``[r0, r1)`` a batch ``[g, end)`` spans, their gfns, which of
+        those the batch touches, and (one 512-wide row per region) which a memslot backs."""
+        r0, r1 = g >> LEVEL_SHIFT, ((end - 1) >> LEVEL_SHIFT) + 1
+        gfns = np.arange(r0 << LEVEL_SHIFT, r1 << LEVEL_SHIFT)
+        in_range = (gfns >= g) & (gfns < end)
+        backed = self.kvm.memslots.backed(gfns[0], gfns[-1] + 1)
+        return r0, r1, gfns, in_range, (in_range & backed).reshape(-1, PTES_PER_TABLE)
 
     def _fault_exit(
         self, vcpu: Vcpu, faults: int, nbacked: int, touched: int, g: int, end: int
