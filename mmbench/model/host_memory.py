@@ -77,6 +77,30 @@ class HostMemory:
                 out[m] = ~self._small_present[gfns[m]]
         return out
 
+    def absent_range(self, gfn0: int, gfn1: int) -> np.ndarray:
+        """``absent`` for every gfn of ``[gfn0, gfn1)``, from slices (a fault batch's pages
+        are contiguous, so no per-gfn index array is needed)."""
+        s = self.shift
+        out = ~self.present_bits[gfn0 >> s : ((gfn1 - 1) >> s) + 1]
+        if s:
+            out = np.repeat(out, 1 << s)[gfn0 - ((gfn0 >> s) << s) :][: gfn1 - gfn0]
+            if self._small_at is not None:
+                m = np.repeat(self._small_at[gfn0 >> s : ((gfn1 - 1) >> s) + 1], 1 << s)
+                m = m[gfn0 - ((gfn0 >> s) << s) :][: gfn1 - gfn0]
+                if m.any():
+                    out[m] = ~self._small_present[gfn0:gfn1][m]
+        return out
+
+    def small_range(self, gfn0: int, gfn1: int) -> np.ndarray:
+        """``small`` for every gfn of ``[gfn0, gfn1)``."""
+        s = self.shift
+        if not s:
+            return np.ones(gfn1 - gfn0, dtype=bool)
+        if self._small_at is None:
+            return np.zeros(gfn1 - gfn0, dtype=bool)
+        m = np.repeat(self._small_at[gfn0 >> s : ((gfn1 - 1) >> s) + 1], 1 << s)
+        return m[gfn0 - ((gfn0 >> s) << s) :][: gfn1 - gfn0]
+
     def fault_in(self, gfns: np.ndarray) -> tuple[int, int]:
         """``hva_to_pfn``'s slow path for ``gfns`` (each a page a vCPU touches): make their
         host pages present; returns how many backing pages and 4 KiB pages of memory

@@ -196,18 +196,16 @@ class DirectMmu(ShadowMmu):
         section for the batch; gfns no memslot backs are MMIO exits. Returns ``end``."""
         kvm = self.kvm
         c = kvm.costs
-        r0, r1, gfns, in_range, want = self._fault_batch(g, end)
-        regions = np.arange(r0, r1)
-        touched = want.any(axis=1)
-        regions, want = regions[touched], want[touched]
-        level = self.max_mapping_level(r0, r1)[touched]
+        b = self._fault_batch(g, end)
+        regions, want = b.regions, b.want
+        level = self.max_mapping_level(b.r0, b.gfn1 >> LEVEL_SHIFT)[regions - b.r0]
         mn = kvm.notifier
         mmu_seq = mn.fault_seq()  # kvm_faultin_pfn: before the pfn lookup
         if mn.in_range(g, end):  # mmu_invalidate_retry_gfn_unsafe: retry without the lock
             mn.retry(vcpu, g, end)
             return g
         # hva_to_pfn's slow path for host pages not yet present (before mmu_lock)
-        self._faultin_host_pages(gfns.reshape(-1, PTES_PER_TABLE)[touched], want)
+        self._faultin_host_pages(b)
         new_sps = faults = installed = lookups = 0
         with kvm.mmu_lock:
             stale = mn.retry_gfn(mmu_seq, g, end)  # is_page_fault_stale: RET_PF_RETRY
@@ -230,7 +228,7 @@ class DirectMmu(ShadowMmu):
         if stale:
             mn.retry(vcpu, g, end)
             return g
-        return self._fault_exit(vcpu, faults, int(want.sum()), int(in_range.sum()), g, end)
+        return self._fault_exit(vcpu, faults, b.nbacked(), end - g, g, end)
 
     def _direct_map(
         self, vcpu: int, area: Area, regions: np.ndarray, want: np.ndarray, level: np.ndarray

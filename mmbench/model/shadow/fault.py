@@ -26,10 +26,77 @@ from mmbench.model.vcpu import GuestShutdown
 
 if TYPE_CHECKING:
     from mmbench.model.kvm import Kvm
+    from mmbench.model.memslots import Memslots
     from mmbench.model.vcpu import Vcpu
 
 FAST_REGIONS = 64  # fault-free regions run per engine step
 FAULT_REGIONS = 8  # regions faulted per mmu_lock acquisition
+
+
+def group_any(mask: np.ndarray, n: int) -> np.ndarray:
+    """Per row of ``mask`` (rows of 512 bools), whether each aligned group of ``n`` has a
+    bit set. Eight bools are one 64-bit word, so for x86's ``PTE_PREFETCH_NUM`` (8) the
+    test is a compare per word."""
+    if n == 8 and mask.flags.c_contiguous:
+        return mask.view(np.uint64) != 0
+    return mask.reshape(len(mask), -1, n).any(axis=2)
+
+
+class FaultBatch:
+    """The pages one fault batch ``[g, end)`` covers, as rows of its 2 MiB regions.
+
+    ``regions`` are the regions with a touched page (all of them but for a batch that
+    ends inside a partly touched one), ``want`` (one 512-wide row per such region) the
+    touched pages a memslot backs. Per-gfn arrays are read and written through ``rows``
+    and ``set_rows``: slices of the batch's contiguous gfns, no index arrays.
+    """
+
+    __slots__ = ("gfn0", "gfn1", "r0", "regions", "want", "_touched")
+
+    def __init__(self, g: int, end: int, memslots: Memslots) -> None:
+        r0, r1 = g >> LEVEL_SHIFT, ((end - 1) >> LEVEL_SHIFT) + 1
+        self.r0 = r0
+        self.gfn0, self.gfn1 = r0 << LEVEL_SHIFT, r1 << LEVEL_SHIFT
+        backed = memslots.backed(self.gfn0, self.gfn1)
+        if g > self.gfn0:
+            backed[: g - self.gfn0] = False
+        if end < self.gfn1:
+            backed[end - self.gfn0 :] = False
+        want = backed.reshape(-1, PTES_PER_TABLE)
+        self._touched: np.ndarray | None = None
+        self.regions = np.arange(r0, r1)
+        self.want = want
+        if not want.all():  # a region without a wanted page gets no sp
+            touched = want.any(axis=1)
+            if not touched.all():
+                self._touched = touched
+                self.regions = self.regions[touched]
+                self.want = want[touched]
+
+    def rows(self, per_gfn: np.ndarray, offset: int = 0) -> np.ndarray:
+        """``per_gfn`` over the batch's regions, one row per region in ``regions``;
+        ``offset``: the gfn ``per_gfn[0]`` stands for (0: indexed by gfn)."""
+        a = self.gfn0 - offset
+        m = per_gfn[a : a + self.gfn1 - self.gfn0].reshape(-1, PTES_PER_TABLE)
+        return m if self._touched is None else m[self._touched]
+
+    def set_rows(self, per_gfn: np.ndarray, mask: np.ndarray) -> None:
+        """Set ``per_gfn`` (a bool per gfn) where ``mask`` (rows as ``rows`` returns them)
+        is set; the other bits stay as they are now."""
+        m = per_gfn[self.gfn0 : self.gfn1].reshape(-1, PTES_PER_TABLE)
+        if self._touched is None:
+            m |= mask
+        else:
+            m[self._touched] |= mask
+
+    def gfns(self, mask: np.ndarray) -> np.ndarray:
+        """The gfns of the pages set in ``mask`` (rows as ``rows`` returns them)."""
+        r, col = np.nonzero(mask)
+        return ((self.regions[r] << LEVEL_SHIFT) + col).astype(np.int64)
+
+    def nbacked(self) -> int:
+        """Touched pages a memslot backs (the rest are MMIO exits)."""
+        return int(np.count_nonzero(self.want))
 
 
 class ShadowFault(ShadowReclaim):
@@ -64,28 +131,30 @@ class ShadowFault(ShadowReclaim):
         Returns (sps, number allocated)."""
         sps = self.gpt_sp[gpts]
         need = ~self.valid(sps)
-        k = int(need.sum())
+        k = int(np.count_nonzero(need))
         if not k:
             return sps, 0
         while self.n + k > self.cap:
             self._grow()
-        new = np.arange(self.n, self.n + k, dtype=np.int32)
-        self.n += k
+        a = self.n
+        b = a + k
+        self.n = b
         g = gpts[need]
-        self.sp_gfn[new] = self.gpt.gfn[g]
-        self.sp_level[new] = self.gpt.level[g]
-        self.sp_gen[new] = self.mmu_valid_gen
-        self.sp_alive[new] = True
+        self.sp_gfn[a:b] = self.gpt.gfn[g]
+        self.sp_level[a:b] = self.gpt.level[g]
+        self.sp_gen[a:b] = self.mmu_valid_gen
+        self.sp_alive[a:b] = True
         self.n_used_mmu_pages += k
         self._record_used()
-        self.sp_map_base[new] = self.gpt.map_base[g]
-        self.sp_accessed[new] = True
+        self.sp_map_base[a:b] = self.gpt.map_base[g]
+        self.sp_accessed[a:b] = True
+        new = np.arange(a, b, dtype=np.int32)
         self.gpt_sp[g] = new
         if not self.direct:
             # account_shadowed(): the guest table is write-protected; no huge page over
             # it. A direct sp (role.direct) shadows no guest table and accounts nothing.
-            scatter_add(self.lpage_disallow, self.sp_gfn[new] >> LEVEL_SHIFT)
-            self.sp_accounted[new] = True
+            scatter_add(self.lpage_disallow, self.sp_gfn[a:b] >> LEVEL_SHIFT)
+            self.sp_accounted[a:b] = True
         self.kvm.stats.vm["mmu_cache_miss"] += k
         sps = sps.copy()
         sps[need] = new
@@ -133,16 +202,22 @@ class ShadowFault(ShadowReclaim):
     def map_leaf_sptes(self, leaves: np.ndarray, fill: np.ndarray) -> int:
         """Install the sptes set in ``fill`` (one 512-wide row per leaf sp) and add them
         to the rmaps (``mmu_set_spte`` -> ``rmap_add``). Returns how many were new."""
+        if not self.sp_nr[leaves].any() and fill.all():  # fresh leaf sps, filled whole
+            self.sp_sptes[leaves] = True
+            self.add_leaf_rmaps(leaves, np.True_, 1)
+            self.sp_nr[leaves] += PTES_PER_TABLE
+            return len(leaves) * PTES_PER_TABLE
         rows = self.sp_sptes[leaves]
         new = fill & ~rows
-        r, col = np.nonzero(new)
-        if not len(r):
+        per_sp = np.add.reduce(new, axis=1, dtype=np.int32)
+        total = int(per_sp.sum())
+        if not total:
             return 0
         self.sp_sptes[leaves] = rows | fill
-        # distinct leaves map distinct 2 MiB runs, so these gfns and leaves are unique
-        self.rmap_count[self.sp_map_base[leaves][r] + col] += 1
-        self.sp_nr[leaves] += new.sum(axis=1, dtype=np.int32)
-        return len(r)
+        # distinct leaves map distinct 2 MiB runs
+        self.add_leaf_rmaps(leaves, new, 1)
+        self.sp_nr[leaves] += per_sp
+        return total
 
     # -- roots ---------------------------------------------------------------------------
     def mmu_alloc_roots(self, vcpu: int) -> int:
@@ -195,10 +270,14 @@ class ShadowFault(ShadowReclaim):
         while g < gfn1:
             vcpu.check_requests()
             r0 = g >> LEVEL_SHIFT
-            regions = np.arange(r0, min(last_region, r0 + FAST_REGIONS))
-            leaves = self.reachable_leaves(vcpu.id, area.first_l1 + regions - area.region0)
-            full = (leaves >= 0) & (self.sp_nr[np.maximum(leaves, 0)] == PTES_PER_TABLE)
-            nfull = len(full) if full.all() else int(np.argmin(full))
+            l1 = area.first_l1 + r0 - area.region0
+            if self._leaf_full(vcpu.id, l1):  # then how many regions after it are too
+                regions = np.arange(r0, min(last_region, r0 + FAST_REGIONS))
+                leaves = self.reachable_leaves(vcpu.id, l1 + regions - r0)
+                full = (leaves >= 0) & (self.sp_nr[np.maximum(leaves, 0)] == PTES_PER_TABLE)
+                nfull = len(full) if full.all() else int(np.argmin(full))
+            else:
+                nfull = 0
             if nfull:
                 end = min(int(regions[nfull - 1] + 1) << LEVEL_SHIFT, gfn1)
                 g = self._run_native(vcpu, g, end, leaves[:nfull])
@@ -209,6 +288,16 @@ class ShadowFault(ShadowReclaim):
                 n = FAULT_REGIONS if self.gpte_accessed[g] else 1
                 end = min((r0 + n) << LEVEL_SHIFT, gfn1)
                 g = self.page_fault(vcpu, area, g, end)
+
+    def _leaf_full(self, vcpu: int, l1: int) -> bool:
+        """The leaf sp of gpt ``l1`` maps all 512 pages and is reachable from the vCPU's
+        root: ``reachable_leaves`` and the full-row test for one region, on scalars."""
+        sp = int(self.gpt_sp[l1])
+        return (
+            sp >= 0
+            and int(self.sp_nr[sp]) == PTES_PER_TABLE
+            and self._linked_to(sp, l1, int(self.vcpu_root[vcpu]))
+        )
 
     def _run_native(self, vcpu: Vcpu, g: int, end: int, leaves: np.ndarray) -> int:
         """Run in guest mode over mapped pages; a kick (IPI) stops the run early. Returns
@@ -230,10 +319,9 @@ class ShadowFault(ShadowReclaim):
         section for the batch; gfns no memslot backs are MMIO exits. Returns ``end``."""
         kvm = self.kvm
         c = kvm.costs
-        r0, r1, gfns, in_range, want = self._fault_batch(g, end)
-        touched = want.any(axis=1)
-        l1 = (area.first_l1 + np.arange(r0, r1) - area.region0)[touched]
-        want = want[touched]
+        b = self._fault_batch(g, end)
+        want = b.want
+        l1 = area.first_l1 + b.regions - area.region0
         faults = installed = new_sps = 0
         self._walk_guest_tables(vcpu, l1)
         mn = kvm.notifier
@@ -241,9 +329,9 @@ class ShadowFault(ShadowReclaim):
         if mn.in_range(g, end):  # mmu_invalidate_retry_gfn_unsafe: retry without the lock
             mn.retry(vcpu, g, end)
             return g
-        rows = gfns.reshape(-1, PTES_PER_TABLE)[touched]
-        absent = self._faultin_host_pages(rows, want)
-        cold = want & ~self.gpte_accessed[rows]
+        absent = self._faultin_host_pages(b)
+        accessed = b.rows(self.gpte_accessed)
+        cold = want & ~accessed
         absent = cold if absent is None else absent | cold
         with kvm.mmu_lock:
             if mn.retry_gfn(mmu_seq, g, end):  # is_page_fault_stale: RET_PF_RETRY
@@ -256,21 +344,17 @@ class ShadowFault(ShadowReclaim):
                 if len(l1):
                     faults, installed, allocated = self._fetch(vcpu.id, l1, want, absent)
                     new_sps += allocated
-                    self.gpte_accessed[rows[want]] = True
+                    b.set_rows(self.gpte_accessed, want)
             kvm.charge(faults * c.fault_locked + installed * c.spte_install + new_sps * c.sp_alloc)
         if stale:
             mn.retry(vcpu, g, end)
             return g
-        return self._fault_exit(vcpu, faults, int(want.sum()), int(in_range.sum()), g, end)
+        return self._fault_exit(vcpu, faults, b.nbacked(), end - g, g, end)
 
-    def _fault_batch(self, g: int, end: int) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
-        """The 2 MiB regions ``[r0, r1)`` a batch ``[g, end)`` spans, their gfns, which of
-        those the batch touches, and (one 512-wide row per region) which a memslot backs."""
-        r0, r1 = g >> LEVEL_SHIFT, ((end - 1) >> LEVEL_SHIFT) + 1
-        gfns = np.arange(r0 << LEVEL_SHIFT, r1 << LEVEL_SHIFT)
-        in_range = (gfns >= g) & (gfns < end)
-        backed = self.kvm.memslots.backed(gfns[0], gfns[-1] + 1)
-        return r0, r1, gfns, in_range, (in_range & backed).reshape(-1, PTES_PER_TABLE)
+    def _fault_batch(self, g: int, end: int) -> FaultBatch:
+        """The 2 MiB regions a batch ``[g, end)`` spans and which of their pages it wants
+        (touched and backed by a memslot)."""
+        return FaultBatch(g, end, self.kvm.memslots)
 
     def _fault_exit(
         self, vcpu: Vcpu, faults: int, nbacked: int, touched: int, g: int, end: int
@@ -292,7 +376,7 @@ class ShadowFault(ShadowReclaim):
             kvm.hook.mmbench_page_fault(kvm=kvm, vcpu=vcpu, gfn=g, npages=end - g, faults=faults)
         return end
 
-    def _faultin_host_pages(self, gfns: np.ndarray, want: np.ndarray) -> np.ndarray | None:
+    def _faultin_host_pages(self, b: FaultBatch) -> np.ndarray | None:
         """``kvm_faultin_pfn`` -> ``hva_to_pfn`` before mmu_lock: the wanted pages whose host
         page does not exist yet are faulted in (``host_page_fault`` each, and
         ``host_page_zero`` per 4 KiB cleared). Returns, with 4 KiB host pages, which
@@ -300,14 +384,15 @@ class ShadowFault(ShadowReclaim):
         when none were, or with huge host pages (one fault-in makes the whole prefetch
         group present)."""
         hm = self.kvm.host_memory
-        absent = want & hm.absent(gfns)
+        absent = b.want & b.rows(hm.absent_range(b.gfn0, b.gfn1), offset=b.gfn0)
         if not absent.any():
             return None
-        big, small = hm.fault_in(gfns[absent])
+        big, small = hm.fault_in(b.gfns(absent))
         c = self.kvm.costs
         zeroed = big * hm.pages_per_host_page + small
         self.kvm.charge((big + small) * c.host_page_fault + zeroed * c.host_page_zero)
-        absent &= hm.small(gfns)
+        if hm.shift:
+            absent &= b.rows(hm.small_range(b.gfn0, b.gfn1), offset=b.gfn0)
         return absent if absent.any() else None
 
     def _walk_guest_tables(self, vcpu: Vcpu, l1: np.ndarray) -> None:
@@ -354,10 +439,11 @@ class ShadowFault(ShadowReclaim):
         new_sps = 0
         parent_gpts = self.gpt.parent[l1]
         path: dict[int, int] = {}
-        for pg in set(parent_gpts.tolist()):
+        pgs = parent_gpts.tolist()
+        for pg in set(pgs):
             path[pg], allocated = self.ensure_path(vcpu, pg)
             new_sps += allocated
-        parents = np.array([path[pg] for pg in parent_gpts.tolist()], dtype=np.int32)
+        parents = np.array([path[pg] for pg in pgs], dtype=np.int32)
         leaves, allocated = self.kvm_mmu_get_pages(l1)
         new_sps += allocated
         self.link_shadow_pages(leaves, parents)
@@ -377,14 +463,26 @@ class ShadowFault(ShadowReclaim):
         mixed group may take one fault fewer than in the kernel, where a mappable page
         touched first faults too). Returns (sptes to install, faults)."""
         n = self.pte_prefetch_num
-        missing = want & ~self.sp_sptes[leaves]
-        groups = missing.reshape(len(leaves), -1, n).any(axis=2)
+        k = len(leaves)
+        if not self.sp_nr[leaves].any():  # fresh leaf sps: every wanted spte is missing
+            missing = want
+            if want.all():  # and every group of every row faults: fill it all
+                groups_per_row = PTES_PER_TABLE // n
+                if absent is None:
+                    return want, k * groups_per_row
+                with_absent = int(np.count_nonzero(group_any(absent, n)))
+                return want, int(np.count_nonzero(absent)) + k * groups_per_row - with_absent
+        else:
+            missing = want & ~self.sp_sptes[leaves]
+        groups = group_any(missing, n)
         fill = want & np.repeat(groups, n, axis=1)
         if absent is None or not absent.any():
-            return fill, int(groups.sum())
-        with_absent = absent.reshape(len(leaves), -1, n).any(axis=2)
-        present_only = (missing & ~absent).reshape(len(leaves), -1, n).any(axis=2)
-        return fill, int(absent.sum()) + int((present_only & ~with_absent).sum())
+            return fill, int(np.count_nonzero(groups))
+        with_absent = group_any(absent, n)
+        present_only = group_any(missing & ~absent, n)
+        return fill, int(np.count_nonzero(absent)) + int(
+            np.count_nonzero(present_only & ~with_absent)
+        )
 
     def _make_pages_available_for(self, vcpu: int, l1: np.ndarray) -> None:
         """``make_mmu_pages_available()`` before the batch allocates. The kernel checks

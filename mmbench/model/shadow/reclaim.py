@@ -110,10 +110,15 @@ class ShadowReclaim(ShadowZap):
         """The CPU's page walk sets the accessed bit of every parent_pte on the way down:
         ``sp_accessed`` of the sps ``sps`` and of their ancestors below the root."""
         sps = np.asarray(sps)
-        while len(sps):
-            self.sp_accessed[sps] = True
-            up = self.sp_parent[sps]
-            sps = np.unique(up[up >= 0])
+        if not len(sps):
+            return
+        self.sp_accessed[sps] = True
+        # the levels above: few distinct tables (np.unique costs more than a set here)
+        up = {p for p in self.sp_parent[sps].tolist() if p >= 0}
+        while up:
+            idx = list(up)
+            self.sp_accessed[idx] = True
+            up = {p for p in self.sp_parent[idx].tolist() if p >= 0}
 
     def test_accessed(self, sps: np.ndarray) -> np.ndarray:
         """For each sp, the bit a scan would find: its parent_pte was accessed since the

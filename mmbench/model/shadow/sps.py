@@ -67,6 +67,12 @@ class SpTable:
         self._alloc_arrays(max(64, gpt.count * 2))
         self.gpt_sp = np.full(gpt.count, -1, dtype=np.int32)
         self.rmap_count = np.zeros(max_gfn, dtype=np.uint16)
+        # the same counts, one 512-wide row per 2 MiB region (a leaf sp's map_base is
+        # 512-aligned, so a leaf's rmap counts are one row); a last region cut short by
+        # max_gfn has no row
+        self.rmap_rows = self.rmap_count[: max_gfn & ~(PTES_PER_TABLE - 1)].reshape(
+            -1, PTES_PER_TABLE
+        )
         self.rmap_2m = np.zeros((max_gfn >> LEVEL_SHIFT) + 1, dtype=np.int32)
         self.rmap_1g = np.zeros((max_gfn >> (2 * LEVEL_SHIFT)) + 1, dtype=np.int32)
         self.lpage_disallow = np.zeros((max_gfn >> LEVEL_SHIFT) + 1, dtype=np.int32)
@@ -186,6 +192,24 @@ class SpTable:
         """sps allocated after index ``since``, newest first (what a restarted walk from
         the list head meets first)."""
         return since + np.flatnonzero(self.sp_alive[since : self.n])[::-1]
+
+    def add_leaf_rmaps(self, leaves: np.ndarray, sptes: np.ndarray, sign: int) -> None:
+        """``rmap_add`` (``sign`` 1) or ``rmap_remove`` (-1) of the sptes set in ``sptes``
+        (one 512-wide row per leaf sp of ``leaves``, which map distinct 2 MiB runs; or
+        ``np.True_``: every spte of each)."""
+        bases = self.sp_map_base[leaves]
+        if int(bases.max()) + PTES_PER_TABLE <= self.max_gfn:
+            rows = self.rmap_rows
+            if sign > 0:
+                rows[bases >> LEVEL_SHIFT] += sptes
+            else:
+                rows[bases >> LEVEL_SHIFT] -= sptes
+        else:  # the last region is cut short by max_gfn
+            r, col = np.nonzero(np.broadcast_to(sptes, (len(leaves), PTES_PER_TABLE)))
+            if sign > 0:
+                self.rmap_count[bases[r] + col] += 1
+            else:
+                self.rmap_count[bases[r] + col] -= 1
 
     def leaf_sps_mapping(self, gfn0: int, gfn1: int) -> np.ndarray:
         """Leaf sps with a spte slot in ``[gfn0, gfn1)`` (what the rmaps point to)."""

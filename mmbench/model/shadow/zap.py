@@ -39,28 +39,32 @@ class ShadowZap(SpTable):
         sps = sps[self.zappable(sps)]
         if not len(sps):
             return 0
-        leaves = sps[self.sp_level[sps] == 1]
+        is_leaf = self.sp_level[sps] == 1
+        leaves = sps[is_leaf]
+        uppers = sps[~is_leaf]
         dropped = 0
         if len(leaves):
-            rows, cols = np.nonzero(self.sp_sptes[leaves])
-            gfns = self.sp_map_base[leaves][rows] + cols
-            dropped = len(gfns)
+            sptes = self.sp_sptes[leaves]
+            dropped = int(np.count_nonzero(sptes))
             if dropped:
                 bases = self.sp_map_base[leaves]
-                if len(np.unique(bases)) == len(bases):  # distinct runs: gfns are unique
-                    self.rmap_count[gfns] -= 1
+                if len(set(bases.tolist())) == len(bases):  # distinct runs: one row each
+                    self.add_leaf_rmaps(leaves, sptes, -1)
                 else:
-                    scatter_add(self.rmap_count, gfns, -1)
+                    rows, cols = np.nonzero(sptes)
+                    scatter_add(self.rmap_count, bases[rows] + cols, -1)
             self.sp_sptes[leaves] = False
         if self.huge_leaves:
-            dropped += self._drop_huge_leaves(sps[self.sp_level[sps] > 1])
+            dropped += self._drop_huge_leaves(uppers)
         # unlink children: they stay on the list, unreachable, until zapped or relinked
-        n = self.n
-        zapped = np.zeros(n, dtype=bool)
-        zapped[sps] = True
-        par = self.sp_parent[:n]
-        orphans = np.flatnonzero((par >= 0) & zapped[np.maximum(par, 0)])
-        self.sp_parent[orphans] = -1
+        # (only a table above level 1 has children)
+        if len(uppers):
+            n = self.n
+            zapped = np.zeros(n, dtype=bool)
+            zapped[uppers] = True
+            par = self.sp_parent[:n]
+            orphans = np.flatnonzero((par >= 0) & zapped[np.maximum(par, 0)])
+            self.sp_parent[orphans] = -1
         # unlink from parents
         parents = self.sp_parent[sps]
         linked = parents >= 0
