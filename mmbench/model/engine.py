@@ -80,10 +80,17 @@ class Engine:
         self.loop_glet.switch()
 
     def sleep(self, dt: float) -> None:
-        """Spend ``dt`` ns on the current actor."""
+        """Spend ``dt`` ns on the current actor. When nothing else is due before it would
+        wake, the loop would resume it next anyway: the clock just moves on (no switch),
+        which changes nothing but the model's own speed."""
         if dt <= 0:
             return
-        self._push(self.now + int(dt), self.current)  # type: ignore[arg-type]
+        t = self.now + int(dt)
+        heap = self._heap
+        if not heap or heap[0][0] > t:
+            self.now = t
+            return
+        self._push(t, self.current)  # type: ignore[arg-type]
         self._switch_out()
 
     def idle(self, dt: float) -> None:

@@ -149,6 +149,15 @@ class Memslots:
                 "memslot", f"no slot {slot_id} (slots: {sorted(self.slots)})"
             ) from None
 
+    def covers(self, gfn0: int, gfn1: int) -> bool:
+        """One valid slot backs all of ``[gfn0, gfn1)`` (``backed`` would be all true),
+        found with one bisect."""
+        i = bisect_right(self._bases, gfn0) - 1
+        if i < 0:
+            return False
+        slot = self._sorted[i]
+        return slot.end_gfn >= gfn1 and not slot.invalid
+
     def backed(self, gfn0: int, gfn1: int) -> np.ndarray:
         """Which gfns of ``[gfn0, gfn1)`` a vCPU may fault in (a valid slot backs them)."""
         ok = np.zeros(gfn1 - gfn0, dtype=bool)

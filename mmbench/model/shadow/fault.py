@@ -51,20 +51,26 @@ class FaultBatch:
     and ``set_rows``: slices of the batch's contiguous gfns, no index arrays.
     """
 
-    __slots__ = ("gfn0", "gfn1", "r0", "regions", "want", "_touched")
+    __slots__ = ("gfn0", "gfn1", "r0", "regions", "want", "whole", "_touched")
 
     def __init__(self, g: int, end: int, memslots: Memslots) -> None:
         r0, r1 = g >> LEVEL_SHIFT, ((end - 1) >> LEVEL_SHIFT) + 1
         self.r0 = r0
         self.gfn0, self.gfn1 = r0 << LEVEL_SHIFT, r1 << LEVEL_SHIFT
+        self._touched: np.ndarray | None = None
+        self.regions = np.arange(r0, r1)
+        # whole: every page of every region wanted (the common batch: aligned regions
+        # inside one memslot), which lets the fault path skip per-page masks
+        self.whole = g == self.gfn0 and end == self.gfn1 and memslots.covers(g, end)
+        if self.whole:
+            self.want = np.ones((r1 - r0, PTES_PER_TABLE), dtype=bool)
+            return
         backed = memslots.backed(self.gfn0, self.gfn1)
         if g > self.gfn0:
             backed[: g - self.gfn0] = False
         if end < self.gfn1:
             backed[end - self.gfn0 :] = False
         want = backed.reshape(-1, PTES_PER_TABLE)
-        self._touched: np.ndarray | None = None
-        self.regions = np.arange(r0, r1)
         self.want = want
         if not want.all():  # a region without a wanted page gets no sp
             touched = want.any(axis=1)
@@ -84,7 +90,9 @@ class FaultBatch:
         """Set ``per_gfn`` (a bool per gfn) where ``mask`` (rows as ``rows`` returns them)
         is set; the other bits stay as they are now."""
         m = per_gfn[self.gfn0 : self.gfn1].reshape(-1, PTES_PER_TABLE)
-        if self._touched is None:
+        if self.whole:
+            m[:] = True
+        elif self._touched is None:
             m |= mask
         else:
             m[self._touched] |= mask
@@ -96,6 +104,8 @@ class FaultBatch:
 
     def nbacked(self) -> int:
         """Touched pages a memslot backs (the rest are MMIO exits)."""
+        if self.whole:
+            return self.gfn1 - self.gfn0
         return int(np.count_nonzero(self.want))
 
 
@@ -330,8 +340,9 @@ class ShadowFault(ShadowReclaim):
             mn.retry(vcpu, g, end)
             return g
         absent = self._faultin_host_pages(b)
-        accessed = b.rows(self.gpte_accessed)
-        cold = want & ~accessed
+        cold = ~b.rows(self.gpte_accessed)
+        if not b.whole:
+            cold &= want
         absent = cold if absent is None else absent | cold
         with kvm.mmu_lock:
             if mn.retry_gfn(mmu_seq, g, end):  # is_page_fault_stale: RET_PF_RETRY
@@ -384,7 +395,9 @@ class ShadowFault(ShadowReclaim):
         when none were, or with huge host pages (one fault-in makes the whole prefetch
         group present)."""
         hm = self.kvm.host_memory
-        absent = b.want & b.rows(hm.absent_range(b.gfn0, b.gfn1), offset=b.gfn0)
+        absent = b.rows(hm.absent_range(b.gfn0, b.gfn1), offset=b.gfn0)
+        if not b.whole:
+            absent &= b.want
         if not absent.any():
             return None
         big, small = hm.fault_in(b.gfns(absent))

@@ -113,12 +113,15 @@ class ShadowReclaim(ShadowZap):
         if not len(sps):
             return
         self.sp_accessed[sps] = True
-        # the levels above: few distinct tables (np.unique costs more than a set here)
-        up = {p for p in self.sp_parent[sps].tolist() if p >= 0}
-        while up:
-            idx = list(up)
-            self.sp_accessed[idx] = True
-            up = {p for p in self.sp_parent[idx].tolist() if p >= 0}
+        # the levels above: a few distinct tables, each walked up once
+        parent = self.sp_parent
+        seen: set[int] = set()
+        for p in set(parent[sps].tolist()):
+            while p >= 0 and p not in seen:
+                seen.add(p)
+                p = int(parent[p])
+        if seen:
+            self.sp_accessed[list(seen)] = True
 
     def test_accessed(self, sps: np.ndarray) -> np.ndarray:
         """For each sp, the bit a scan would find: its parent_pte was accessed since the
