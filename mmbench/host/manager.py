@@ -158,10 +158,11 @@ class Host:
         """Group ``mmbench`` of every installed distribution, as pluggy's
         ``load_setuptools_entrypoints`` does, but each plugin keeps its origin."""
         for dist in importlib.metadata.distributions():
+            eps = [ep for ep in dist.entry_points if ep.group == hookspecs.PROJECT]
+            if not eps:
+                continue  # (reading every distribution's METADATA costs 0.2 s at start-up)
             dist_name = dist.metadata["Name"]
-            for ep in dist.entry_points:
-                if ep.group != hookspecs.PROJECT:
-                    continue
+            for ep in eps:
                 hit = self.blocked & {ep.name, dist_name}
                 if hit:
                     self._block_matched |= hit

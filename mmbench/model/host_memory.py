@@ -122,6 +122,17 @@ class HostMemory:
         self.faulted += n + small
         return n, small
 
+    def fault_in_range(self, gfn0: int, mask: np.ndarray) -> tuple[int, int]:
+        """``fault_in`` of the gfns ``gfn0 + i`` for each ``mask[i]`` set (absent pages of
+        a fault batch's contiguous range): with 4 KiB backing a slice, no index array."""
+        if self.shift or self._small_at is not None:
+            return self.fault_in(gfn0 + np.flatnonzero(mask))
+        bits = self.present_bits[gfn0 : gfn0 + len(mask)]
+        n = int(np.count_nonzero(mask & ~bits))
+        bits |= mask
+        self.faulted += n
+        return n, 0
+
     def drop(self, gfn0: int, gfn1: int) -> None:
         """The VMM unmapped or ``MADV_DONTNEED``-ed ``[gfn0, gfn1)``: the host pages it
         covers whole are freed (a THP it covers in part is split by the kernel and only

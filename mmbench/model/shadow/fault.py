@@ -15,6 +15,7 @@ equals waiting per fault in total, and the model stays fast.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,6 +43,14 @@ def group_any(mask: np.ndarray, n: int) -> np.ndarray:
     return mask.reshape(len(mask), -1, n).any(axis=2)
 
 
+@functools.cache
+def _all_wanted(regions: int) -> np.ndarray:
+    """A batch's ``want`` when it wants every page (read-only, shared)."""
+    want = np.ones((regions, PTES_PER_TABLE), dtype=bool)
+    want.flags.writeable = False
+    return want
+
+
 class FaultBatch:
     """The pages one fault batch ``[g, end)`` covers, as rows of its 2 MiB regions.
 
@@ -63,7 +72,7 @@ class FaultBatch:
         # inside one memslot), which lets the fault path skip per-page masks
         self.whole = g == self.gfn0 and end == self.gfn1 and memslots.covers(g, end)
         if self.whole:
-            self.want = np.ones((r1 - r0, PTES_PER_TABLE), dtype=bool)
+            self.want = _all_wanted(r1 - r0)
             return
         backed = memslots.backed(self.gfn0, self.gfn1)
         if g > self.gfn0:
@@ -96,6 +105,10 @@ class FaultBatch:
             m |= mask
         else:
             m[self._touched] |= mask
+
+    def all_regions(self) -> bool:
+        """Every region of ``[gfn0, gfn1)`` is in ``regions`` (rows are the whole range)."""
+        return self._touched is None
 
     def gfns(self, mask: np.ndarray) -> np.ndarray:
         """The gfns of the pages set in ``mask`` (rows as ``rows`` returns them)."""
@@ -144,31 +157,39 @@ class ShadowFault(ShadowReclaim):
         k = int(np.count_nonzero(need))
         if not k:
             return sps, 0
+        if k == len(gpts):
+            return self._alloc_sps(gpts), k
+        sps = sps.copy()
+        sps[need] = self._alloc_sps(gpts[need])
+        return sps, k
+
+    def _alloc_sps(self, gpts: np.ndarray) -> np.ndarray:
+        """New sps (the next rows, so a contiguous range of ids) shadowing ``gpts``, in
+        the current generation, on the list head. Returns their ids."""
+        k = len(gpts)
         while self.n + k > self.cap:
             self._grow()
         a = self.n
         b = a + k
         self.n = b
-        g = gpts[need]
-        self.sp_gfn[a:b] = self.gpt.gfn[g]
-        self.sp_level[a:b] = self.gpt.level[g]
+        self.sp_gfn[a:b] = self.gpt.gfn[gpts]
+        self.sp_level[a:b] = self.gpt.level[gpts]
         self.sp_gen[a:b] = self.mmu_valid_gen
+        self.sp_usable_gen[a:b] = self.mmu_valid_gen
         self.sp_alive[a:b] = True
         self.n_used_mmu_pages += k
         self._record_used()
-        self.sp_map_base[a:b] = self.gpt.map_base[g]
+        self.sp_map_base[a:b] = self.gpt.map_base[gpts]
         self.sp_accessed[a:b] = True
         new = np.arange(a, b, dtype=np.int32)
-        self.gpt_sp[g] = new
+        self.gpt_sp[gpts] = new
         if not self.direct:
             # account_shadowed(): the guest table is write-protected; no huge page over
             # it. A direct sp (role.direct) shadows no guest table and accounts nothing.
             scatter_add(self.lpage_disallow, self.sp_gfn[a:b] >> LEVEL_SHIFT)
             self.sp_accounted[a:b] = True
         self.kvm.stats.vm["mmu_cache_miss"] += k
-        sps = sps.copy()
-        sps[need] = new
-        return sps, k
+        return new
 
     def kvm_mmu_get_page(self, gpt: int) -> tuple[int, bool]:
         """``kvm_mmu_get_page`` for one gpt. Returns (sp, allocated)."""
@@ -400,7 +421,10 @@ class ShadowFault(ShadowReclaim):
             absent &= b.want
         if not absent.any():
             return None
-        big, small = hm.fault_in(b.gfns(absent))
+        if b.all_regions():
+            big, small = hm.fault_in_range(b.gfn0, absent.reshape(-1))
+        else:
+            big, small = hm.fault_in(b.gfns(absent))
         c = self.kvm.costs
         zeroed = big * hm.pages_per_host_page + small
         self.kvm.charge((big + small) * c.host_page_fault + zeroed * c.host_page_zero)
@@ -459,11 +483,36 @@ class ShadowFault(ShadowReclaim):
         parents = np.array([path[pg] for pg in pgs], dtype=np.int32)
         leaves, allocated = self.kvm_mmu_get_pages(l1)
         new_sps += allocated
-        self.link_shadow_pages(leaves, parents)
-        fill, faults = self.pte_prefetch(leaves, want, absent)
-        installed = self.map_leaf_sptes(leaves, fill)
+        if allocated == len(l1) and want.all():
+            faults, installed = self._map_new_leaves(leaves, parents, absent)
+        else:
+            self.link_shadow_pages(leaves, parents)
+            fill, faults = self.pte_prefetch(leaves, want, absent)
+            installed = self.map_leaf_sptes(leaves, fill)
         self.mark_accessed(leaves)
         return faults, installed, new_sps
+
+    def _map_new_leaves(
+        self, leaves: np.ndarray, parents: np.ndarray, absent: np.ndarray | None
+    ) -> tuple[int, int]:
+        """``link_shadow_pages``, ``pte_prefetch`` and ``map_leaf_sptes`` for leaf sps just
+        allocated (a contiguous range of rows, unlinked and empty) whose every page is
+        wanted: every prefetch group faults and every spte is installed, so the rows are
+        filled whole. Returns (faults, sptes installed)."""
+        a, b = int(leaves[0]), int(leaves[-1]) + 1
+        k = b - a
+        self.sp_parent[a:b] = parents
+        scatter_add(self.sp_nr, parents)
+        groups = k * (PTES_PER_TABLE // self.pte_prefetch_num)
+        if absent is None:
+            faults = groups
+        else:  # each absent page a fault, plus one per group with none absent
+            with_absent = int(np.count_nonzero(group_any(absent, self.pte_prefetch_num)))
+            faults = int(np.count_nonzero(absent)) + groups - with_absent
+        self.sp_sptes[a:b] = True
+        self.add_leaf_rmaps(leaves, np.True_, 1)
+        self.sp_nr[a:b] = PTES_PER_TABLE
+        return faults, k * PTES_PER_TABLE
 
     def pte_prefetch(
         self, leaves: np.ndarray, want: np.ndarray, absent: np.ndarray | None = None

@@ -41,6 +41,10 @@ def check_shadow_mmu(mmu: ShadowMmu, when: str, memslots: bool = True) -> None:
     def fail(msg: str) -> None:
         raise InvariantViolation(f"after {when}: {msg}")
 
+    usable = np.where(alive & ~mmu.sp_invalid[:n], mmu.sp_gen[:n], -1)
+    bad = np.flatnonzero(usable != mmu.sp_usable_gen[:n])
+    if len(bad):
+        fail(f"sp {int(bad[0])}: sp_usable_gen disagrees with its alive/invalid/gen state")
     counted = np.bincount(gfns, minlength=mmu.max_gfn)
     bad = np.flatnonzero(counted != mmu.rmap_count)
     if len(bad):

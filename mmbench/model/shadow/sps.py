@@ -66,13 +66,12 @@ class SpTable:
         self.n = 0
         self._alloc_arrays(max(64, gpt.count * 2))
         self.gpt_sp = np.full(gpt.count, -1, dtype=np.int32)
-        self.rmap_count = np.zeros(max_gfn, dtype=np.uint16)
-        # the same counts, one 512-wide row per 2 MiB region (a leaf sp's map_base is
-        # 512-aligned, so a leaf's rmap counts are one row); a last region cut short by
-        # max_gfn has no row
-        self.rmap_rows = self.rmap_count[: max_gfn & ~(PTES_PER_TABLE - 1)].reshape(
-            -1, PTES_PER_TABLE
-        )
+        # the same counts as rmap_count, one 512-wide row per 2 MiB region (a leaf sp's
+        # map_base is 512-aligned, so a leaf's rmap counts are one row); the store is
+        # padded to whole regions
+        regions = -(-max_gfn // PTES_PER_TABLE)
+        self.rmap_rows = np.zeros((regions, PTES_PER_TABLE), dtype=np.uint16)
+        self.rmap_count = self.rmap_rows.reshape(-1)[:max_gfn]
         self.rmap_2m = np.zeros((max_gfn >> LEVEL_SHIFT) + 1, dtype=np.int32)
         self.rmap_1g = np.zeros((max_gfn >> (2 * LEVEL_SHIFT)) + 1, dtype=np.int32)
         self.lpage_disallow = np.zeros((max_gfn >> LEVEL_SHIFT) + 1, dtype=np.int32)
@@ -96,6 +95,8 @@ class SpTable:
         self.sp_gfn = np.zeros(cap, dtype=np.int64)
         self.sp_level = np.zeros(cap, dtype=np.int8)
         self.sp_gen = np.zeros(cap, dtype=np.int64)
+        # sp_gen while alive and not role.invalid, else -1: ``valid`` in one compare
+        self.sp_usable_gen = np.full(cap, -1, dtype=np.int64)
         self.sp_alive = np.zeros(cap, dtype=bool)
         self.sp_invalid = np.zeros(cap, dtype=bool)
         self.sp_root_count = np.zeros(cap, dtype=np.int32)
@@ -127,16 +128,11 @@ class SpTable:
 
     def valid(self, sps: np.ndarray) -> np.ndarray:
         """Usable for new mappings: alive, not role.invalid, current generation."""
-        return self.sp_alive[sps] & ~self.sp_invalid[sps] & (self.sp_gen[sps] == self.mmu_valid_gen)
+        return self.sp_usable_gen[sps] == self.mmu_valid_gen
 
     def valid1(self, sp: int) -> bool:
         """``valid`` for one sp, without array overhead (hot in the fault path)."""
-        return bool(
-            sp >= 0
-            and self.sp_alive[sp]
-            and not self.sp_invalid[sp]
-            and self.sp_gen[sp] == self.mmu_valid_gen
-        )
+        return sp >= 0 and int(self.sp_usable_gen[sp]) == self.mmu_valid_gen
 
     def zappable(self, sps: np.ndarray) -> np.ndarray:
         """On ``active_mmu_pages`` and not yet zapped: alive and not role.invalid."""
@@ -197,19 +193,11 @@ class SpTable:
         """``rmap_add`` (``sign`` 1) or ``rmap_remove`` (-1) of the sptes set in ``sptes``
         (one 512-wide row per leaf sp of ``leaves``, which map distinct 2 MiB runs; or
         ``np.True_``: every spte of each)."""
-        bases = self.sp_map_base[leaves]
-        if int(bases.max()) + PTES_PER_TABLE <= self.max_gfn:
-            rows = self.rmap_rows
-            if sign > 0:
-                rows[bases >> LEVEL_SHIFT] += sptes
-            else:
-                rows[bases >> LEVEL_SHIFT] -= sptes
-        else:  # the last region is cut short by max_gfn
-            r, col = np.nonzero(np.broadcast_to(sptes, (len(leaves), PTES_PER_TABLE)))
-            if sign > 0:
-                self.rmap_count[bases[r] + col] += 1
-            else:
-                self.rmap_count[bases[r] + col] -= 1
+        at = self.sp_map_base[leaves] >> LEVEL_SHIFT
+        if sign > 0:
+            self.rmap_rows[at] += sptes
+        else:
+            self.rmap_rows[at] -= sptes
 
     def leaf_sps_mapping(self, gfn0: int, gfn1: int) -> np.ndarray:
         """Leaf sps with a spte slot in ``[gfn0, gfn1)`` (what the rmaps point to)."""

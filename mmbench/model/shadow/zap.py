@@ -78,6 +78,7 @@ class ShadowZap(SpTable):
         in_use = self.root_in_use(sps)
         self.sp_invalid[sps[in_use]] = True
         self.sp_alive[sps[~in_use]] = False
+        self.sp_usable_gen[sps] = -1
         self.n_used_mmu_pages -= int((~in_use).sum())
         self._record_used()
         self.tlbs_dirty = True
