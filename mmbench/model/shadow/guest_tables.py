@@ -40,6 +40,7 @@ class GuestPageTables:
     roots: np.ndarray  # int32, root gpt per vCPU
     levels: int  # paging levels (the root's level)
     areas: list[list[Area]] = field(default_factory=list)
+    _paths: dict[int, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def count(self) -> int:
@@ -51,12 +52,16 @@ class GuestPageTables:
                 return area
         raise KeyError(f"vcpu {vcpu} does not map gfn 0x{gfn:x}")
 
-    def path(self, l1: int) -> list[int]:
-        """gpt ids from the root down to ``l1``."""
-        out = [l1]
-        while self.parent[out[-1]] >= 0:
-            out.append(int(self.parent[out[-1]]))
-        return out[::-1]
+    def path(self, l1: int) -> tuple[int, ...]:
+        """gpt ids from the root down to ``l1`` (the tables never change: kept once
+        found, as the fault path asks for the same few paths again and again)."""
+        found = self._paths.get(l1)
+        if found is None:
+            out = [l1]
+            while self.parent[out[-1]] >= 0:
+                out.append(int(self.parent[out[-1]]))
+            found = self._paths[l1] = tuple(out[::-1])
+        return found
 
 
 def build_identity_page_tables(
