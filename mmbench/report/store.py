@@ -155,13 +155,12 @@ def reserve(root: Path, name: str) -> Iterator[Reservation]:
 
 @cache
 def _validator() -> Any:
-    """The schema's validator (jsonschema imported on first use)."""
+    """The schema's validator (jsonschema imported on first use). The schema itself is
+    checked against its metaschema by the tests, not by every run (50 ms)."""
     import jsonschema
 
     schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
+    return jsonschema.validators.validator_for(schema)(schema)
 
 
 def validate(record: Any, name: str) -> None:
