@@ -108,9 +108,12 @@ class SpTable:
         self.sp_sptes = np.zeros((cap, PTES_PER_TABLE), dtype=bool)
 
     def _grow(self) -> None:
+        """Four times the rows: sps are never renumbered (ids are list order), so a
+        ROM-access run that zaps everything again and again grows the table to ~100 k
+        rows; fewer, larger steps copy less (untouched rows cost no memory)."""
         old = {k: v for k, v in vars(self).items() if k.startswith("sp_")}
         n = self.cap
-        self._alloc_arrays(self.cap * 2)
+        self._alloc_arrays(self.cap * 4)
         for k, v in old.items():
             getattr(self, k)[:n] = v[:n]
 
@@ -194,6 +197,10 @@ class SpTable:
         (one 512-wide row per leaf sp of ``leaves``, which map distinct 2 MiB runs; or
         ``np.True_``: every spte of each)."""
         at = self.sp_map_base[leaves] >> LEVEL_SHIFT
+        if sptes is np.True_:
+            lo, hi = int(at.min()), int(at.max()) + 1
+            if hi - lo == len(at):  # distinct runs spanning as many regions: a slice
+                at = slice(lo, hi)
         if sign > 0:
             self.rmap_rows[at] += sptes
         else:
