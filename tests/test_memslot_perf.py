@@ -7,11 +7,7 @@ import time
 import pytest
 from conftest import mmbench, run_json
 
-from mmbench.backends.sim import SimVm
-from mmbench.workloads.memslot_perf import NEEDS_UNMAP
-
 SMALL = ["-s", "64", "-l", "1"]
-HAS_HOST_UNMAP = hasattr(SimVm, "host_unmap")
 
 
 def metrics_of(doc: dict) -> tuple[str, dict]:
@@ -68,17 +64,13 @@ def test_32k_slots_stay_fast_on_the_model(runs_dir):
 
 def test_map_refuses_or_skips_too_many_slots(runs_dir):
     """map has 8208 pages: more test slots than pages cannot be laid out (selftest's
-    message and max); without VmApi.host_unmap it is refused for that reason first."""
+    message and max)."""
     out = mmbench("run", "memslot-perf", "-s", "32768", "-f", "0", "-e", "0")
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1
-    if HAS_HOST_UNMAP:
-        assert "Memslot count too high for this test, decrease the cap (max is 8209)" in out.stderr
-    else:
-        assert NEEDS_UNMAP in out.stderr
+    assert "Memslot count too high for this test, decrease the cap (max is 8209)" in out.stderr
 
 
-@pytest.mark.skipif(not HAS_HOST_UNMAP, reason=NEEDS_UNMAP)
 def test_map_and_unmap_tests_on_the_model(runs_dir):
     doc = run_json("memslot-perf", *SMALL, "-f", "0", "-e", "2", "--max-iterations", "2")
     _, m = metrics_of(doc)

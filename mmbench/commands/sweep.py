@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mmbench.commands.parsing import nonempty, positive_int
+from mmbench.commands.parsing import int_at_least, nonempty, positive_int
 from mmbench.errors import ConfigError
 from mmbench.report import plots, store
 from mmbench.sweep import MAX_POINTS
@@ -25,16 +25,6 @@ def _scheduler(text: str) -> str:
     if not _SCHEDULER.match(text):
         raise argparse.ArgumentTypeError(f"expected tcp://HOST:PORT, got {text!r}")
     return text
-
-
-def _retries(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (got {value})")
-    return value
 
 
 def sweep_parsers(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +55,7 @@ def sweep_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--retries",
-        type=_retries,
+        type=int_at_least(0),
         default=3,
         help="times a point may lose its worker before the sweep gives up (local cluster;"
         " an existing scheduler uses its own distributed.scheduler.allowed-failures)",

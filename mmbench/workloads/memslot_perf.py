@@ -56,8 +56,6 @@ MEM_TEST_MOVE_GPA_DEST = MEM_GPA + MEM_SIZE
 SLOT0_SIZE = 16 * MiB  # slot 0: the guest's code and page tables (below MEM_GPA)
 PT_GFN = 16
 
-NEEDS_UNMAP = "unmap tests need the MMU-notifier path (VmApi.host_unmap)"
-
 
 @dataclass(frozen=True)
 class Test:
@@ -76,7 +74,6 @@ TESTS = (
     Test("move-inactive", "move inactive area", 0),
     Test("rw", "RW", 0),
 )
-NEEDS_HOST_UNMAP = ("map", "unmap", "unmap-chunked")  # test_memslot_do_unmap: madvise
 
 
 def _metrics() -> dict[str, Metric]:
@@ -221,14 +218,7 @@ class MemslotPerf:
     # -- one run of one test ---------------------------------------------------------------
     def run(self, vm: VmApi, p: WorkloadSpec) -> dict[str, float]:
         tests = self.tests(p)
-        unmap = [t.key for t in tests if t.key in NEEDS_HOST_UNMAP]
         self._events: list[dict[str, Any]] = []
-        if unmap and not hasattr(vm, "host_unmap"):
-            if len(unmap) == len(tests):
-                raise ConfigError("-f/-e", f"{', '.join(unmap)}: {NEEDS_UNMAP}")
-            for key in unmap:  # the others run; these say why not, as the selftest's skips
-                self._events.append({"test": key, "run": 0, "skipped": f"{key}: {NEEDS_UNMAP}"})
-            tests = tuple(t for t in tests if t.key not in unmap)
         nslots = min(p.slots, vm.max_memslots()) - 1  # parse_args: slot 0 is reserved
         out: dict[str, float] = {}
         best_setup = 0
@@ -353,7 +343,7 @@ class MemslotPerf:
     @staticmethod
     def _unmap_range(vm: VmApi, slots: SlotLayout, gpa: int, size: int) -> int:
         """``test_memslot_do_unmap``: one ``madvise`` per memslot piece; ns."""
-        unmap = vm.host_unmap  # type: ignore[attr-defined]
+        unmap = vm.host_unmap
         return sum(unmap(g, n, "dontneed") for g, n in slots.pieces(gpa, size))
 
     def _map(self, vm: VmApi, slots: SlotLayout) -> int:

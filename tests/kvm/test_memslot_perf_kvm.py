@@ -16,10 +16,6 @@ except OSError as exc:
         allow_module_level=True,
     )
 
-from mmbench_kvm.backend import KvmVm  # noqa: E402
-
-from mmbench.workloads.memslot_perf import NEEDS_UNMAP  # noqa: E402
-
 # -l 5 so that --max-iterations ends the loop even on a loaded host
 SMALL = ["-s", "64", "-l", "5", "--max-iterations", "20"]
 
@@ -54,7 +50,6 @@ def test_rw_on_the_kernel(runs_dir):
     assert "Best runtime result was" in out.stdout
 
 
-@pytest.mark.skipif(not hasattr(KvmVm, "host_unmap"), reason=NEEDS_UNMAP)
 def test_map_on_the_kernel(runs_dir):
     _, m = one(run_json("memslot-perf", *SMALL, "-f", "0", "-e", "0", "--backend", "kvm"))
     assert m["map_iterations"] >= 1
