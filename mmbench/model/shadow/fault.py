@@ -219,15 +219,22 @@ class ShadowFault(ShadowReclaim):
         self.sp_parent[sp] = parent
         self.sp_nr[parent] += 1
 
-    def ensure_path(self, vcpu: int, gpt: int) -> tuple[int, int]:
+    def ensure_path(
+        self, vcpu: int, gpt: int, path_sps: list[int] | None = None
+    ) -> tuple[int, int]:
         """The upper levels of ``FNAME(fetch)``: find or build, and link, the sps from the
-        vCPU's root down to ``gpt``. Returns (sp of gpt, sps allocated)."""
+        vCPU's root down to ``gpt`` (appended to ``path_sps``, root first, if given).
+        Returns (sp of gpt, sps allocated)."""
         parent, allocated = int(self.vcpu_root[vcpu]), 0
+        if path_sps is not None:
+            path_sps.append(parent)
         for g in self.gpt.path(gpt)[1:]:
             sp, new = self.kvm_mmu_get_page(g)
             allocated += new
             self.link_shadow_page(sp, parent)
             parent = sp
+            if path_sps is not None:
+                path_sps.append(sp)
         return parent, allocated
 
     def map_leaf_sptes(self, leaves: np.ndarray, fill: np.ndarray) -> int:
@@ -477,8 +484,9 @@ class ShadowFault(ShadowReclaim):
         parent_gpts = self.gpt.parent[l1]
         path: dict[int, int] = {}
         pgs = parent_gpts.tolist()
+        uppers: list[int] = []  # every sp on the paths, root included
         for pg in set(pgs):
-            path[pg], allocated = self.ensure_path(vcpu, pg)
+            path[pg], allocated = self.ensure_path(vcpu, pg, uppers)
             new_sps += allocated
         parents = np.array([path[pg] for pg in pgs], dtype=np.int32)
         leaves, allocated = self.kvm_mmu_get_pages(l1)
@@ -489,7 +497,9 @@ class ShadowFault(ShadowReclaim):
             self.link_shadow_pages(leaves, parents)
             fill, faults = self.pte_prefetch(leaves, want, absent)
             installed = self.map_leaf_sptes(leaves, fill)
-        self.mark_accessed(leaves)
+            self.sp_accessed[leaves] = True  # (new sps are born accessed)
+        # the walk to each leaf: mark_accessed, whose ancestors are the paths just linked
+        self.sp_accessed[uppers] = True
         return faults, installed, new_sps
 
     def _map_new_leaves(

@@ -31,7 +31,12 @@ def scatter_add(arr: np.ndarray, idx: np.ndarray, sign: int = 1) -> None:
     if n == 0:
         return
     if n <= 16:
-        for i in idx.tolist():
+        at = idx.tolist()
+        first = at[0]
+        if all(i == first for i in at):  # (a batch's sps mostly share their parent)
+            arr[first] += sign * n
+            return
+        for i in at:
             arr[i] += sign
         return
     if n > len(arr) // 8:
