@@ -77,6 +77,16 @@ class HostMemory:
                 out[m] = ~self._small_present[gfns[m]]
         return out
 
+    def all_present(self, gfn0: int, gfn1: int) -> bool:
+        """Every page of ``[gfn0, gfn1)`` has its host page (the common case once a guest
+        has touched its memory), from one slice; False also where memory mapped at run
+        time lies in the range (``absent_range`` then says which)."""
+        s = self.shift
+        lo, hi = gfn0 >> s, ((gfn1 - 1) >> s) + 1
+        if not self.present_bits[lo:hi].all():
+            return False
+        return self._small_at is None or not self._small_at[lo:hi].any()
+
     def absent_range(self, gfn0: int, gfn1: int) -> np.ndarray:
         """``absent`` for every gfn of ``[gfn0, gfn1)``, from slices (a fault batch's pages
         are contiguous, so no per-gfn index array is needed)."""

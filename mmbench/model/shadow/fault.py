@@ -368,10 +368,12 @@ class ShadowFault(ShadowReclaim):
             mn.retry(vcpu, g, end)
             return g
         absent = self._faultin_host_pages(b)
-        cold = ~b.rows(self.gpte_accessed)
-        if not b.whole:
-            cold &= want
-        absent = cold if absent is None else absent | cold
+        accessed = b.rows(self.gpte_accessed)
+        if not accessed.all():  # (a warm batch: every gpte accessed, nothing cold)
+            cold = ~accessed
+            if not b.whole:
+                cold &= want
+            absent = cold if absent is None else absent | cold
         with kvm.mmu_lock:
             if mn.retry_gfn(mmu_seq, g, end):  # is_page_fault_stale: RET_PF_RETRY
                 stale = True
@@ -423,6 +425,8 @@ class ShadowFault(ShadowReclaim):
         when none were, or with huge host pages (one fault-in makes the whole prefetch
         group present)."""
         hm = self.kvm.host_memory
+        if hm.all_present(b.gfn0, b.gfn1):
+            return None
         absent = b.rows(hm.absent_range(b.gfn0, b.gfn1), offset=b.gfn0)
         if not b.whole:
             absent &= b.want
