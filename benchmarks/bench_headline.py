@@ -36,7 +36,9 @@ class RomAccessHeadlineSpeed:
     param_names = ["policy"]
     number = 1
     rounds = 1
-    repeat = (5, 5, 120.0)  # >= 5 samples, or asv continuous cannot call a change
+    # 7 samples a side: asv continuous uses its Mann-Whitney test (p < 0.002) only when the
+    # samples allow such a p (1/C(14, 7) = 0.0006; 6 a side cannot, 2/C(12, 6) = 0.0022)
+    repeat = (7, 7, 300.0)
     warmup_time = 0
     timeout = 600
 
@@ -54,7 +56,7 @@ class DirtyLogHeadlineSpeed:
     param_names = ["policy"]
     number = 1
     rounds = 1
-    repeat = (5, 5, 120.0)
+    repeat = (7, 7, 300.0)
     warmup_time = 0
     timeout = 600
 
@@ -72,8 +74,7 @@ class TeardownHeadlineSpeed:
     param_names = ["arch_policy"]
     number = 1
     rounds = 1
-    repeat = (5, 5, 60.0)
-    warmup_time = 0
+    repeat = (7, 7, 60.0)
     timeout = 300
 
     def time_teardown_64g(self, case):
@@ -94,7 +95,7 @@ class HeadlineCommand:
     param_names = ["workload"]
     number = 1
     rounds = 1
-    repeat = (5, 5, 180.0)
+    repeat = (7, 7, 400.0)
     warmup_time = 0
     timeout = 900
 
