@@ -56,6 +56,8 @@ def test_bench_json_rows_are_measured_and_the_kernel_row_is_there_iff_kvm_is():
         assert r["startup_s_median"] > 0 and r["cpu_s_median"] > 0
         assert r["peak_rss_mb_median"] > 20  # a Python with numpy loaded, at least
     assert sum(w for r in measured for w in r["wall_s"]) < elapsed
+    assert doc["host"]["cpus"] == os.cpu_count() and len(doc["host"]["loadavg_1min"]) == 2
+    assert doc["host"]["bytecode_cached"] == (not os.environ.get("PYTHONDONTWRITEBYTECODE"))
     if KVM:
         kern = rows["kvm"]
         assert "skipped" not in kern and len(kern["wall_s"]) == 2

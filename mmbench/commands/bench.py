@@ -207,6 +207,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows[(pol, KERNEL_BACKEND)] = Row(
             pol, KERNEL_BACKEND, skipped=kernel_refusal(req, pol, arch)
         )
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="mmbench-bench-") as runs_dir:
         for i in range(repeat):
             order = (
@@ -234,6 +235,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             _wipe(Path(runs_dir))  # stored records of a big guest's series add up
     command = " ".join(["mmbench", "run", req.workload, *flags, "--arch", arch])
     doc = document(req.workload, resolved.spec.values, arch, repeat, command, list(rows.values()))
+    doc["host"] = {
+        "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpus": os.cpu_count(),
+        "bytecode_cached": not os.environ.get("PYTHONDONTWRITEBYTECODE"),
+    }
     if fmt == "json":
         print(json.dumps(doc, indent=1))
     else:
@@ -338,4 +344,16 @@ def render(doc: dict[str, Any]) -> str:
         "wall: the whole process as typed; run: the record's duration_s (the workload alone);"
         " start-up: the difference"
     )
+    host = doc.get("host", {})
+    if host:
+        before, after = host["loadavg_1min"]
+        lines.append(
+            f"host: {host['cpus']} CPUs, load average {before:.2f} before, {after:.2f} after"
+            " (others' load slows the kernel's vCPU threads and the model alike)"
+        )
+        if not host["bytecode_cached"]:
+            lines.append(
+                "PYTHONDONTWRITEBYTECODE is set: every run compiles mmbench's source again,"
+                " which start-up includes"
+            )
     return "\n".join(lines)
