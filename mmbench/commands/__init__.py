@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from mmbench.commands.bench import bench_parser
 from mmbench.commands.listing import cmd_list
 from mmbench.commands.parsing import Parser
 from mmbench.commands.run import run_parser
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_list)
     run_parser(sub, reg)
+    bench_parser(sub, reg)
     p = sub.add_parser("runs", help="list stored runs")
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_runs)

@@ -8,6 +8,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from mmbench.commands.parsing import int_choice, nonempty, positive_int
@@ -141,7 +142,18 @@ def run_parser(sub: argparse._SubParsersAction, reg) -> None:
     )
     _common_run_options(run, sub=False)
     run.set_defaults(func=cmd_run)
-    wsub = run.add_subparsers(dest="workload", metavar="WORKLOAD")
+    add_workload_parsers(run, reg, _common_run_options)
+
+
+def add_workload_parsers(
+    parent: argparse.ArgumentParser,
+    reg,
+    options: Callable[[argparse.ArgumentParser, bool], None],
+) -> None:
+    """One subparser per workload under ``parent`` (dest ``workload``), with the
+    workload's parameters as ``param_NAME`` and ``options(p, sub=True)`` after them: the
+    one parsing of workload flags that ``run`` and ``bench`` share."""
+    wsub = parent.add_subparsers(dest="workload", metavar="WORKLOAD")
     for name in reg.names("workload"):
         wl = reg.get("workload", name)
         p = wsub.add_parser(
@@ -168,7 +180,7 @@ def run_parser(sub: argparse._SubParsersAction, reg) -> None:
                 metavar=prm.metavar,
                 help=prm.help_text(),
             )
-        _common_run_options(p, sub=True)
+        options(p, True)
 
 
 def workload_description(wl: type) -> str:
@@ -178,7 +190,7 @@ def workload_description(wl: type) -> str:
     return f"{wl.description}\n\n{inspect.cleandoc(doc)}" if doc else wl.description
 
 
-def _request(args: argparse.Namespace) -> RunRequest:
+def request_from_args(args: argparse.Namespace) -> RunRequest:
     """The run asked for: a config file if given, overridden by flags on the command line."""
     params = {
         k[len("param_") :]: v
@@ -290,7 +302,7 @@ class _Bar:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    req = _request(args)
+    req = request_from_args(args)
     resolved = resolve(req)
     root = store.runs_dir(getattr(args, "runs_dir", None))
     name = getattr(args, "name", None) or (f"{req.workload}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}")
