@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 RUN_REGIONS = 4096  # regions a vCPU runs natively per engine step (8 GiB)
 FAULT_HUGE_REGIONS = 512  # 2 MiB faults per mmu_lock acquisition
 FAULT_4K_REGIONS = 256  # regions of 4 KiB faults per mmu_lock acquisition (512 MiB)
+# the most regions one fault batch maps (a 1 GiB leaf spans GIB_REGIONS): the need of the
+# regions beyond cannot change what the batch does
+FAULT_WINDOW = max(FAULT_HUGE_REGIONS, FAULT_4K_REGIONS, GIB_REGIONS)
 
 
 class RegionFaults(RegionState):
@@ -32,17 +35,23 @@ class RegionFaults(RegionState):
         partial region is fully mapped when its table holds every page its slot backs."""
         pages, logged = self._backing(r0, r1)
         huge, pt, n4k = self.huge[r0:r1], self.pt[r0:r1], self.n4k[r0:r1]
-        gb = self.gib_per_region(self.gb, r0, r1)
         table_full = pt & (n4k == pages)
-        full = huge | gb | table_full
-        need = np.where(full, 0, 2).astype(np.int8)
+        full = huge | table_full
+        gs = slice(r0 // GIB_REGIONS, (r1 - 1) // GIB_REGIONS + 1)
+        any_gb = bool(self.gb[gs].any())  # 1 GiB leaves only with 1 GiB backing
+        if any_gb:
+            gb = self.gib_per_region(self.gb, r0, r1)
+            full |= gb
+        need = np.where(full, np.int8(0), np.int8(2))
         if write:
-            gb_wp = gb & self.gib_per_region(self.gb_wp, r0, r1)
-            need[gb_wp & logged] = 2  # drop the 1 GiB leaf, map 4 KiB
-            need[gb_wp & ~logged] = 1
+            if any_gb and self.gb_wp[gs].any():
+                gb_wp = gb & self.gib_per_region(self.gb_wp, r0, r1)
+                need[gb_wp & logged] = 2  # drop the 1 GiB leaf, map 4 KiB
+                need[gb_wp & ~logged] = 1
             wp_huge = huge & self.huge_wp[r0:r1]
-            need[wp_huge & logged] = 2  # a logged slot maps 4 KiB: drop the huge leaf
-            need[wp_huge & ~logged] = 1  # fast_page_fault restores W on the huge spte
+            if wp_huge.any():
+                need[wp_huge & logged] = 2  # a logged slot maps 4 KiB: drop the huge leaf
+                need[wp_huge & ~logged] = 1  # fast_page_fault restores W on the huge spte
             need[table_full & (self.w4k[r0:r1] < n4k)] = 1
         need[pages == 0] = 3
         return need, pages, logged
@@ -53,11 +62,17 @@ class RegionFaults(RegionState):
         slot backs are MMIO exits."""
         r, r_end = gfn0 >> REGION_SHIFT, -(-gfn1 // REGION_PAGES)
         exact = not (gfn0 % REGION_PAGES or gfn1 % REGION_PAGES)
+        kind = 2
         while r < r_end:
             vcpu.check_requests()
             c1 = min(r_end, r + RUN_REGIONS)
-            need, pages, logged = self._need(r, c1, write)
+            # a fault batch covers at most FAULT_WINDOW regions: after a batch, look that
+            # far first, and over RUN_REGIONS only if what follows is not another batch
+            w1 = min(c1, r + FAULT_WINDOW) if kind == 2 else c1
+            need, pages, logged = self._need(r, w1, write)
             kind = int(need[0])
+            if kind != 2 and w1 < c1:
+                need, pages, logged = self._need(r, c1, write)
             same = need != kind
             run = int(np.argmax(same)) if same.any() else len(need)
             backed = touched = None  # the fast path: whole regions, all backed
@@ -181,10 +196,8 @@ class RegionFaults(RegionState):
             stale = mn.retry_gfn(mmu_seq, g0, g1)  # is_page_fault_stale: RET_PF_RETRY
             if not stale:
                 if goal_huge:
-                    old = self.n4k[sl].astype(np.int64)
-                    had_pt = self.pt[sl].copy()
-                    zapped = int(old.sum())
-                    freed = int(had_pt.sum())
+                    zapped = int(self.n4k[sl].sum(dtype=np.int64))
+                    freed = int(np.count_nonzero(self.pt[sl]))
                     faults = n
                     installs = n
                     allocs = 0
