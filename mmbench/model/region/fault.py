@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mmbench.model.memslots import KVM_MEM_LOG_DIRTY_PAGES
 from mmbench.model.region.state import GIB_REGIONS, REGION_PAGES, REGION_SHIFT, RegionState
 
 if TYPE_CHECKING:
@@ -29,32 +30,43 @@ FAULT_WINDOW = max(FAULT_HUGE_REGIONS, FAULT_4K_REGIONS, GIB_REGIONS)
 class RegionFaults(RegionState):
     """What a vCPU does to the tree: run over mappings, fault them in."""
 
-    def _need(self, r0: int, r1: int, write: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _need(
+        self, r0: int, r1: int, write: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
         """Per region: 0 runs natively, 1 takes lockless fast faults, 2 faults under
         mmu_lock, 3 is not backed (MMIO exits). Also returns (pages backed, logged): a
-        partial region is fully mapped when its table holds every page its slot backs."""
-        pages, logged = self._backing(r0, r1)
+        partial region is fully mapped when its table holds every page its slot backs;
+        and whether one valid slot backs every page (then pages are all 512)."""
+        slot = self.one_slot(r0, r1)
         huge, pt, n4k = self.huge[r0:r1], self.pt[r0:r1], self.n4k[r0:r1]
-        table_full = pt & (n4k == pages)
+        if slot is not None:
+            log_all = bool(slot.flags & KVM_MEM_LOG_DIRTY_PAGES)
+            pages = np.full(r1 - r0, REGION_PAGES, np.int32)
+            logged = np.full(r1 - r0, log_all)
+            table_full = pt & (n4k == REGION_PAGES)
+        else:
+            pages, logged = self._backing(r0, r1)
+            table_full = pt & (n4k == pages)
         full = huge | table_full
         gs = slice(r0 // GIB_REGIONS, (r1 - 1) // GIB_REGIONS + 1)
-        any_gb = bool(self.gb[gs].any())  # 1 GiB leaves only with 1 GiB backing
+        any_gb = bool(np.count_nonzero(self.gb[gs]))  # 1 GiB leaves only with 1 GiB backing
         if any_gb:
             gb = self.gib_per_region(self.gb, r0, r1)
             full |= gb
-        need = np.where(full, np.int8(0), np.int8(2))
+        need = (~full).view(np.int8) * np.int8(2)  # 0 where mapped, else 2
         if write:
-            if any_gb and self.gb_wp[gs].any():
+            if any_gb and np.count_nonzero(self.gb_wp[gs]):
                 gb_wp = gb & self.gib_per_region(self.gb_wp, r0, r1)
                 need[gb_wp & logged] = 2  # drop the 1 GiB leaf, map 4 KiB
                 need[gb_wp & ~logged] = 1
             wp_huge = huge & self.huge_wp[r0:r1]
-            if wp_huge.any():
+            if np.count_nonzero(wp_huge):
                 need[wp_huge & logged] = 2  # a logged slot maps 4 KiB: drop the huge leaf
                 need[wp_huge & ~logged] = 1  # fast_page_fault restores W on the huge spte
             need[table_full & (self.w4k[r0:r1] < n4k)] = 1
-        need[pages == 0] = 3
-        return need, pages, logged
+        if slot is None:
+            need[pages == 0] = 3
+        return need, pages, logged, slot is not None
 
     def access(self, vcpu: Vcpu, gfn0: int, gfn1: int, write: bool) -> None:
         """Touch one qword per 4 KiB page of ``[gfn0, gfn1)``. A fault maps whole regions
@@ -69,14 +81,16 @@ class RegionFaults(RegionState):
             # a fault batch covers at most FAULT_WINDOW regions: after a batch, look that
             # far first, and over RUN_REGIONS only if what follows is not another batch
             w1 = min(c1, r + FAULT_WINDOW) if kind == 2 else c1
-            need, pages, logged = self._need(r, w1, write)
+            need, pages, logged, whole = self._need(r, w1, write)
             kind = int(need[0])
             if kind != 2 and w1 < c1:
-                need, pages, logged = self._need(r, c1, write)
+                need, pages, logged, whole = self._need(r, c1, write)
             same = need != kind
-            run = int(np.argmax(same)) if same.any() else len(need)
+            run = int(np.argmax(same))
+            if not same[run]:
+                run = len(need)
             backed = touched = None  # the fast path: whole regions, all backed
-            if not (exact and bool((pages[:run] == REGION_PAGES).all())):
+            if not (exact and (whole or bool((pages[:run] == REGION_PAGES).all()))):
                 backed = self._backing(r, r + run, gfn0, gfn1)[0]
                 touched = np.full(run, REGION_PAGES, dtype=np.int32)
                 touched[0] -= max(0, gfn0 - (r << REGION_SHIFT))
