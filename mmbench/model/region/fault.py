@@ -224,21 +224,25 @@ class RegionFaults(RegionState):
                     self.huge_changed(n)
                 else:
                     gs = self.gibs(sl)
-                    gbs = np.flatnonzero(self.gb[gs]) + gs.start  # 1 GiB leaves in the way
-                    self.gb[gbs] = False
-                    self.gb_wp[gbs] = False
-                    self.huge_changed(-GIB_REGIONS * len(gbs))
-                    was_huge = self.huge[sl].copy()
-                    zapped = int(was_huge.sum()) + len(gbs)
+                    n_gb = 0
+                    if np.count_nonzero(self.gb[gs]):  # 1 GiB leaves in the way
+                        gbs = np.flatnonzero(self.gb[gs]) + gs.start
+                        n_gb = len(gbs)
+                        self.gb[gbs] = False
+                        self.gb_wp[gbs] = False
+                        self.huge_changed(-GIB_REGIONS * n_gb)
+                    pt = self.pt[sl]
+                    nh = int(np.count_nonzero(self.huge[sl]))
+                    zapped = nh + n_gb
                     freed = 0
                     flushes = zapped  # one kvm_flush_remote_tlbs_gfn per huge leaf dropped
-                    present = np.where(self.pt[sl], self.n4k[sl], 0).astype(np.int64)
-                    allocs = int((~self.pt[sl]).sum()) + len(gbs)
-                    faults = int((cap - present).sum())
+                    present = int(self.n4k[sl].sum(where=pt, dtype=np.int64))
+                    allocs = n - int(np.count_nonzero(pt)) + n_gb
+                    faults = int(cap.sum(dtype=np.int64)) - present
                     installs = faults
                     self.huge[sl] = False
                     self.huge_wp[sl] = False
-                    self.huge_changed(-int(was_huge.sum()))
+                    self.huge_changed(-nh)
                     self.pt[sl] = True
                     self.n4k[sl] = cap
                     self.w4k[sl] = cap  # make_spte maps writable where the host allows
