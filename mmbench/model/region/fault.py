@@ -102,7 +102,10 @@ class RegionFaults(RegionState):
                 self._fast_faults(vcpu, r, r + run, logged[:run], backed)
                 r += run
             elif kind == 2:
-                r = self._locked_faults(vcpu, r, r + run, logged[:run], pages[:run], backed)
+                uniform = whole and backed is None
+                r = self._locked_faults(
+                    vcpu, r, r + run, logged[:run], pages[:run], backed, uniform
+                )
             else:
                 r += run
             if touched is not None:  # the unbacked pages of partial regions: MMIO exits
@@ -172,6 +175,7 @@ class RegionFaults(RegionState):
         logged: np.ndarray,
         cap: np.ndarray,
         backed: np.ndarray | None,
+        uniform: bool = False,
     ) -> int:
         """Page faults over ``[r0, r1)`` under mmu_lock, one lock section per batch
         (x86 ``kvm_tdp_mmu_map``, arm64 ``user_mem_abort``).
@@ -182,22 +186,27 @@ class RegionFaults(RegionState):
         one fault maps a 1 GiB leaf (``_fault_1g``) or a 2 MiB leaf, replacing the tables
         and leaves in the way. A partial region (``cap`` < 512 pages backed) is never huge
         (lpage_info of a frame the slot covers in part): its table gets ``cap`` leaves.
+        ``uniform``: one valid slot backs every page of the run (all whole, one logged
+        state), so the batch needs no check for a slot boundary.
         """
         kvm, c = self.kvm, self.kvm.costs
-        whole = cap == REGION_PAGES
-        if self.huge_1g and not logged[0] and whole[0]:
+        whole = None if uniform else cap == REGION_PAGES
+        whole0 = uniform or bool(whole[0])
+        log0 = bool(logged[0])
+        if self.huge_1g and not log0 and whole0:
             done = self._fault_1g(vcpu, r0, r1, backed)
             if done:
                 return done
-        goal_huge = self.huge_ok and not logged[0] and bool(whole[0])
+        goal_huge = self.huge_ok and not log0 and whole0
         span = FAULT_HUGE_REGIONS if goal_huge else FAULT_4K_REGIONS
         r1 = min(r1, r0 + span)
-        logged, whole, cap = logged[: r1 - r0], whole[: r1 - r0], cap[: r1 - r0]
-        # one kind per batch: stop at a slot boundary or a partial region
-        differs = (logged != logged[0]) | (whole != whole[0])
-        if differs.any():
-            r1 = r0 + int(np.argmax(differs))
-            logged, cap = logged[: r1 - r0], cap[: r1 - r0]
+        logged, cap = logged[: r1 - r0], cap[: r1 - r0]
+        if whole is not None:  # one kind per batch: stop at a slot boundary or a partial region
+            whole = whole[: r1 - r0]
+            differs = (logged != log0) | (whole != whole0)
+            if differs.any():
+                r1 = r0 + int(np.argmax(differs))
+                logged, cap = logged[: r1 - r0], cap[: r1 - r0]
         sl = slice(r0, r1)
         n = r1 - r0
         g0, g1 = r0 << REGION_SHIFT, r1 << REGION_SHIFT
@@ -206,7 +215,14 @@ class RegionFaults(RegionState):
         if mn.in_range(g0, g1):  # mmu_invalidate_retry_gfn_unsafe: no mmu_lock
             mn.retry(vcpu, g0, g1)
             return r0
-        with self._fault_lock():
+        lock = kvm.mmu_lock  # _fault_lock(), without a generator per batch
+        take, drop = (
+            (lock.read_acquire, lock.read_release)
+            if self.read_faults
+            else (lock.acquire, lock.release)
+        )
+        take()
+        try:
             stale = mn.retry_gfn(mmu_seq, g0, g1)  # is_page_fault_stale: RET_PF_RETRY
             if not stale:
                 if goal_huge:
@@ -267,6 +283,8 @@ class RegionFaults(RegionState):
                 if flushes:
                     self.tlbs_dirty = True
                     kvm.flush_remote_tlbs(flushes)
+        finally:
+            drop()
         if stale:
             mn.retry(vcpu, g0, g1)
             return r0
