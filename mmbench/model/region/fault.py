@@ -25,6 +25,8 @@ FAULT_4K_REGIONS = 256  # regions of 4 KiB faults per mmu_lock acquisition (512 
 # the most regions one fault batch maps (a 1 GiB leaf spans GIB_REGIONS): the need of the
 # regions beyond cannot change what the batch does
 FAULT_WINDOW = max(FAULT_HUGE_REGIONS, FAULT_4K_REGIONS, GIB_REGIONS)
+_NO_PAGES = np.zeros(0, np.int32)
+_NO_LOG = np.zeros(0, bool)
 
 
 class RegionFaults(RegionState):
@@ -68,6 +70,35 @@ class RegionFaults(RegionState):
             need[pages == 0] = 3
         return need, pages, logged, slot is not None
 
+    def _next_run(
+        self, r0: int, r1: int, write: bool
+    ) -> tuple[int, int, np.ndarray, np.ndarray, bool]:
+        """The need of region ``r0`` (see ``_need``) and how many regions from it share it
+        within ``[r0, r1)``, with ``_need``'s (pages, logged, whole). A read over one
+        valid slot without 1 GiB leaves needs only "mapped or not" (0 or 2), so it is
+        found without building the need array (a vCPU kicked by every remote flush
+        looks ahead 4096 regions each time)."""
+        gs = slice(r0 // GIB_REGIONS, (r1 - 1) // GIB_REGIONS + 1)
+        slot = None if write or np.count_nonzero(self.gb[gs]) else self.one_slot(r0, r1)
+        if slot is not None:
+            n4k = self.n4k[r0:r1]
+            full = self.huge[r0:r1] | (self.pt[r0:r1] & (n4k == REGION_PAGES))
+            mapped = bool(full[0])
+            i = int(np.argmin(full) if mapped else np.argmax(full))
+            run = i if bool(full[i]) != mapped else r1 - r0
+            if mapped:  # a native run reads neither (whole: every page backed)
+                return 0, run, _NO_PAGES, _NO_LOG, True
+            pages = np.full(r1 - r0, REGION_PAGES, np.int32)
+            logged = np.full(r1 - r0, bool(slot.flags & KVM_MEM_LOG_DIRTY_PAGES))
+            return 2, run, pages, logged, True
+        need, pages, logged, whole = self._need(r0, r1, write)
+        kind = int(need[0])
+        same = need != kind
+        run = int(np.argmax(same))
+        if not same[run]:
+            run = len(need)
+        return kind, run, pages, logged, whole
+
     def access(self, vcpu: Vcpu, gfn0: int, gfn1: int, write: bool) -> None:
         """Touch one qword per 4 KiB page of ``[gfn0, gfn1)``. A fault maps whole regions
         (a partial region: every page its slot backs there); pages of the range that no
@@ -81,14 +112,9 @@ class RegionFaults(RegionState):
             # a fault batch covers at most FAULT_WINDOW regions: after a batch, look that
             # far first, and over RUN_REGIONS only if what follows is not another batch
             w1 = min(c1, r + FAULT_WINDOW) if kind == 2 else c1
-            need, pages, logged, whole = self._need(r, w1, write)
-            kind = int(need[0])
+            kind, run, pages, logged, whole = self._next_run(r, w1, write)
             if kind != 2 and w1 < c1:
-                need, pages, logged, whole = self._need(r, c1, write)
-            same = need != kind
-            run = int(np.argmax(same))
-            if not same[run]:
-                run = len(need)
+                kind, run, pages, logged, whole = self._next_run(r, c1, write)
             backed = touched = None  # the fast path: whole regions, all backed
             if not (exact and (whole or bool((pages[:run] == REGION_PAGES).all()))):
                 backed = self._backing(r, r + run, gfn0, gfn1)[0]
