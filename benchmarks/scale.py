@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-DIRTY_LOG = ("collapse-sync", "lazy-collapse", "recover-in-place")
+DIRTY_LOG = ("collapse-sync", "lazy-collapse", "recover-in-place", "tdp-zap-collapsible")
 TEARDOWN = {"arm64": ("s2-unmap", "s2-elide"), "x86-tdp": ("zap-all",)}
 KEY = {"dirty-log": "disable_dirty_log_ms", "teardown": "teardown_ms"}
 

@@ -79,6 +79,14 @@ class Engine:
         assert actor is not None, "sleep/block outside an actor"
         self.loop_glet.switch()
 
+    def _nobody_due_by(self, t: int) -> bool:
+        """No other actor is due to run at or before ``t``: the loop would resume the
+        current actor next, at ``t``, with nothing in between (ties go to the earlier
+        entry, so an entry at ``t`` itself must run first). Stale entries only make this
+        answer False more often."""
+        heap = self._heap
+        return not heap or heap[0][0] > t
+
     def sleep(self, dt: float) -> None:
         """Spend ``dt`` ns on the current actor. When nothing else is due before it would
         wake, the loop would resume it next anyway: the clock just moves on (no switch),
@@ -86,8 +94,7 @@ class Engine:
         if dt <= 0:
             return
         t = self.now + int(dt)
-        heap = self._heap
-        if not heap or heap[0][0] > t:
+        if self._nobody_due_by(t):  # the same timeline without a trip through the heap
             self.now = t
             return
         self._push(t, self.current)  # type: ignore[arg-type]
@@ -117,8 +124,12 @@ class Engine:
         start = self.now
         actor = self.current
         assert actor is not None
+        t = self.now + int(dt)
+        if dt > 0 and self._nobody_due_by(t):  # nobody runs meanwhile to interrupt it
+            self.now = t
+            return self.now - start
         actor.interrupt_hook = on_interrupt
-        self._push(self.now + int(dt), actor)
+        self._push(t, actor)
         self._switch_out()
         actor.interrupt_hook = None
         return self.now - start

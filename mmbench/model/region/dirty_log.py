@@ -151,36 +151,43 @@ class RegionDirtyLog(RegionWalk):
         kvm, c = self.kvm, self.kvm.costs
         split = kvm.eager_split
 
-        def cost(sl: slice) -> np.ndarray:
-            d = self.dirty[sl].astype(np.float64)
-            wr_huge = self.huge[sl] & ~self.huge_wp[sl] & (d > 0)
-            huge_cost = (c.pt_alloc + REGION_PAGES * c.split_spte) if split else c.wrprot_spte
-            return (d > 0) * c.tdp_walk + wr_huge * huge_cost + d * c.wrprot_spte
+        huge_cost = (c.pt_alloc + REGION_PAGES * c.split_spte) if split else c.wrprot_spte
+        walk, wrprot = c.tdp_walk, c.wrprot_spte
 
-        def apply(sl: slice) -> None:
+        def cost(sl: slice) -> np.ndarray:
             d = self.dirty[sl]
             hit = d > 0
-            gs = self.gibs(sl)
-            hit_g = np.zeros(gs.stop - gs.start, dtype=bool)
-            hit_g[np.unique(np.flatnonzero(hit) + sl.start) // GIB_REGIONS - gs.start] = True
-            wr_gb = self.gb[gs] & ~self.gb_wp[gs] & hit_g  # write-protect 1 GiB leaves
-            if wr_gb.any():
-                self.gb_wp[gs] |= wr_gb
-                self.tlbs_dirty = True
             wr_huge = self.huge[sl] & ~self.huge_wp[sl] & hit
-            if split and wr_huge.any():
+            return hit * walk + wr_huge * huge_cost + d * wrprot
+
+        def apply(sl: slice) -> None:
+            hit = self.dirty[sl] > 0
+            if not hit.any():  # nothing set: no leaf to protect, no bit to clear
+                return
+            gs = self.gibs(sl)
+            gb = self.gb[gs]
+            if gb.any():  # write-protect the 1 GiB leaves with a dirty page under them
+                starts = np.maximum(np.arange(gs.start, gs.stop) * GIB_REGIONS - sl.start, 0)
+                wr_gb = gb & ~self.gb_wp[gs] & np.logical_or.reduceat(hit, starts)
+                if wr_gb.any():
+                    self.gb_wp[gs] |= wr_gb
+                    self.tlbs_dirty = True
+            wr_huge = self.huge[sl] & ~self.huge_wp[sl] & hit
+            any_huge = bool(wr_huge.any())
+            if split and any_huge:
                 k = int(wr_huge.sum())
                 self.pt[sl] |= wr_huge
-                self.n4k[sl] = np.where(wr_huge, REGION_PAGES, self.n4k[sl])
+                self.n4k[sl][wr_huge] = REGION_PAGES
                 self.huge[sl] &= ~wr_huge
                 self.huge_changed(-k)
                 kvm.stats.vm["pt_pages_allocated"] += k
                 kvm.stats.vm["huge_pages_split"] += k
-            elif wr_huge.any():
+            elif any_huge:
                 self.huge_wp[sl] |= wr_huge
-            if wr_huge.any() or (self.w4k[sl] * hit).any():
+            w4k = self.w4k[sl]
+            if any_huge or (w4k * hit).any():
                 self.tlbs_dirty = True
-            self.w4k[sl] = np.where(hit, 0, self.w4k[sl])
+            w4k[hit] = 0
             self.dirty[sl] = 0
 
         self.walk(r0, r1, cost, apply, lock_break=False)

@@ -103,17 +103,35 @@ class RegionState:
                     " one slot's leaves per 2 MiB",
                 )
 
+    def one_slot(self, r0: int, r1: int) -> Memslot | None:
+        """The valid slot that backs every page of regions ``[r0, r1)``, if one does (the
+        common case, where per-region backing counts are all 512)."""
+        g0, g1 = r0 << REGION_SHIFT, r1 << REGION_SHIFT
+        slots = self.kvm.memslots.overlapping(g0, g1)
+        if len(slots) != 1:
+            return None
+        slot = slots[0]
+        if slot.invalid or slot.base_gfn > g0 or slot.end_gfn < g1:
+            return None
+        return slot
+
     def _backing(
         self, r0: int, r1: int, g0: int | None = None, g1: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(pages a valid slot backs, dirty-logged) per region of ``[r0, r1)``, counting
         only gfns inside ``[g0, g1)`` when given (an access that starts or ends inside a
         region)."""
-        pages = np.zeros(r1 - r0, dtype=np.int32)
-        logged = np.zeros(r1 - r0, dtype=bool)
         lo_g = r0 << REGION_SHIFT if g0 is None else max(g0, r0 << REGION_SHIFT)
         hi_g = r1 << REGION_SHIFT if g1 is None else min(g1, r1 << REGION_SHIFT)
-        for slot in self.kvm.memslots.slots.values():
+        if lo_g == r0 << REGION_SHIFT and hi_g == r1 << REGION_SHIFT:
+            whole = self.one_slot(r0, r1)
+            if whole is not None:  # one valid slot backs all of every region
+                logged_all = bool(whole.flags & KVM_MEM_LOG_DIRTY_PAGES)
+                return np.full(r1 - r0, REGION_PAGES, np.int32), np.full(r1 - r0, logged_all)
+        slots = self.kvm.memslots.overlapping(lo_g, hi_g)
+        pages = np.zeros(r1 - r0, dtype=np.int32)
+        logged = np.zeros(r1 - r0, dtype=bool)
+        for slot in slots:
             a, b = max(slot.base_gfn, lo_g), min(slot.end_gfn, hi_g)
             if a >= b or slot.invalid:
                 continue
