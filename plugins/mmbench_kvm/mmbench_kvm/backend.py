@@ -390,13 +390,18 @@ class KvmVm:
                     t.stop()
 
     def _check_native(self) -> None:
-        """The guest must have run through the shadow MMU, not the emulator."""
+        """The guest must have run through the shadow MMU, not the emulator: some fault
+        was fixed by installing an spte (``pf_fixed``: ``kvm_mmu_do_page_fault`` counts
+        RET_PF_FIXED only). Live sptes at the end prove nothing more: the host's MMU
+        notifier (khugepaged collapsing THP-backed guest memory, reclaim) may zap them
+        unseen, and zaps counted as the drop across a delete or move miss what running
+        vCPUs refaulted meanwhile; both made this check fail on a loaded host with
+        ``pf_fixed`` 49 and ``pages_4k`` 0."""
         st = self.stats()
-        built = st.get("pages_4k", 0) + st.get("pages_2m", 0) + self._sptes_zapped
-        if st.get("pf_fixed", 0) == 0 or built == 0:
+        if st.get("pf_fixed", 0) == 0:
             raise BackendError(
-                "the guest did not run natively: no sptes were built"
-                f" (pf_fixed={st.get('pf_fixed', 0)}, pages_4k={st.get('pages_4k', 0)});"
+                "the guest did not run natively: no fault was fixed by an spte"
+                f" (pf_fixed=0, pages_4k={st.get('pages_4k', 0)});"
                 " the numbers would not be the shadow MMU's"
             )
         # an MMIO write is emulated by design (a gpa no memslot backs): not a CPL0 guest
