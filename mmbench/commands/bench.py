@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmbench.commands.parsing import nonempty, positive_int
-from mmbench.commands.run import add_workload_parsers, request_from_args
+from mmbench.commands.parsing import positive_int
+from mmbench.commands.run import add_policy_and_arch, add_workload_parsers, request_from_args
 from mmbench.errors import ConfigError
 from mmbench.host.manager import get_host
 from mmbench.run.runner import RunRequest, resolve
@@ -45,20 +45,11 @@ MAX_REPEAT = 100
 def _bench_options(p: argparse.ArgumentParser, sub: bool) -> None:
     """Options valid before and after WORKLOAD (as ``run``'s: SUPPRESS in the copies)."""
     d = argparse.SUPPRESS if sub else None
-    p.add_argument(
-        "--policy",
-        action="append",
-        default=d,
-        metavar="NAME[:opt=val,...]",
-        type=nonempty,
-        help="policy to time; repeat for several (default: the workload's, as run)",
-    )
-    p.add_argument(
-        "--arch",
-        type=nonempty,
-        default=d,
-        help="arch backend of both runs (default: the workload's; the kernel runs only"
-        " its own MMU)",
+    add_policy_and_arch(
+        p,
+        d,
+        "policy to time; repeat for several (default: the workload's, as run)",
+        "arch backend of both runs (default: the workload's; the kernel runs only its own MMU)",
     )
     p.add_argument(
         "--repeat",

@@ -31,20 +31,30 @@ from mmbench.run.progress import Board
 from mmbench.run.runner import RunRequest, execute, resolve, tasks_of
 
 
+def add_policy_and_arch(
+    p: argparse.ArgumentParser, default: object, policy_help: str, arch_help: str
+) -> None:
+    """``--policy`` (repeatable) and ``--arch``, as ``run`` and ``bench`` take them."""
+    p.add_argument(
+        "--policy",
+        action="append",
+        default=default,
+        metavar="NAME[:opt=val,...]",
+        type=nonempty,
+        help=policy_help,
+    )
+    p.add_argument("--arch", type=nonempty, default=default, help=arch_help)
+
+
 def _common_run_options(p: argparse.ArgumentParser, sub: bool) -> None:
     """Options valid both before and after WORKLOAD (subparser copies must not reset
     what the parent parsed, hence SUPPRESS)."""
     d = argparse.SUPPRESS if sub else None
-    p.add_argument(
-        "--policy",
-        action="append",
-        default=d,
-        metavar="NAME[:opt=val,...]",
-        type=nonempty,
-        help="policy to run; repeat to compare (first is the baseline; default: all)",
-    )
-    p.add_argument(
-        "--arch", type=nonempty, default=d, help="arch backend (default: the workload's)"
+    add_policy_and_arch(
+        p,
+        d,
+        "policy to run; repeat to compare (first is the baseline; default: all)",
+        "arch backend (default: the workload's)",
     )
     p.add_argument(
         "--backend", type=nonempty, default=d, help="backend (default: sim; see mmbench list)"
