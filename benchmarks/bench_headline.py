@@ -29,18 +29,23 @@ TEARDOWN_CASES = [
 ]
 
 
-class RomAccessHeadlineSpeed:
+class _SevenSamples:
+    """One run per sample and 7 samples a side: asv continuous uses its Mann-Whitney test
+    (p < 0.002) only when the samples allow such a p (1/C(14, 7) = 0.0006; 6 a side
+    cannot, 2/C(12, 6) = 0.0022). No warm-up: a run is seconds long."""
+
+    number = 1
+    rounds = 1
+    repeat = (7, 7, 300.0)
+    warmup_time = 0
+    timeout = 600
+
+
+class RomAccessHeadlineSpeed(_SevenSamples):
     """``mmbench run rom-access`` at its defaults, one policy in this process."""
 
     params = [ROM_POLICIES]
     param_names = ["policy"]
-    number = 1
-    rounds = 1
-    # 7 samples a side: asv continuous uses its Mann-Whitney test (p < 0.002) only when the
-    # samples allow such a p (1/C(14, 7) = 0.0006; 6 a side cannot, 2/C(12, 6) = 0.0022)
-    repeat = (7, 7, 300.0)
-    warmup_time = 0
-    timeout = 600
 
     def time_rom_access_default(self, policy):
         run_model("rom-access", ROM_DEFAULT, policy)
@@ -49,16 +54,11 @@ class RomAccessHeadlineSpeed:
         run_model("rom-access", ROM_DEFAULT, policy)
 
 
-class DirtyLogHeadlineSpeed:
+class DirtyLogHeadlineSpeed(_SevenSamples):
     """``mmbench run dirty-log`` at 4 TiB (x86-tdp), one policy in this process."""
 
     params = [DIRTY_LOG_POLICIES]
     param_names = ["policy"]
-    number = 1
-    rounds = 1
-    repeat = (7, 7, 300.0)
-    warmup_time = 0
-    timeout = 600
 
     def time_dirty_log_4t(self, policy):
         run_model("dirty-log", DIRTY_LOG_4T, policy, arch="x86-tdp")
@@ -67,14 +67,14 @@ class DirtyLogHeadlineSpeed:
         run_model("dirty-log", DIRTY_LOG_4T, policy, arch="x86-tdp")
 
 
-class TeardownHeadlineSpeed:
-    """``mmbench run teardown`` at 64 GiB: arm64 with and without CMOs, x86-tdp zap-all."""
+class TeardownHeadlineSpeed(_SevenSamples):
+    """``mmbench run teardown`` at 64 GiB: arm64 with and without CMOs, x86-tdp zap-all
+    (10 ms runs: asv's own warm-up)."""
 
     params = [TEARDOWN_CASES]
     param_names = ["arch_policy"]
-    number = 1
-    rounds = 1
     repeat = (7, 7, 60.0)
+    warmup_time = -1
     timeout = 300
 
     def time_teardown_64g(self, case):
@@ -86,17 +86,14 @@ class TeardownHeadlineSpeed:
         run_model("teardown", TEARDOWN_64G, policy, arch=arch)
 
 
-class HeadlineCommand:
+class HeadlineCommand(_SevenSamples):
     """The whole command a user types, each default policy (in parallel processes where
     there are cores, as ``run`` does), interpreter start-up and the stored record included:
     the figure the issue's "at most 3 s wall" is about."""
 
     params = [["rom-access", "dirty-log", "teardown"]]
     param_names = ["workload"]
-    number = 1
-    rounds = 1
     repeat = (7, 7, 400.0)
-    warmup_time = 0
     timeout = 900
 
     def setup(self, workload):
