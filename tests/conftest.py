@@ -14,6 +14,15 @@ REPO = Path(__file__).resolve().parent.parent
 SMALL = ["-c", "2", "-m", "64", "--passes", "6", "--rom-interval-ms", "5"]
 
 
+def skip_module_without_dev_kvm(need: str = "the kvm backend needs a KVM host") -> None:
+    """At a real-kernel test module's top: skip it, saying why, where /dev/kvm cannot be
+    opened read-write (absent, or no permission)."""
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        pytest.skip(f"cannot open /dev/kvm ({exc.strerror}): {need}", allow_module_level=True)
+
+
 @pytest.fixture
 def runs_dir(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "runs"

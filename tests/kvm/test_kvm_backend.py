@@ -14,15 +14,9 @@ import threading
 
 import pytest
 import yaml
-from conftest import mmbench
+from conftest import mmbench, skip_module_without_dev_kvm
 
-try:
-    os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
-except OSError as exc:
-    pytest.skip(
-        f"cannot open /dev/kvm ({exc.strerror}): the kvm backend needs a KVM host",
-        allow_module_level=True,
-    )
+skip_module_without_dev_kvm()
 
 from mmbench_kvm import backend as kvm_backend  # noqa: E402
 

@@ -14,15 +14,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from conftest import skip_module_without_dev_kvm
 
-try:
-    os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
-except OSError as exc:
-    pytest.skip(
-        f"cannot open /dev/kvm ({exc.strerror}); "
-        "/dev/kvm not present: real-kernel tests need a KVM host",
-        allow_module_level=True,
-    )
+skip_module_without_dev_kvm("real-kernel tests need a KVM host")
 
 from mmbench_kvm import ioctls as k  # noqa: E402
 from mmbench_kvm.errors import GuestExitError, VcpuTimeout  # noqa: E402

@@ -7,20 +7,13 @@ Skipped with the reason where /dev/kvm cannot be opened. Timings are never asser
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import mmbench
+from conftest import mmbench, skip_module_without_dev_kvm
 
-try:
-    os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
-except OSError as exc:
-    pytest.skip(
-        f"cannot open /dev/kvm ({exc.strerror}): the kvm backend needs a KVM host",
-        allow_module_level=True,
-    )
+skip_module_without_dev_kvm()
 
 TRACEFS = Path("/sys/kernel/tracing")
 RUN = ["run", "host-unmap", "--backend", "kvm", "-b", "128M", "--unmap-size", "8M"]

@@ -6,19 +6,15 @@ Needs /dev/kvm and tracefs (mounted here if it is not); skipped with the reason 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import mmbench
+from conftest import mmbench, skip_module_without_dev_kvm
 
 TRACEFS = Path("/sys/kernel/tracing")
 
-try:
-    os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
-except OSError as exc:
-    pytest.skip(f"cannot open /dev/kvm ({exc.strerror})", allow_module_level=True)
+skip_module_without_dev_kvm("tracing the kernel needs a KVM host")
 if not (TRACEFS / "instances").is_dir():
     subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], capture_output=True)
 if not (TRACEFS / "events" / "kvmmmu").is_dir():

@@ -3,18 +3,10 @@ and ``-q`` is the kernel's KVM_X86_QUIRK_SLOT_ZAP_ALL knob. Timings are not asse
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from conftest import mmbench, run_json
+from conftest import mmbench, run_json, skip_module_without_dev_kvm
 
-try:
-    os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
-except OSError as exc:
-    pytest.skip(
-        f"cannot open /dev/kvm ({exc.strerror}): the kvm backend needs a KVM host",
-        allow_module_level=True,
-    )
+skip_module_without_dev_kvm()
 
 # -l 5 so that --max-iterations ends the loop even on a loaded host
 SMALL = ["-s", "64", "-l", "5", "--max-iterations", "20"]
