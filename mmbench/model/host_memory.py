@@ -60,22 +60,14 @@ class HostMemory:
             self._small_present = np.zeros(self.max_gfn + 1, dtype=bool)
         self._small_at[gfn0 >> self.shift : ((gfn1 - 1) >> self.shift) + 1] = True
 
-    def small(self, gfns: np.ndarray) -> np.ndarray:
-        """Which of ``gfns`` are 4 KiB host pages (all of them with a 4 KiB backing)."""
-        if not self.shift:
-            return np.ones(gfns.shape, dtype=bool)
-        if self._small_at is None:
-            return np.zeros(gfns.shape, dtype=bool)
-        return self._small_at[gfns >> self.shift]
-
-    def absent(self, gfns: np.ndarray) -> np.ndarray:
-        """Which of ``gfns`` (any shape) have no host page yet."""
-        out = ~self.present_bits[gfns >> self.shift]
-        if self._small_at is not None:
-            m = self._small_at[gfns >> self.shift]
-            if m.any():
-                out[m] = ~self._small_present[gfns[m]]
-        return out
+    def _per_gfn(self, per_page: np.ndarray, gfn0: int, gfn1: int) -> np.ndarray:
+        """A per-host-page bit array read for every gfn of ``[gfn0, gfn1)``: to read
+        only (with 4 KiB backing, a view of ``per_page``)."""
+        s = self.shift
+        out = per_page[gfn0 >> s : ((gfn1 - 1) >> s) + 1]
+        if not s:
+            return out
+        return np.repeat(out, 1 << s)[gfn0 - ((gfn0 >> s) << s) :][: gfn1 - gfn0]
 
     def all_present(self, gfn0: int, gfn1: int) -> bool:
         """Every page of ``[gfn0, gfn1)`` has its host page (the common case once a guest
@@ -88,28 +80,23 @@ class HostMemory:
         return self._small_at is None or not self._small_at[lo:hi].any()
 
     def absent_range(self, gfn0: int, gfn1: int) -> np.ndarray:
-        """``absent`` for every gfn of ``[gfn0, gfn1)``, from slices (a fault batch's pages
-        are contiguous, so no per-gfn index array is needed)."""
-        s = self.shift
-        out = ~self.present_bits[gfn0 >> s : ((gfn1 - 1) >> s) + 1]
-        if s:
-            out = np.repeat(out, 1 << s)[gfn0 - ((gfn0 >> s) << s) :][: gfn1 - gfn0]
-            if self._small_at is not None:
-                m = np.repeat(self._small_at[gfn0 >> s : ((gfn1 - 1) >> s) + 1], 1 << s)
-                m = m[gfn0 - ((gfn0 >> s) << s) :][: gfn1 - gfn0]
-                if m.any():
-                    out[m] = ~self._small_present[gfn0:gfn1][m]
+        """Which gfns of ``[gfn0, gfn1)`` have no host page yet, from slices (a fault
+        batch's pages are contiguous, so no per-gfn index array is needed)."""
+        out = ~self._per_gfn(self.present_bits, gfn0, gfn1)
+        if self._small_at is not None:
+            m = self._per_gfn(self._small_at, gfn0, gfn1)
+            if m.any():
+                out[m] = ~self._small_present[gfn0:gfn1][m]
         return out
 
     def small_range(self, gfn0: int, gfn1: int) -> np.ndarray:
-        """``small`` for every gfn of ``[gfn0, gfn1)``."""
-        s = self.shift
-        if not s:
+        """Which gfns of ``[gfn0, gfn1)`` are 4 KiB host pages (all of them with a 4 KiB
+        backing, else those of memory mapped at run time)."""
+        if not self.shift:
             return np.ones(gfn1 - gfn0, dtype=bool)
         if self._small_at is None:
             return np.zeros(gfn1 - gfn0, dtype=bool)
-        m = np.repeat(self._small_at[gfn0 >> s : ((gfn1 - 1) >> s) + 1], 1 << s)
-        return m[gfn0 - ((gfn0 >> s) << s) :][: gfn1 - gfn0]
+        return self._per_gfn(self._small_at, gfn0, gfn1)
 
     def fault_in(self, gfns: np.ndarray) -> tuple[int, int]:
         """``hva_to_pfn``'s slow path for ``gfns`` (each a page a vCPU touches): make their
