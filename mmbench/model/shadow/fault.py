@@ -200,8 +200,13 @@ class ShadowFault(ShadowReclaim):
         return int(sps[0]), bool(k)
 
     def link_shadow_pages(self, sps: np.ndarray, parents: np.ndarray) -> None:
-        """Point each parent's spte at its child sp (``link_shadow_page``)."""
+        """Point each parent's spte at its child sp (``link_shadow_page``); ``parents``
+        are sps."""
         old = self.sp_parent[sps]
+        if (old < 0).all():  # none linked yet (new sps): every one moves
+            self.sp_parent[sps] = parents
+            scatter_add(self.sp_nr, parents)
+            return
         moved = old != parents
         if not moved.any():
             return
@@ -495,38 +500,13 @@ class ShadowFault(ShadowReclaim):
         parents = np.array([path[pg] for pg in pgs], dtype=np.int32)
         leaves, allocated = self.kvm_mmu_get_pages(l1)
         new_sps += allocated
-        if allocated == len(l1) and want.all():
-            faults, installed = self._map_new_leaves(leaves, parents, absent)
-        else:
-            self.link_shadow_pages(leaves, parents)
-            fill, faults = self.pte_prefetch(leaves, want, absent)
-            installed = self.map_leaf_sptes(leaves, fill)
-            self.sp_accessed[leaves] = True  # (new sps are born accessed)
+        self.link_shadow_pages(leaves, parents)
+        fill, faults = self.pte_prefetch(leaves, want, absent)
+        installed = self.map_leaf_sptes(leaves, fill)
+        self.sp_accessed[leaves] = True
         # the walk to each leaf: mark_accessed, whose ancestors are the paths just linked
         self.sp_accessed[uppers] = True
         return faults, installed, new_sps
-
-    def _map_new_leaves(
-        self, leaves: np.ndarray, parents: np.ndarray, absent: np.ndarray | None
-    ) -> tuple[int, int]:
-        """``link_shadow_pages``, ``pte_prefetch`` and ``map_leaf_sptes`` for leaf sps just
-        allocated (a contiguous range of rows, unlinked and empty) whose every page is
-        wanted: every prefetch group faults and every spte is installed, so the rows are
-        filled whole. Returns (faults, sptes installed)."""
-        a, b = int(leaves[0]), int(leaves[-1]) + 1
-        k = b - a
-        self.sp_parent[a:b] = parents
-        scatter_add(self.sp_nr, parents)
-        groups = k * (PTES_PER_TABLE // self.pte_prefetch_num)
-        if absent is None:
-            faults = groups
-        else:  # each absent page a fault, plus one per group with none absent
-            with_absent = int(np.count_nonzero(group_any(absent, self.pte_prefetch_num)))
-            faults = int(np.count_nonzero(absent)) + groups - with_absent
-        self.sp_sptes[a:b] = True
-        self.add_leaf_rmaps(leaves, np.True_, 1)
-        self.sp_nr[a:b] = PTES_PER_TABLE
-        return faults, k * PTES_PER_TABLE
 
     def pte_prefetch(
         self, leaves: np.ndarray, want: np.ndarray, absent: np.ndarray | None = None
