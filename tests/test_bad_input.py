@@ -18,6 +18,7 @@ FLAGS = [
     (["rom-access", "-c", "0"], "-c/--threads: must be >= 1"),
     (["rom-access", "-m", "lots"], "-m/--mb: expected int"),
     (["rom-access", "--rom-kib", "6"], "--rom-kib: must be a multiple of 4"),
+    (["rom-access", "--rom-read-kib", "6"], "--rom-read-kib: must be a multiple of 4"),
     (["rom-access", "--rom-gpa", "0x1001"], "--rom-gpa: must be 4 KiB aligned"),
     (["rom-access", "--rom-gpa", "0x100000000000000"], "guest-physical space arch x86-shadow"),
     (["rom-access", "--rom-gpa", "zz"], "--rom-gpa: expected int"),

@@ -14,7 +14,9 @@ on the legacy MMU with EPT and on the TDP MMU, 2 MiB backing (issue 12), as firs
 ``dirty-log-4T.json`` (the default ``dirty-log``: 4 TiB, every default policy) and
 ``dirty-log-4T-batch-flush.json`` (``--policy tdp-zap-collapsible --policy
 tdp-zap-collapsible:batch_flush=true``) were made at bce8822, before the region model's speed
-work (issue 14), so they pin the figures that work must not move.
+work (issue 14), so they pin the figures that work must not move. The four
+``rom-access`` files were regenerated when rom.sh's cat became one memslot add and delete
+per 4 KiB ``read()``, as sysfs and ``pci_read_rom()`` do (issue 12), instead of one per cat.
 """
 
 from __future__ import annotations

@@ -6,6 +6,20 @@ own, reads a PCI option ROM every ``--rom-interval-ms``: QEMU maps the ROM BAR (
 add), the guest kernel reads it, QEMU unmaps it (memslot delete) -- and the delete is where
 the invalidation policy runs.
 
+One ``cat`` of the sysfs ``rom`` file is one remap per ``read()``, not one per cat: sysfs
+hands a bin attribute at most PAGE_SIZE per call (``kernfs_file_read_iter()``,
+fs/kernfs/file.c, since v3.14; ``read()`` in fs/sysfs/bin.c before), and each call of
+``pci_read_rom()`` (drivers/pci/pci-sysfs.c) maps the ROM with ``pci_map_rom()``, which
+sets the BAR's enable bit (``pci_enable_rom()``), sizes the image through the mapping
+(``pci_get_rom_size()`` reads its headers at offset 0), copies its chunk, and
+``pci_unmap_rom()`` clears the bit again (``pci_disable_rom()``: ``echo 1 > rom`` sets only
+``rom_attr_enabled``, not ``IORESOURCE_ROM_ENABLE``). QEMU maps and unmaps the BAR's memory
+region on each toggle, so a 128 KiB ROM is 32 memslot adds and deletes per cat. kernfs
+returns 0 at EOF before calling the attribute (``sysfs_kf_bin_read()``: ``pos >= size``);
+the v3.x ``read()`` tested ``offs > size`` and called it once more with count 0, a 33rd
+remap that is not modelled (the guest is taken to run v3.14 or later). ``--rom-read-kib``
+sets the chunk; ``--rom-read-kib`` equal to ``--rom-kib`` is one remap per cat.
+
 Guest layout (QEMU pc-like): RAM below the 3 GiB PCI hole in slot 0 and above 4 GiB in
 slot 1; the ROM slot in the hole at ``--rom-gpa``; guest page tables at the start of RAM.
 """
@@ -56,6 +70,16 @@ class RomAccess:
         Param("passes", int, 30, "passes per thread; the first populates", min=2, max=100000),
         Param("rom_interval_ms", float, 500.0, "rom.sh: pause between ROM reads (ms)", above=0),
         Param("rom_kib", int, 128, "size of the option ROM (KiB, multiple of 4)", min=4, max=16384),
+        Param(
+            "rom_read_kib",
+            int,
+            4,
+            "bytes per read() of the guest's cat (KiB, multiple of 4): sysfs passes a bin"
+            " attribute at most PAGE_SIZE per call, and each pci_read_rom() maps and unmaps"
+            " the ROM BAR (a memslot add and delete); --rom-kib: one remap per cat",
+            min=4,
+            max=16384,
+        ),
         Param(
             "rom_jitter",
             float,
@@ -136,13 +160,26 @@ class RomAccess:
         "memslot_delete_idle_max_ms": Metric(
             "ms", "slowest of those (the first, which still finds all memory mapped)"
         ),
+        "memslot_delete_first_p50_ms": Metric(
+            "ms",
+            "median of the steady-state deletes that open a cat: the first remap finds what"
+            " the vCPUs refaulted since the last cat",
+        ),
         "sps_per_delete": Metric("", "sps zapped per steady-state delete", kind="count"),
         "sptes_per_delete": Metric("", "sptes zapped per steady-state delete", kind="count"),
+        "sptes_per_cat": Metric(
+            "", "sptes zapped per steady-state cat of the ROM (all its remaps)", kind="count"
+        ),
         "memslot_add_ms": Metric(
             "ms", "ROM memslot add latency", samples=Samples("rom-access", "add_ns", 1e-6)
         ),
-        "rom_access_ms": Metric("ms", "one rom.sh iteration: add, guest read, delete"),
-        "rom_reads": Metric("", "ROM reads during the run", kind="count"),
+        "rom_access_ms": Metric(
+            "ms", "one rom.sh cat of the ROM: each read()'s memslot add, guest read, delete"
+        ),
+        "rom_reads": Metric(
+            "", "read()s of the ROM during the run, each a memslot add and delete", kind="count"
+        ),
+        "rom_cats": Metric("", "rom.sh's cats of the ROM during the run", kind="count"),
         "sptes_zapped": Metric("", "leaf sptes zapped", kind="count"),
         "sps_zapped": Metric("", "shadow pages zapped", kind="count", stat="mmu_shadow_zapped"),
         "sp_allocs": Metric("", "shadow pages allocated", kind="count", stat="mmu_cache_miss"),
@@ -177,6 +214,8 @@ class RomAccess:
         rom_bytes = p.rom_kib * 1024
         if rom_bytes % 4096:
             raise ConfigError("--rom-kib", f"must be a multiple of 4 (got {p.rom_kib})")
+        if p.rom_read_kib % 4:
+            raise ConfigError("--rom-read-kib", f"must be a multiple of 4 (got {p.rom_read_kib})")
         if p.rom_gpa % 4096:
             raise ConfigError("--rom-gpa", f"must be 4 KiB aligned (got 0x{p.rom_gpa:x})")
         if p.rom_gpa + rom_bytes > arch.max_guest_bytes:  # per-gfn state up to the ROM's end
@@ -254,7 +293,10 @@ class RomAccess:
         for v in range(p.threads):
             ((g0, g1),) = spec.areas_per_vcpu[v]
             vm.start_passes(v, g0, g1, p.passes)
-        accesses: list[tuple[int, int, int, str, int, int]] = []
+        # (add ns, read ns, delete ns, sps zapped, sptes zapped, state, cat, read() of it)
+        accesses: list[tuple[int, int, int, int, int, str, int, int]] = []
+        step = p.rom_read_kib * 1024 >> PAGE_SHIFT
+        chunks = [(g, min(g + step, rom1)) for g in range(rom0, rom1, step)]
         rng = np.random.default_rng(p.seed)
         idle_left = p.idle_reads
 
@@ -272,28 +314,44 @@ class RomAccess:
                     # tables goes, so every vCPU's reload finds CR3 outside every memslot
                     vm.event("ram-delete", delete_ns=vm.delete_memslot(0))
                     return
-                t_add = vm.add_memslot(ROM_SLOT, p.rom_gpa, p.rom_kib * 1024, "pc.rom")
-                t_read = vm.guest_access(rom_vcpu, rom0, rom1)
                 state = "idle" if idle else "running"
                 if not idle and self._passes_done(vm, p) < 1:
                     state = "populating"
-                before = vm.stats()
-                t_del = vm.delete_memslot(ROM_SLOT)
-                after = vm.stats()
-                sps, sptes = (after[k] - before[k] for k in ("mmu_shadow_zapped", "sptes_zapped"))
-                accesses.append((t_add, t_read, t_del, state, sps, sptes))
-                vm.event(
-                    "rom-access",
-                    add_ns=t_add,
-                    read_ns=t_read,
-                    delete_ns=t_del,
-                    state=state,
-                    sps_zapped=sps,
-                    sptes_zapped=sptes,
-                )
+                cat = accesses[-1][6] + 1 if accesses else 0
+                for r, (c0, c1) in enumerate(chunks):
+                    remap = self._remap(vm, p, rom_vcpu, rom0, c0, c1)
+                    accesses.append((*remap, state, cat, r))
+                    add, read, delete, sps, sptes = accesses[-1][:5]
+                    vm.event(
+                        "rom-access",
+                        add_ns=add,
+                        read_ns=read,
+                        delete_ns=delete,
+                        state=state,
+                        read=r,
+                        sps_zapped=sps,
+                        sptes_zapped=sptes,
+                    )
 
         vm.run_host(rom_sh, name="vmm-rom.sh")
         return self._metrics(vm, accesses, p)
+
+    @staticmethod
+    def _remap(
+        vm: VmApi, p: WorkloadSpec, vcpu: int, rom0: int, c0: int, c1: int
+    ) -> tuple[int, int, int, int, int]:
+        """One ``read()`` of the cat, one ``pci_read_rom()``: the BAR enable maps the ROM
+        (memslot add), ``pci_get_rom_size()`` reads its header page, the chunk is copied,
+        and the BAR disable unmaps it (memslot delete, where the policy runs)."""
+        t_add = vm.add_memslot(ROM_SLOT, p.rom_gpa, p.rom_kib * 1024, "pc.rom")
+        t_read = vm.guest_access(vcpu, rom0, rom0 + 1)
+        if c1 > rom0 + 1 or c0 > rom0:
+            t_read += vm.guest_access(vcpu, max(c0, rom0 + 1), c1)
+        before = vm.stats()
+        t_del = vm.delete_memslot(ROM_SLOT)
+        after = vm.stats()
+        sps, sptes = (after[k] - before[k] for k in ("mmu_shadow_zapped", "sptes_zapped"))
+        return t_add, t_read, t_del, sps, sptes
 
     @staticmethod
     def _passes_done(vm: VmApi, p: WorkloadSpec) -> int:
@@ -304,14 +362,21 @@ class RomAccess:
         """What mmtest reported plus what explains it, from what the backend observed."""
         warm = [r for r in vm.passes if r.index > 0]
         first = [r for r in vm.passes if r.index == 0]
-        state = np.array([a[3] for a in accesses], dtype=object)
+        state = np.array([a[5] for a in accesses], dtype=object)
+        cat = np.array([a[6] for a in accesses], dtype=np.int64)
+        nth = np.array([a[7] for a in accesses], dtype=np.int64)
         idle = state == "idle"
         populating = state == "populating"
         running = state == "running"
         every = np.array([a[:3] for a in accesses], dtype=np.float64).reshape(-1, 3) / 1e6
+        zapped = np.array([a[3:5] for a in accesses], dtype=np.float64).reshape(-1, 2)
         acc = every[~idle]  # while the guest threads run (mmtest's run)
-        zapped = np.array([a[4:] for a in accesses], dtype=np.float64).reshape(-1, 2)[running]
         steady = every[running, 2]
+        first_steady = every[running & (nth == 0), 2]
+        # one cat's remaps summed: bincount over the cat index, the running cats kept
+        per_cat = np.bincount(cat[~idle], weights=acc.sum(axis=1)) if len(acc) else acc
+        per_cat_sptes = np.bincount(cat[running], weights=zapped[running, 1])
+        running_cats = np.unique(cat[running])
         st = vm.stats()
         for r in vm.passes:
             vm.event("pass", vcpu=r.vcpu, index=r.index, ms=r.ms, t_ns=r.end_ns)
@@ -322,6 +387,9 @@ class RomAccess:
             "memslot_delete_p50_ms": float(np.median(steady)) if len(steady) else -1.0,
             "memslot_delete_p99_ms": float(np.percentile(steady, 99)) if len(steady) else -1.0,
             "memslot_delete_max_ms": float(steady.max()) if len(steady) else -1.0,
+            "memslot_delete_first_p50_ms": (
+                float(np.median(first_steady)) if len(first_steady) else -1.0
+            ),
             "memslot_delete_populating_ms": (
                 float(np.median(every[populating, 2])) if populating.any() else -1.0
             ),
@@ -329,11 +397,15 @@ class RomAccess:
                 float(np.median(every[idle, 2])) if idle.any() else -1.0
             ),
             "memslot_delete_idle_max_ms": float(every[idle, 2].max()) if idle.any() else -1.0,
-            "sps_per_delete": float(zapped[:, 0].mean()) if len(steady) else 0.0,
-            "sptes_per_delete": float(zapped[:, 1].mean()) if len(steady) else 0.0,
+            "sps_per_delete": float(zapped[running, 0].mean()) if len(steady) else 0.0,
+            "sptes_per_delete": float(zapped[running, 1].mean()) if len(steady) else 0.0,
+            "sptes_per_cat": (
+                float(per_cat_sptes[running_cats].mean()) if len(running_cats) else 0.0
+            ),
             "memslot_add_ms": float(acc[:, 0].mean()) if len(acc) else 0.0,
-            "rom_access_ms": float(acc.sum(axis=1).mean()) if len(acc) else 0.0,
+            "rom_access_ms": float(per_cat[np.unique(cat[~idle])].mean()) if len(acc) else 0.0,
             "rom_reads": len(every),
+            "rom_cats": len(np.unique(cat)),
             "refaults": sum(r.faults for r in warm),
         }
         named = {
