@@ -4,6 +4,8 @@
 nothing else tracing on the host is disturbed, enables the ``kvmmmu`` tracepoints of the
 workload's paths there, on the monotonic clock that ``time.perf_counter_ns`` reads, and
 reads what each timed host operation (a memslot delete, a teardown) emitted. The
+tracepoints are system-wide, so each line records its task's TGID (``options/record-tgid``)
+and only this process's count: on a shared host other VMs zap too. The
 instance is removed when the run ends, on errors too; one left behind by a process that
 was SIGKILLed is removed by the next run (its PID is gone).
 """
@@ -34,7 +36,10 @@ PATH_EVENTS: dict[str, tuple[str, ...]] = {
     "mmu-notifier": ("kvm:kvm_unmap_hva_range", "kvm_mmu_prepare_zap_page"),
 }
 SYSTEM = "kvmmmu"
-LINE = re.compile(r"^\s*.+?-\d+\s+\[\d+\]\s+(?:\S+\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>\w+):")
+LINE = re.compile(
+    r"^\s*.+?-\d+\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[\d+\]\s+(?:\S+\s+)?"
+    r"(?P<ts>\d+\.\d+):\s+(?P<event>\w+):"
+)
 
 
 def tracefs_root() -> Path:
@@ -94,6 +99,7 @@ class TraceInstance:
             self._write("tracing_on", "0")
             self._write("trace_clock", "mono")  # CLOCK_MONOTONIC, as time.perf_counter_ns
             self._write("buffer_size_kb", str(BUFFER_KB))
+            self._write("options/record-tgid", "1")  # whose VM: see take()
             for d in self._dirs:
                 self._write(f"events/{d}/enable", "1")
             self._write("tracing_on", "1")
@@ -110,12 +116,14 @@ class TraceInstance:
 
     def take(self) -> tuple[Counter[str], float, float, int]:
         """The events since ``clear``: counts per tracepoint, first and last timestamp
-        (s, monotonic), and events lost to a full buffer; the buffer is emptied."""
+        (s, monotonic), and events lost to a full buffer; the buffer is emptied. Events of
+        other processes (another VM on the host) are not counted."""
         self._write("tracing_on", "0")
         text = (self.dir / "trace").read_text()
         self.clear()
         self._write("tracing_on", "1")
         counts: Counter[str] = Counter()
+        me = str(os.getpid())
         first = last = 0.0
         lost = 0
         for line in text.splitlines():
@@ -125,6 +133,8 @@ class TraceInstance:
                     lost = int(m.group(2)) - int(m.group(1))
                 continue
             m = LINE.match(line)
+            if m and m.group("tgid") not in (None, me):
+                continue
             if m and m.group("event") in self.events:
                 ts = float(m.group("ts"))
                 first = ts if not counts else first
