@@ -191,7 +191,7 @@ class Scheduler:
         new slice."""
         wait = self.wakeup_wait_ns()
         if wait:
-            self.engine.sleep(wait)
+            self.engine.wait(wait)
             self.engine.current.slice_start = self.engine.now
 
     def slice_ns(self, nr_on_cpu: int) -> int:
@@ -212,5 +212,5 @@ class Scheduler:
         k = self.per_cpu()
         actor = self.engine.current
         if k > 1:
-            self.engine.sleep((k - 1) * self.slice_ns(k))
+            self.engine.wait((k - 1) * self.slice_ns(k))
         actor.slice_start = self.engine.now
