@@ -173,8 +173,9 @@ class Engine:
         actor = self.current
         assert actor is not None, "sleep outside an actor"
         rate = self.rate(actor)
-        t = self.now + (dt if rate >= 1.0 else (int(-(-dt // rate)) if rate > 0 else -1))
-        if t >= 0 and self._nobody_due_by(t):  # nobody runs meanwhile to change the rates
+        # at rate 0 (the holders have every CPU) it waits for the next reshare
+        t = self.now + dt if rate >= 1.0 else self.now + int(-(-dt // rate)) if rate > 0 else None
+        if t is not None and self._nobody_due_by(t):  # nobody runs meanwhile to reshare
             self.now = t
             self.cpu_ns += dt
             return dt
