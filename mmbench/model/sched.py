@@ -44,9 +44,14 @@ waits for a CPU as the host's scheduler (``sched``) makes it wait:
 A thread that wakes onto a CPU its waker leaves (the SRCU kworker a memslot update
 waits for, and the caller it wakes back) takes that CPU without waiting.
 
-What is not modelled: time sharing outside mmu_lock (a vCPU thread runs at full speed
-whatever the load; the CPU a woken thread takes is not taken from a vCPU), and the lag
-EEVDF keeps across sleeps.
+Outside mmu_lock the runnable threads share the host CPUs (``Engine.rate``, see
+``mmbench.model.engine``): with more of them than CPUs each advances at its fair share,
+and a woken thread's work takes its share from the vCPUs. The tick model here is what
+decides the lock-break; the share is what decides how fast the rest goes.
+
+What is not modelled: the lag EEVDF keeps across sleeps, and the slice-sized steps of
+the real runqueue outside mmu_lock (the model hands out the long-run fair share
+continuously).
 """
 
 from __future__ import annotations
