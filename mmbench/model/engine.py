@@ -24,9 +24,10 @@ lock-break). A holder of mmu_lock runs at full speed: a spinlock or rwlock holde
 with preemption disabled (``preempt_disable()`` in ``__raw_spin_lock``/``__raw_write_lock``/
 ``__raw_read_lock``, include/linux/spinlock_api_smp.h, rwlock_api_smp.h), so under
 every preemption model (PREEMPT_RT's sleeping spinlocks are not modelled) nothing but an
-interrupt takes its CPU before it unlocks or calls ``cond_resched_lock``. Actors spinning for mmu_lock count as runnable (they burn a CPU
-share) but do no work. ``wait`` is time off the work (the other tasks' slices after a
-``schedule()``, a wakeup's wait for a CPU): it is not scaled.
+interrupt takes its CPU before it unlocks or calls ``cond_resched_lock``. Actors spinning
+for mmu_lock count as runnable (they burn a CPU share) but do no work. ``wait`` is time
+off the work (the other tasks' slices after a ``schedule()``, a wakeup's wait for a
+CPU): it is not scaled.
 """
 
 from __future__ import annotations
