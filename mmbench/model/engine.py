@@ -94,7 +94,9 @@ class Engine:
         # the host CPUs shared by every actor (None: unlimited, every actor at full speed)
         self.cpus: int | None = None
         self.nr_holding = 0  # actors inside an mmu_lock section (``set_holding``)
-        self._computing: set[Actor] = set()  # actors in a compute sleep
+        # actors in a compute sleep, in the order they began it: a dict, not a set, so that
+        # a reshare pushes them in the same order every run (ties break by push order)
+        self._computing: dict[Actor, None] = {}
         self._shared = False  # some compute sleep runs at a rate below 1
         self.cpu_ns = 0.0  # CPU work handed out, over every actor: never above cpus x now
 
@@ -185,12 +187,12 @@ class Engine:
         actor._rate = rate
         actor._stop_at = None
         self._shared = self._shared or rate < 1.0
-        self._computing.add(actor)
+        self._computing[actor] = None
         self._reschedule(actor)
         try:
             self._switch_out()
         finally:
-            self._computing.discard(actor)
+            del self._computing[actor]
         self._progress(actor)
         actor._stop_at = None
         done = dt if actor._left <= 0.5 else min(dt, int(dt - actor._left))
