@@ -168,9 +168,11 @@ class Engine:
             return
         actor.holding = holding
         self.nr_holding += 1 if holding else -1
-        self.reshare()
+        cpus = self.cpus
+        if self._shared or (cpus is not None and self.nr_running > cpus):
+            self.reshare()
 
-    def _compute(self, dt: int, interruptible: bool) -> int:
+    def _compute(self, dt: int) -> int:
         """Spend ``dt`` ns of CPU work on the current actor at its share of a CPU; an
         ``interrupt`` may cut it short. Returns the work done (``dt`` unless cut)."""
         actor = self.current
@@ -224,7 +226,14 @@ class Engine:
         changes nothing but the model's own speed."""
         if dt <= 0:
             return
-        self._compute(int(dt), False)
+        cpus = self.cpus
+        if cpus is None or self.nr_running <= cpus:  # a whole CPU: ``_compute``'s fast path
+            t = self.now + int(dt)
+            if self._nobody_due_by(t):
+                self.now = t
+                self.cpu_ns += int(dt)
+                return
+        self._compute(int(dt))
 
     def wait(self, dt: float) -> None:
         """Let ``dt`` ns of wall time pass for the current actor, runnable but doing no
@@ -268,7 +277,7 @@ class Engine:
             return 0
         actor.interrupt_hook = on_interrupt
         try:
-            return self._compute(int(dt), True)
+            return self._compute(int(dt))
         finally:
             actor.interrupt_hook = None
 
