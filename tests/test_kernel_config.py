@@ -142,7 +142,9 @@ def test_eevdf_wakeups_wait_for_the_tick_on_a_busy_host(runs_dir):
     assert doc["kernel"]["sched"] == "eevdf"
     # a 1 ms round plus a wait of up to a 4 ms tick: about half the rounds
     assert eevdf["rom_reads"] < 0.75 * cfs["rom_reads"]
-    assert eevdf["memslot_add_ms"] == pytest.approx(cfs["memslot_add_ms"])  # ioctls do not wait
+    # the ioctls do not wait for a tick (which would add up to 4 ms to a 0.03 ms add); they
+    # share the 2 CPUs with the vCPUs, by a share that depends on what the vCPUs do then
+    assert eevdf["memslot_add_ms"] == pytest.approx(cfs["memslot_add_ms"], rel=0.1)
     _, calm_cfs = run("--host-cpus", "16")
     _, calm_eevdf = run("--host-cpus", "16", "--sched", "eevdf")
     assert calm_eevdf == calm_cfs

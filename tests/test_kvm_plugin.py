@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import mmbench
 from mmbench_kvm import ioctls as k
-from mmbench_kvm import knobs
+from mmbench_kvm import knobs, validate
 from mmbench_kvm.system import host_mmu
 
 from mmbench.errors import ConfigError
@@ -71,3 +71,29 @@ def test_the_host_mmu_is_read_from_ept_npt_and_tdp_mmu(params, arch):
     got, why = host_mmu(params)
     assert got == arch
     assert ("shadow paging" in why) == (arch == "x86-shadow")
+
+
+def _self_stat(utime: int, stime: int, gtime: int) -> str:
+    """A /proc/self/stat line (fields 14, 15 and 43: utime, stime, guest_time)."""
+    fields = ["S"] + ["0"] * 50
+    fields[11], fields[12], fields[40] = str(utime), str(stime), str(gtime)
+    return "4242 (python3 -m mmbench) " + " ".join(fields)
+
+
+def test_background_cpus_leave_out_the_vms_own_guest_time():
+    """validate's count of CPUs other processes kept busy: the VM's vCPU threads spent
+    2 s in the guest over 1 s (HZ 100) and nothing else ran. /proc/stat counts that guest
+    time in ``user`` and again in ``guest``; the process's ``utime`` includes it once.
+    Nothing else ran, so the background is 0 CPUs (summing every /proc/stat column
+    said 2.0); 30 ticks of another process's user time and 20 of steal on top are 0.5."""
+    stat0 = "cpu  1000 5 300 9000 10 0 7 0 40 0\ncpu0 500 2 150 4500 5 0 3 0 20 0\n"
+    stat1 = "cpu  1200 5 310 9000 10 0 7 0 240 0\ncpu0 600 2 155 4500 5 0 3 0 120 0\n"
+    own0, own1 = _self_stat(300, 50, 40), _self_stat(500, 60, 240)
+    before = validate.busy_ticks(stat0, own0)
+    after = validate.busy_ticks(stat1, own1)
+    assert validate.background_from(before, after, 1.0, 100) == 0.0
+    busier = "cpu  1230 5 310 9000 10 0 7 20 240 0\n"
+    after = validate.busy_ticks(busier, own1)
+    assert validate.background_from(before, after, 1.0, 100) == pytest.approx(0.5)
+    # a kernel without the guest columns (before 2.6.24) reads the same way
+    assert validate.busy_ticks("cpu  1 2 3 4 5 6 7\n", own0)[0] == 1 + 2 + 3 + 6 + 7

@@ -42,6 +42,7 @@ class SimVm:
     ) -> None:
         self.engine = Engine()
         self.kernel = kernel or KernelConfig()
+        self.engine.cpus = self.kernel.host_cpus  # the vCPU threads share them (time sharing)
         self.hook = hook
         self.arch = arch
         self.costs = costs

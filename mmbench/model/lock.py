@@ -85,10 +85,12 @@ class MmuLock:
     def _take(self, actor: Actor) -> None:
         self.holder = actor
         self._hold_start = self.engine.now
+        self.engine.set_holding(actor, True)
 
     def _enter_read(self, actor: Actor) -> None:
         self.readers.append(actor)
         self._read_start[actor] = self.engine.now
+        self.engine.set_holding(actor, True)
 
     def _grant(self) -> None:
         """Let in the head of the queue: a writer once nobody is inside, or every
@@ -119,6 +121,7 @@ class MmuLock:
         now = self.engine.now
         self._record_hold(self._hold_start, now - self._hold_start, self.is_vcpu(me))
         self.holder = None
+        self.engine.set_holding(me, False)
         self._grant()
 
     def __enter__(self) -> MmuLock:
@@ -147,6 +150,7 @@ class MmuLock:
         self.readers.remove(me)
         start = self._read_start.pop(me)
         self._record_hold(start, self.engine.now - start, self.is_vcpu(me))
+        self.engine.set_holding(me, False)
         if not self.readers:
             self._grant()
 

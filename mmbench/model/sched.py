@@ -44,9 +44,14 @@ waits for a CPU as the host's scheduler (``sched``) makes it wait:
 A thread that wakes onto a CPU its waker leaves (the SRCU kworker a memslot update
 waits for, and the caller it wakes back) takes that CPU without waiting.
 
-What is not modelled: time sharing outside mmu_lock (a vCPU thread runs at full speed
-whatever the load; the CPU a woken thread takes is not taken from a vCPU), and the lag
-EEVDF keeps across sleeps.
+Outside mmu_lock the runnable threads share the host CPUs (``Engine.rate``, see
+``mmbench.model.engine``): with more of them than CPUs each advances at its fair share,
+and a woken thread's work takes its share from the vCPUs. The tick model here is what
+decides the lock-break; the share is what decides how fast the rest goes.
+
+What is not modelled: the lag EEVDF keeps across sleeps, and the slice-sized steps of
+the real runqueue outside mmu_lock (the model hands out the long-run fair share
+continuously).
 """
 
 from __future__ import annotations
@@ -191,7 +196,7 @@ class Scheduler:
         new slice."""
         wait = self.wakeup_wait_ns()
         if wait:
-            self.engine.sleep(wait)
+            self.engine.wait(wait)
             self.engine.current.slice_start = self.engine.now
 
     def slice_ns(self, nr_on_cpu: int) -> int:
@@ -212,5 +217,5 @@ class Scheduler:
         k = self.per_cpu()
         actor = self.engine.current
         if k > 1:
-            self.engine.sleep((k - 1) * self.slice_ns(k))
+            self.engine.wait((k - 1) * self.slice_ns(k))
         actor.slice_start = self.engine.now

@@ -160,24 +160,46 @@ def measure(
     return cells
 
 
-def _busy_ticks() -> tuple[int, int]:
-    """(all CPUs' busy clock ticks from /proc/stat, this process's own user+system ticks)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    busy = sum(fields) - fields[3] - fields[4]  # everything but idle and iowait
-    with open("/proc/self/stat") as f:
-        own = f.read().rsplit(")", 1)[1].split()
+def busy_ticks(proc_stat: str, self_stat: str) -> tuple[int, int]:
+    """(all CPUs' busy clock ticks, this process's own user+system ticks) from the text of
+    /proc/stat and /proc/self/stat.
+
+    /proc/stat's ``user`` and ``nice`` already include ``guest`` and ``guest_nice``
+    (``account_guest_time()``, kernel/sched/cputime.c, adds guest time to
+    ``CPUTIME_USER``/``CPUTIME_NICE`` and again to ``CPUTIME_GUEST``/``_GUEST_NICE``), so
+    the busy time is user + nice + system + irq + softirq + steal, without the guest
+    columns: summing every column counted the VM's own vCPU time twice, and once more
+    than the process's ``utime`` (which includes its guest time, ``gtime``) takes away,
+    as if other processes had run it."""
+    fields = [int(x) for x in proc_stat.splitlines()[0].split()[1:]]
+    fields += [0] * (8 - len(fields))  # user nice system idle iowait irq softirq steal
+    busy = fields[0] + fields[1] + fields[2] + sum(fields[5:8])
+    own = self_stat.rsplit(")", 1)[1].split()
     return busy, int(own[11]) + int(own[12])  # utime, stime (every thread of the process)
+
+
+def _busy_ticks() -> tuple[int, int]:
+    with open("/proc/stat") as f, open("/proc/self/stat") as g:
+        return busy_ticks(f.read(), g.read())
+
+
+def background_from(
+    before: tuple[int, int], after: tuple[int, int], seconds: float, hz: int
+) -> float:
+    """The CPUs other processes kept busy between two ``busy_ticks`` readings, on average:
+    all busy time less this process's own (its vCPU threads' guest time included)."""
+    (b0, o0), (b1, o1) = before, after
+    return max(0.0, ((b1 - b0) - (o1 - o0)) / hz / max(seconds, 1e-9))
 
 
 def background_cpus(fn: Callable[[], Any]) -> tuple[Any, float]:
     """``fn()`` and the CPUs other processes kept busy meanwhile, on average: the kernel
     times of a shared host are inflated by them, and the model knows nothing of them."""
     hz = os.sysconf("SC_CLK_TCK")
-    t0, (b0, o0) = time.monotonic(), _busy_ticks()
+    t0, before = time.monotonic(), _busy_ticks()
     out = fn()
-    t1, (b1, o1) = time.monotonic(), _busy_ticks()
-    return out, max(0.0, ((b1 - b0) - (o1 - o0)) / hz / max(t1 - t0, 1e-9))
+    t1, after = time.monotonic(), _busy_ticks()
+    return out, background_from(before, after, t1 - t0, hz)
 
 
 def summary(cells: list[Cell]) -> str:
