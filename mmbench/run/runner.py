@@ -7,13 +7,8 @@ the model, so they go to separate processes when there are cores for it.
 
 from __future__ import annotations
 
-import ctypes
-import multiprocessing
 import os
-import signal
-import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,18 +161,9 @@ def execute(
         finally:
             progress.share(None)
     else:
-        cells = board.cells if board else None
-        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init, initargs=(cells,))
-        try:
-            futures = {
-                pool.submit(attempt, req, p, i, slot[(p.label, i)]): (p.label, i) for p, i in tasks
-            }
-            for fut in as_completed(futures):
-                finished(*futures[fut], fut.result())
-        except BaseException:  # Ctrl-C or bad input: stop the others now
-            _terminate_workers(pool)
-            raise
-        pool.shutdown()
+        from mmbench.run import workers  # the process pool: only for parallel runs
+
+        workers.run_parallel(req, tasks, jobs, slot, board.cells if board else None, finished)
     return [_aggregate([done[(p.label, i)] for i in range(req.reps)]) for p in run.policies]
 
 
@@ -199,28 +185,6 @@ def attempt(
         where = f"{notes[-1]}: " if notes else ""
         reason = " ".join(f"{where}{type(exc).__name__}: {exc}".split())
         return {"policy": policy.label, "arch": req.arch, "backend": req.backend, "failed": reason}
-
-
-def _worker_init(cells: Any = None) -> None:
-    """A worker must not outlive a killed ``mmbench run`` (SIGKILL, OOM), and Ctrl-C is
-    the parent's to handle: a terminal sends SIGINT to the whole process group, and a
-    worker that caught it would only report a KeyboardInterrupt and take the next task.
-    ``cells``: the progress board it writes to (None: no one watches)."""
-    progress.share(cells)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform == "linux":
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-def _terminate_workers(pool: ProcessPoolExecutor) -> None:
-    """Drop the queued tasks and end the running ones at once: their results would be
-    thrown away (nothing of an interrupted run is saved), so waiting only delays exit."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    for child in multiprocessing.active_children():
-        child.terminate()
-    for child in multiprocessing.active_children():
-        child.join(timeout=5)
 
 
 def _aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
