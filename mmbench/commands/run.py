@@ -324,9 +324,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         started = time.monotonic()
         if not as_json and sys.stderr.isatty():  # a terminal only: never in pipes or --json
             with _Bar(resolved) as bar:
-                results = execute(resolved, board=bar.board)
+                results = execute(resolved, board=bar.board, while_waiting=store.prepare)
         else:
-            results = execute(resolved)
+            results = execute(resolved, while_waiting=store.prepare)
         info = resolved.workload.metrics
         results = record_mod.typed_results(results, info)
         record = {

@@ -133,11 +133,13 @@ def execute(
     run: ResolvedRun,
     progress_: Callable[[str], None] | None = None,
     board: progress.Board | None = None,
+    while_waiting: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every repetition of every policy, in parallel processes when several cores are
     free; return one result per policy with the mean metrics and every repetition's.
     ``progress_(label)`` hears of each finished task; ``board`` gets every task's passes
-    as they happen (``tasks_of`` order)."""
+    as they happen (``tasks_of`` order). ``while_waiting()``: work of the caller's to do in
+    this process while worker processes run the tasks (not called when they run here)."""
     req = run.request
     tasks = tasks_of(run)
     jobs = req.jobs or min(len(tasks), os.cpu_count() or 1)
@@ -163,7 +165,8 @@ def execute(
     else:
         from mmbench.run import workers  # the process pool: only for parallel runs
 
-        workers.run_parallel(req, tasks, jobs, slot, board.cells if board else None, finished)
+        cells = board.cells if board else None
+        workers.run_parallel(req, tasks, jobs, slot, cells, finished, while_waiting)
     return [_aggregate([done[(p.label, i)] for i in range(req.reps)]) for p in run.policies]
 
 

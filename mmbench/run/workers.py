@@ -7,10 +7,12 @@ or ``--help`` does not need.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
@@ -27,20 +29,33 @@ def run_parallel(
     slot: dict[tuple[str, int], int | None],
     cells: Any,
     finished: Callable[[str, int, dict[str, Any]], None],
+    while_waiting: Callable[[], None] | None = None,
 ) -> None:
     """Every task on a pool of ``jobs`` processes; ``finished(label, rep, result)`` as each
-    ends. ``cells``: the progress board's shared slots (None: no one watches)."""
+    ends. ``cells``: the progress board's shared slots (None: no one watches).
+    ``while_waiting()`` runs in a thread of this process once the workers exist (a fork
+    pool starts them all at the first submit, so no thread is forked mid-import); it
+    would otherwise be idle until the first result."""
     pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init, initargs=(cells,))
     try:
         futures = {
             pool.submit(attempt, req, p, i, slot[(p.label, i)]): (p.label, i) for p, i in tasks
         }
+        if while_waiting is not None:
+            threading.Thread(target=_quietly, args=(while_waiting,), daemon=True).start()
         for fut in as_completed(futures):
             finished(*futures[fut], fut.result())
     except BaseException:  # Ctrl-C or bad input: stop the others now
         _terminate_workers(pool)
         raise
     pool.shutdown()
+
+
+def _quietly(work: Callable[[], None]) -> None:
+    """Ahead-of-time work: a failure is left to the caller, who does the work again when
+    it needs the result and reports it there."""
+    with contextlib.suppress(Exception):
+        work()
 
 
 def _worker_init(cells: Any = None) -> None:
