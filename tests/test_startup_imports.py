@@ -25,6 +25,7 @@ NEVER_AT_REGISTRATION = {
     "pydantic_core",
     "jsonschema",  # a record stored or read
     "numpy.ma",
+    "mmbench.report.plots",  # the drawing code: mmbench plot and --plot only
 }
 
 
