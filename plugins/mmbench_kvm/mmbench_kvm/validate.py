@@ -161,10 +161,15 @@ def measure(
 
 
 def _busy_ticks() -> tuple[int, int]:
-    """(all CPUs' busy clock ticks from /proc/stat, this process's own user+system ticks)."""
+    """(all CPUs' busy clock ticks from /proc/stat, this process's own user+system ticks).
+
+    /proc/stat's ``guest`` and ``guest_nice`` (fields 9-10) are already counted in ``user``
+    and ``nice`` (``account_guest_time()`` charges both), so they are left out: counted
+    twice, this process's own vCPU time showed as other processes' load (over the CPU
+    count, under load)."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
-    busy = sum(fields) - fields[3] - fields[4]  # everything but idle and iowait
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user..steal but idle and iowait
     with open("/proc/self/stat") as f:
         own = f.read().rsplit(")", 1)[1].split()
     return busy, int(own[11]) + int(own[12])  # utime, stime (every thread of the process)
