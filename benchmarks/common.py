@@ -64,3 +64,21 @@ def resolved(result: dict) -> dict:
 
 def have_dev_kvm() -> bool:
     return os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def mmbench_cli(args: list[str], env: dict[str, str] | None = None) -> None:
+    """``mmbench ARGS`` as a user types it: a fresh interpreter (``python -m mmbench``),
+    output discarded; a failure raises with the command's last stderr line."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mmbench", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"mmbench {' '.join(args)}: exit {done.returncode}: {last}")

@@ -252,7 +252,7 @@ def test_trace_hooks_shows_the_arch_default_answering(runs_dir):
 
 
 def test_the_kvm_backend_finds_the_runs_policy_through_the_facade():
-    from mmbench_kvm.backend import run_monitors, run_policy_name
+    from mmbench_kvm.kvm_vm import run_monitors, run_policy_name
 
     run = assemble("zap-slot", check=True)  # the sim VM; only the run's hooks matter here
     assert run_policy_name(run.hooks) == "zap-slot"

@@ -23,7 +23,7 @@ from mmbench.model.sched import (
     PREEMPT_MODELS,
     SCHEDULERS,
 )
-from mmbench.report import environment, plots, store
+from mmbench.report import environment, store
 from mmbench.report import record as record_mod
 from mmbench.report.compare import compare, render_terminal
 from mmbench.run.config import load_config
@@ -318,15 +318,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     name = getattr(args, "name", None) or (f"{req.workload}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}")
     plot_to = getattr(args, "plot", None)
     if plot_to:
+        from mmbench.report import plots  # drawing code: only for --plot
+
         plots.check_out(plot_to, "--plot")
     as_json = bool(getattr(args, "json", False))
     with store.reserve(root, name) as slot:  # name and runs dir checked before the run
         started = time.monotonic()
         if not as_json and sys.stderr.isatty():  # a terminal only: never in pipes or --json
             with _Bar(resolved) as bar:
-                results = execute(resolved, board=bar.board)
+                results = execute(resolved, board=bar.board, while_waiting=store.prepare)
         else:
-            results = execute(resolved)
+            results = execute(resolved, while_waiting=store.prepare)
         info = resolved.workload.metrics
         results = record_mod.typed_results(results, info)
         record = {
@@ -354,6 +356,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         run_dir = slot.save(record)
     if plot_to:
+        from mmbench.report import plots
+
         plots.plot_runs([record], None, plot_to)
     if as_json:
         print(json.dumps(record_mod.run_document(record), indent=1))

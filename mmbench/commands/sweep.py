@@ -15,7 +15,7 @@ from typing import Any
 
 from mmbench.commands.parsing import int_at_least, nonempty, positive_int
 from mmbench.errors import ConfigError
-from mmbench.report import plots, store
+from mmbench.report import store
 from mmbench.sweep import MAX_POINTS
 
 _SCHEDULER = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$")
@@ -222,6 +222,8 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
     if args.y and not args.x:
         raise ConfigError("--y", "needs --x (a heatmap is over two keys)")
     if args.out:
+        from mmbench.report import plots
+
         plots.check_out(args.out)
         if not args.x:
             raise ConfigError("--out", "needs --x (the key to draw the metric against)")

@@ -42,7 +42,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mmbench.workloads.host_unmap",
     "mmbench.workloads.memslot_perf",
     "mmbench.monitors.invariants",
-    "mmbench.report.plots",
+    "mmbench.report.plot_command",
 )
 BLOCK_ENV = "MMBENCH_BLOCK_PLUGINS"
 KINDS = ("policy", "arch", "workload", "monitor", "backend", "command")

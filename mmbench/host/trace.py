@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import pluggy
 
 from mmbench.host.hookspecs import TRACE_ENV
@@ -32,7 +31,8 @@ def brief(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):  # every implementation's result
         return "[" + ", ".join(brief(v) for v in value) + "]"
-    if isinstance(value, np.ndarray):
+    np = sys.modules.get("numpy")  # not imported: nothing can be an ndarray (start-up)
+    if np is not None and isinstance(value, np.ndarray):
         return f"ndarray[{value.size}]"
     ident = getattr(value, "id", None)
     label = type(value).__name__

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mmbench.errors import ConfigError
 from mmbench.yamlfile import load_yaml
 
@@ -189,6 +187,8 @@ class CostTable:
         return {k: c.range for k, c in self.costs.items() if c.range is not None}
 
     def to_yaml(self) -> str:
+        import yaml  # PyYAML only when a table is written or read (start-up)
+
         return yaml.safe_dump(
             {
                 "name": self.name,

@@ -12,7 +12,6 @@ fact carries its own time as ``t_ns``; ``--x FIELD`` puts another field on the x
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import tempfile
@@ -23,10 +22,7 @@ from typing import Any
 import numpy as np
 
 from mmbench.errors import ConfigError
-from mmbench.host.hookspecs import hookimpl
-from mmbench.report import store
-
-KINDS = ("line", "hist", "cdf", "bars")
+from mmbench.report.plot_command import KINDS
 
 # what a KVM developer calls each series, and its unit
 LABELS: dict[str, tuple[str, str]] = {
@@ -627,48 +623,3 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-class PlotCommand:
-    """Draw stored runs' time series (sp count, faults, time per pass...) to a PNG."""
-
-    name = "plot"
-    help = "plot stored runs' time series to a PNG"
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("runs", nargs="+", metavar="RUN", help="stored run names")
-        parser.add_argument(
-            "--series",
-            action="append",
-            metavar="NAME[.FIELD]",
-            help="series to draw, one panel each (default: the workload's, e.g."
-            " mmu_used_pages and pf_fixed for mmu-pressure); repeat for more",
-        )
-        parser.add_argument("--out", required=True, metavar="FILE.png", help="PNG to write")
-        parser.add_argument(
-            "--kind",
-            default="line",
-            choices=KINDS,
-            help="line (over time), hist or cdf (distribution of per-event fields, every"
-            " repetition pooled) or bars (per-phase times; --series names metrics, default:"
-            " the workload's phases)",
-        )
-        parser.add_argument("--title", help="figure title (default: workload and parameters)")
-        parser.add_argument("--window", metavar="START:END", help="only this time span (ms)")
-        parser.add_argument(
-            "--x", metavar="FIELD", help="x axis: a field of the events (e.g. index), not time"
-        )
-        parser.add_argument("--runs-dir", help=f"default: ${store.RUNS_DIR_ENV} or work/log")
-
-    def run(self, args: argparse.Namespace) -> int:
-        root = store.runs_dir(args.runs_dir)
-        records = store.load_same_workload(root, args.runs)
-        window = parse_window(args.window)
-        path = plot_runs(records, args.series, args.out, args.kind, args.title, window, args.x)
-        print(f"wrote {path}")
-        return 0
-
-
-@hookimpl
-def mmbench_register_commands(register):
-    register(PlotCommand)

@@ -163,6 +163,12 @@ def _validator() -> Any:
     return jsonschema.validators.validator_for(schema)(schema)
 
 
+def prepare() -> None:
+    """Build the schema validator now (jsonschema's import is 0.1-0.3 s here): a parallel
+    run's parent calls it while its workers compute, so that ``save`` finds it built."""
+    _validator()
+
+
 def validate(record: Any, name: str) -> None:
     """Raise DamagedRun naming the first field that breaks the schema."""
     from jsonschema.exceptions import best_match

@@ -9,7 +9,6 @@ measurable; nothing is sent over pipes and nothing is written when no one watche
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,8 @@ class Board:
     """``(done, total)`` per task, in memory shared with the worker processes."""
 
     def __init__(self, tasks: int) -> None:
+        import multiprocessing  # a bar is drawn: only then (start-up of every other run)
+
         self.cells = multiprocessing.Array("d", 2 * tasks, lock=False)
         self.tasks = tasks
 

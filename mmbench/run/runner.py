@@ -7,13 +7,8 @@ the model, so they go to separate processes when there are cores for it.
 
 from __future__ import annotations
 
-import ctypes
-import multiprocessing
 import os
-import signal
-import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,11 +133,13 @@ def execute(
     run: ResolvedRun,
     progress_: Callable[[str], None] | None = None,
     board: progress.Board | None = None,
+    while_waiting: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every repetition of every policy, in parallel processes when several cores are
     free; return one result per policy with the mean metrics and every repetition's.
     ``progress_(label)`` hears of each finished task; ``board`` gets every task's passes
-    as they happen (``tasks_of`` order)."""
+    as they happen (``tasks_of`` order). ``while_waiting()``: work of the caller's to do in
+    this process while worker processes run the tasks (not called when they run here)."""
     req = run.request
     tasks = tasks_of(run)
     jobs = req.jobs or min(len(tasks), os.cpu_count() or 1)
@@ -166,18 +163,10 @@ def execute(
         finally:
             progress.share(None)
     else:
+        from mmbench.run import workers  # the process pool: only for parallel runs
+
         cells = board.cells if board else None
-        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init, initargs=(cells,))
-        try:
-            futures = {
-                pool.submit(attempt, req, p, i, slot[(p.label, i)]): (p.label, i) for p, i in tasks
-            }
-            for fut in as_completed(futures):
-                finished(*futures[fut], fut.result())
-        except BaseException:  # Ctrl-C or bad input: stop the others now
-            _terminate_workers(pool)
-            raise
-        pool.shutdown()
+        workers.run_parallel(req, tasks, jobs, slot, cells, finished, while_waiting)
     return [_aggregate([done[(p.label, i)] for i in range(req.reps)]) for p in run.policies]
 
 
@@ -199,28 +188,6 @@ def attempt(
         where = f"{notes[-1]}: " if notes else ""
         reason = " ".join(f"{where}{type(exc).__name__}: {exc}".split())
         return {"policy": policy.label, "arch": req.arch, "backend": req.backend, "failed": reason}
-
-
-def _worker_init(cells: Any = None) -> None:
-    """A worker must not outlive a killed ``mmbench run`` (SIGKILL, OOM), and Ctrl-C is
-    the parent's to handle: a terminal sends SIGINT to the whole process group, and a
-    worker that caught it would only report a KeyboardInterrupt and take the next task.
-    ``cells``: the progress board it writes to (None: no one watches)."""
-    progress.share(cells)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform == "linux":
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-def _terminate_workers(pool: ProcessPoolExecutor) -> None:
-    """Drop the queued tasks and end the running ones at once: their results would be
-    thrown away (nothing of an interrupted run is saved), so waiting only delays exit."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    for child in multiprocessing.active_children():
-        child.terminate()
-    for child in multiprocessing.active_children():
-        child.join(timeout=5)
 
 
 def _aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:

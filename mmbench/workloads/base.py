@@ -40,18 +40,34 @@ class Param:
     def field(self) -> str:
         return "/".join(self.cli)
 
-    @cached_property
-    def _validator(self) -> Any:
-        """A pydantic ``TypeAdapter`` (imported on first use: ``mmbench list`` needs none)."""
-        from pydantic import Field, TypeAdapter
-
+    def rules(self) -> dict[str, Any]:
+        """The declaration as pydantic constraints: bounds, finite floats, non-empty strings."""
         bounds = {"ge": self.min, "gt": self.above, "le": self.max}
         rules: dict[str, Any] = {k: v for k, v in bounds.items() if v is not None}
         if self.type is float:
             rules["allow_inf_nan"] = False
         if self.type is str:
             rules["min_length"] = 1
-        return TypeAdapter(Annotated[self.type, Field(strict=True, **rules)])
+        return rules
+
+    @cached_property
+    def _validator(self) -> Any:
+        """A ``pydantic_core.SchemaValidator`` of the strict core schema that pydantic's
+        ``TypeAdapter(Annotated[type, Field(strict=True, **rules)])`` builds for int,
+        float, str and bool (``tests/test_param_validation.py`` checks they are equal and
+        answer alike), without importing pydantic's model machinery: 0.06 s against
+        0.19 s at start-up here. Other types go through the ``TypeAdapter`` itself."""
+        rules = self.rules()
+        bounded = bool(rules.keys() & {"ge", "gt", "le"})
+        kinds = {int: "int", float: "float", str: "str", bool: "bool"}
+        kind = kinds.get(self.type)
+        if kind is None or (bounded and kind in ("str", "bool")):
+            from pydantic import Field, TypeAdapter
+
+            return TypeAdapter(Annotated[self.type, Field(strict=True, **rules)]).validator
+        from pydantic_core import SchemaValidator
+
+        return SchemaValidator({"type": kind, "strict": True, **rules})  # type: ignore[misc]
 
     def show(self, value: Any) -> str:
         """A value as the user would type it: sizes with units, addresses in hex."""
@@ -110,7 +126,7 @@ class Param:
                 value = parse(raw)
             except (TypeError, ValueError, OverflowError):
                 raise ConfigError(self.field, f"expected {expects}, got {raw!r}") from None
-        from pydantic import ValidationError
+        from pydantic_core import ValidationError
 
         try:
             return self._validator.validate_python(value)

@@ -18,7 +18,7 @@ from conftest import mmbench, skip_module_without_dev_kvm
 
 skip_module_without_dev_kvm()
 
-from mmbench_kvm import backend as kvm_backend  # noqa: E402
+from mmbench_kvm import kvm_vm as kvm_backend  # noqa: E402
 
 from mmbench.backends.vmapi import SlotSpec, VmSpec  # noqa: E402
 from mmbench.errors import BackendError, ConfigError  # noqa: E402

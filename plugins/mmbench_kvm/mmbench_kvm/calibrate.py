@@ -47,9 +47,9 @@ from mmbench.errors import ConfigError
 from mmbench.report.environment import collect as collect_environment
 
 from . import ioctls as k
-from .backend import check_host_memory
 from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
 from .hostkernel import host_kernel
+from .kvm_vm import check_host_memory
 from .system import KvmSystem
 from .tracing import TraceInstance
 from .vcpu import Vcpu
@@ -57,7 +57,7 @@ from .vm import Vm
 
 MiB = 1 << 20
 ROM_BYTES = 128 * 1024
-DEFAULT_FIT_SIZES_MB = (32, 64, 128)
+# DEFAULT_FIT_SIZES_MB (the sizes calibrate fits on) is in commands.py, with its flags
 DELETE_REPEATS = 5  # SRCU grace periods make single memslot deletes noisy
 
 
@@ -437,73 +437,50 @@ def parse_sizes(text: str, field: str) -> list[int]:
     return sizes
 
 
-class Calibrate:
-    """Fit the x86-shadow cost table to this host's KVM; write it for ``--costs``."""
+def calibrate(args: argparse.Namespace) -> int:
+    """`mmbench calibrate` (the flags are in commands.py)."""
+    from mmbench.host.manager import get_host
 
-    name = "calibrate"
-    help = "measure /dev/kvm and write a fitted x86-shadow cost table (YAML, for --costs)"
+    from .backend import KvmBackend
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--sizes-mb",
-            default=",".join(map(str, DEFAULT_FIT_SIZES_MB)),
-            help="guest sizes to fit on, MiB (default: %(default)s)",
+    sizes = parse_sizes(args.sizes_mb, "--sizes-mb")
+    if not 1 <= args.reps <= 100:
+        raise ConfigError("--reps", f"must be 1..100 (got {args.reps})")
+    ok, why = KvmBackend().available()
+    if not ok:
+        raise ConfigError("calibrate", f"needs the kvm backend, unavailable here: {why}")
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise ConfigError("--output", f"directory {out.parent} does not exist")
+    defaults = get_host().registry.get("arch", "x86-shadow").costs
+    trace = _tracer()
+    try:
+        with KvmSystem() as system:
+            per_rep = [measure(system, sizes, trace) for _ in range(args.reps)]
+    finally:
+        if trace:
+            trace.close()
+    fits = [fit(rep, defaults) for rep in per_rep]
+    costs = estimate([c for c, _ in fits])
+    errors = {g: float(np.median([e[g] for _, e in fits])) for g in fits[0][1]}
+    samples = [s for rep in per_rep for s in rep]
+    doc = cost_table_yaml(costs, errors, samples, sizes, args.reps)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    tmp.replace(out)
+    print(
+        f"calibrated on {', '.join(map(str, sizes))} MiB guests, {args.reps} repetitions"
+        f" ({len(samples)} runs); each cost: median of the repetitions' fits, 95% CI"
+    )
+    for name, est in costs.items():
+        old = defaults[name].ns
+        ci = (
+            f"[{est.ci[0]:9.1f} .. {est.ci[1]:9.1f}] +-{_half_width(est):4.0%}"
+            if est.ci
+            else "(one repetition: no CI)"
         )
-        parser.add_argument(
-            "--reps",
-            "--repeat",
-            dest="reps",
-            type=int,
-            default=3,
-            help="repetitions of every experiment, each fitted on its own (%(default)s)",
-        )
-        parser.add_argument(
-            "-o", "--output", default="costs-kvm.yaml", help="cost table file (%(default)s)"
-        )
-
-    def run(self, args: argparse.Namespace) -> int:
-        from mmbench.host.manager import get_host
-
-        from .backend import KvmBackend
-
-        sizes = parse_sizes(args.sizes_mb, "--sizes-mb")
-        if not 1 <= args.reps <= 100:
-            raise ConfigError("--reps", f"must be 1..100 (got {args.reps})")
-        ok, why = KvmBackend().available()
-        if not ok:
-            raise ConfigError("calibrate", f"needs the kvm backend, unavailable here: {why}")
-        out = Path(args.output)
-        if not out.parent.is_dir():
-            raise ConfigError("--output", f"directory {out.parent} does not exist")
-        defaults = get_host().registry.get("arch", "x86-shadow").costs
-        trace = _tracer()
-        try:
-            with KvmSystem() as system:
-                per_rep = [measure(system, sizes, trace) for _ in range(args.reps)]
-        finally:
-            if trace:
-                trace.close()
-        fits = [fit(rep, defaults) for rep in per_rep]
-        costs = estimate([c for c, _ in fits])
-        errors = {g: float(np.median([e[g] for _, e in fits])) for g in fits[0][1]}
-        samples = [s for rep in per_rep for s in rep]
-        doc = cost_table_yaml(costs, errors, samples, sizes, args.reps)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-        tmp.replace(out)
-        print(
-            f"calibrated on {', '.join(map(str, sizes))} MiB guests, {args.reps} repetitions"
-            f" ({len(samples)} runs); each cost: median of the repetitions' fits, 95% CI"
-        )
-        for name, est in costs.items():
-            old = defaults[name].ns
-            ci = (
-                f"[{est.ci[0]:9.1f} .. {est.ci[1]:9.1f}] +-{_half_width(est):4.0%}"
-                if est.ci
-                else "(one repetition: no CI)"
-            )
-            print(f"  {name:<15} {est.ns:>10.1f} ns  {ci}   (default {old:g} ns)")
-        print("  fit rms error (median): " + ", ".join(f"{k} {v:.1%}" for k, v in errors.items()))
-        print("  not fitted: " + "; ".join(f"{k} ({v})" for k, v in NOT_FITTED.items()))
-        print(f"wrote {out}")
-        return 0
+        print(f"  {name:<15} {est.ns:>10.1f} ns  {ci}   (default {old:g} ns)")
+    print("  fit rms error (median): " + ", ".join(f"{k} {v:.1%}" for k, v in errors.items()))
+    print("  not fitted: " + "; ".join(f"{k} ({v})" for k, v in NOT_FITTED.items()))
+    print(f"wrote {out}")
+    return 0

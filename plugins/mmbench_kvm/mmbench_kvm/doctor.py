@@ -12,9 +12,10 @@ from mmbench.report.environment import kvm_modules_loaded
 
 from . import ioctls as k
 from . import knobs
-from .backend import KvmBackend, mem_available
+from .backend import KvmBackend
 from .errors import KvmError
 from .guest import GuestLayout
+from .kvm_vm import mem_available
 from .system import KvmSystem
 
 MiB = 1 << 20
@@ -125,16 +126,8 @@ def _lines(f: dict[str, Any]) -> list[str]:
     return out
 
 
-class Doctor:
-    """What the host supports for mmbench's kvm backend, and why something is unavailable."""
-
-    name = "doctor"
-    help = "what this host's /dev/kvm supports (backend kvm, policies, native guest)"
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--json", action="store_true", help="print the facts as JSON")
-
-    def run(self, args: argparse.Namespace) -> int:
-        facts = diagnose()
-        print(json.dumps(facts, indent=1) if args.json else "\n".join(_lines(facts)))
-        return 0
+def doctor(args: argparse.Namespace) -> int:
+    """`mmbench doctor` (the flags are in commands.py)."""
+    facts = diagnose()
+    print(json.dumps(facts, indent=1) if args.json else "\n".join(_lines(facts)))
+    return 0

@@ -34,7 +34,7 @@ from mmbench.run import assemble
 from .hostkernel import host_kernel, model_config
 from .scenarios import SCENARIOS, Scenario
 
-DEFAULT_SIZES_MB = (256, 1024)
+# DEFAULT_SIZES_MB (the sizes validate runs) is in commands.py, with its flags
 TOLERANCE_PCT = 25.0  # a cell is inside when |model - kernel median| <= 25% of the median
 FORMATS = ("text", "markdown", "json")
 REPORT_FORMAT = 2  # version of ``validate --format json`` (2: cells with spread, summary)
@@ -285,84 +285,53 @@ def render(cells: list[Cell], fmt: str, header: dict[str, Any]) -> str:
     return "\n".join([*out, summary(cells), *notes])
 
 
-class Validate:
-    """The model (with a calibrated table) against the kernel: a fidelity report."""
+def validate(args: argparse.Namespace) -> int:
+    """`mmbench validate` (the flags are in commands.py)."""
+    from .backend import KvmBackend
 
-    name = "validate"
-    help = "fidelity report: the model (--costs from calibrate) vs /dev/kvm, every scenario"
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--costs",
-            default="costs-kvm.yaml",
-            metavar="FILE",
-            help="cost table from mmbench calibrate (%(default)s)",
-        )
-        parser.add_argument(
+    fmt = "json" if args.json else args.format
+    if fmt not in FORMATS:
+        raise ConfigError("--format", f"must be one of {', '.join(FORMATS)} (got {fmt!r})")
+    sizes = parse_sizes(args.sizes_mb)
+    names = list(dict.fromkeys(s.name for s in SCENARIOS))
+    unknown = [n for n in args.scenario or () if n not in names]
+    if unknown:
+        raise ConfigError("--scenario", f"unknown {unknown[0]!r} (allowed: {', '.join(names)})")
+    chosen = tuple(s for s in SCENARIOS if not args.scenario or s.name in args.scenario)
+    path = Path(args.costs)
+    get_host().registry.get("arch", "x86-shadow").costs.with_overrides(path)  # checks it
+    cal = (yaml.safe_load(path.read_text()) or {}).get("calibration") or {}
+    fitted = set(cal.get("sizes_mb") or [])
+    if fitted & set(sizes):
+        raise ConfigError(
             "--sizes-mb",
-            default=",".join(map(str, DEFAULT_SIZES_MB)),
-            help="guest sizes, MiB, not among the calibration's (default: %(default)s)",
+            f"{sorted(fitted & set(sizes))} MiB were used for fitting {path};"
+            f" choose sizes other than {sorted(fitted)}",
         )
-        parser.add_argument(
-            "--repeat", type=int, default=3, help="kernel runs per cell (%(default)s)"
-        )
-        parser.add_argument(
-            "--scenario",
-            action="append",
-            metavar="NAME",
-            help="only these scenarios (repeatable; default: all: "
-            + ", ".join(dict.fromkeys(s.name for s in SCENARIOS))
-            + ")",
-        )
-        parser.add_argument("--format", default="text", help="text, markdown or json")
-        parser.add_argument("--json", action="store_true", help="same as --format json")
-
-    def run(self, args: argparse.Namespace) -> int:
-        from .backend import KvmBackend
-
-        fmt = "json" if args.json else args.format
-        if fmt not in FORMATS:
-            raise ConfigError("--format", f"must be one of {', '.join(FORMATS)} (got {fmt!r})")
-        sizes = parse_sizes(args.sizes_mb)
-        names = list(dict.fromkeys(s.name for s in SCENARIOS))
-        unknown = [n for n in args.scenario or () if n not in names]
-        if unknown:
-            raise ConfigError("--scenario", f"unknown {unknown[0]!r} (allowed: {', '.join(names)})")
-        chosen = tuple(s for s in SCENARIOS if not args.scenario or s.name in args.scenario)
-        path = Path(args.costs)
-        get_host().registry.get("arch", "x86-shadow").costs.with_overrides(path)  # checks it
-        cal = (yaml.safe_load(path.read_text()) or {}).get("calibration") or {}
-        fitted = set(cal.get("sizes_mb") or [])
-        if fitted & set(sizes):
-            raise ConfigError(
-                "--sizes-mb",
-                f"{sorted(fitted & set(sizes))} MiB were used for fitting {path};"
-                f" choose sizes other than {sorted(fitted)}",
-            )
-        if args.repeat < 1:
-            raise ConfigError("--repeat", f"must be >= 1 (got {args.repeat})")
-        ok, why = KvmBackend().available()
-        if not ok:
-            raise ConfigError("validate", f"needs the kvm backend, unavailable here: {why}")
-        here = host_kernel()
-        kernel = model_config(cal.get("host_kernel") or here)
-        background: list[float] = []
-        cells = measure(sizes, str(path), args.repeat, kernel, chosen, background)
-        header = {
-            "costs": str(path),
-            "fit_sizes_mb": sorted(fitted),
-            "kernel": here,
-            "release": platform.release(),
-            "model_kernel": kernel.as_dict(),
-            "repeat": args.repeat,
-            "background_cpus": {
-                "median": round(float(np.median(background)), 2),
-                "max": round(max(background), 2),
-            },
-        }
-        if fmt == "json":
-            doc = {"format": REPORT_FORMAT, **header, "summary": summary(cells)}
-            print(json.dumps({**doc, "cells": [c.as_dict() for c in cells]}))
-        else:
-            print(render(cells, fmt, header))
-        return 0
+    if args.repeat < 1:
+        raise ConfigError("--repeat", f"must be >= 1 (got {args.repeat})")
+    ok, why = KvmBackend().available()
+    if not ok:
+        raise ConfigError("validate", f"needs the kvm backend, unavailable here: {why}")
+    here = host_kernel()
+    kernel = model_config(cal.get("host_kernel") or here)
+    background: list[float] = []
+    cells = measure(sizes, str(path), args.repeat, kernel, chosen, background)
+    header = {
+        "costs": str(path),
+        "fit_sizes_mb": sorted(fitted),
+        "kernel": here,
+        "release": platform.release(),
+        "model_kernel": kernel.as_dict(),
+        "repeat": args.repeat,
+        "background_cpus": {
+            "median": round(float(np.median(background)), 2),
+            "max": round(max(background), 2),
+        },
+    }
+    if fmt == "json":
+        doc = {"format": REPORT_FORMAT, **header, "summary": summary(cells)}
+        print(json.dumps({**doc, "cells": [c.as_dict() for c in cells]}))
+    else:
+        print(render(cells, fmt, header))
+    return 0

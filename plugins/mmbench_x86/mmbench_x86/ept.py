@@ -11,7 +11,6 @@ The defaults (FIFO reclaim, ``kvm_mmu_zap_all`` at teardown) are x86-shadow's.
 from __future__ import annotations
 
 from mmbench.model.kvm import Kvm
-from mmbench.model.shadow.direct import DirectMmu, build_direct_tables
 from mmbench_x86.ept_costs import X86_EPT_BARE_METAL
 from mmbench_x86.shadow import PTE_PREFETCH_NUM, X86Shadow
 
@@ -33,6 +32,9 @@ class X86Ept(X86Shadow):
     def setup(self, kvm: Kvm, areas_per_vcpu: list[list[tuple[int, int]]], pt_gfn: int) -> None:
         """Build the direct tables over every area a vCPU touches and the MMU state;
         the guest's own page tables (from ``pt_gfn``) are not KVM's concern with EPT."""
+        # the direct MMU is imported by the runs that use it, not by plugin discovery
+        from mmbench.model.shadow.direct import DirectMmu, build_direct_tables
+
         tables = build_direct_tables(areas_per_vcpu, EPT_LEVELS)
         host_level = 1
         if kvm.huge_pages:
