@@ -18,7 +18,8 @@ NEVER_AT_REGISTRATION = {
     "mmbench_kvm.validate",
     "mmbench.model.shadow.direct",  # x86-ept's MMU: in X86Ept.setup
     "mmbench.run.workers",  # the process pool: parallel runs only
-    "concurrent.futures",
+    # (not concurrent.futures: asyncio imports it, and pydantic_core 2.46's typing_extensions
+    # 4.15 imports asyncio, so whether it shows depends on the installed versions)
     "multiprocessing",
     "yaml",  # a YAML file read or written
     "pydantic",  # parameter checks use pydantic_core, and only when a value is given

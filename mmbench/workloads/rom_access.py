@@ -377,7 +377,8 @@ class RomAccess:
         # one cat's remaps summed: bincount over the cat index, the running cats kept
         per_cat = np.bincount(cat[~idle], weights=acc.sum(axis=1)) if len(acc) else acc
         per_cat_sptes = np.bincount(cat[running], weights=zapped[running, 1])
-        running_cats = np.unique(cat[running])
+        # the cats present in each set (np.unique would import numpy.ma: see quantiles)
+        running_cats = np.flatnonzero(np.bincount(cat[running]))
         st = vm.stats()
         for r in vm.passes:
             vm.event("pass", vcpu=r.vcpu, index=r.index, ms=r.ms, t_ns=r.end_ns)
@@ -388,9 +389,7 @@ class RomAccess:
             "memslot_delete_p50_ms": float(median(steady)) if len(steady) else -1.0,
             "memslot_delete_p99_ms": float(percentile(steady, 99)) if len(steady) else -1.0,
             "memslot_delete_max_ms": float(steady.max()) if len(steady) else -1.0,
-            "memslot_delete_first_p50_ms": (
-                float(np.median(first_steady)) if len(first_steady) else -1.0
-            ),
+            "memslot_delete_first_p50_ms": (median(first_steady) if len(first_steady) else -1.0),
             "memslot_delete_populating_ms": (
                 float(median(every[populating, 2])) if populating.any() else -1.0
             ),
@@ -402,9 +401,11 @@ class RomAccess:
                 float(per_cat_sptes[running_cats].mean()) if len(running_cats) else 0.0
             ),
             "memslot_add_ms": float(acc[:, 0].mean()) if len(acc) else 0.0,
-            "rom_access_ms": float(per_cat[np.unique(cat[~idle])].mean()) if len(acc) else 0.0,
+            "rom_access_ms": (
+                float(per_cat[np.flatnonzero(np.bincount(cat[~idle]))].mean()) if len(acc) else 0.0
+            ),
             "rom_reads": len(every),
-            "rom_cats": len(np.unique(cat)),
+            "rom_cats": int(np.count_nonzero(np.bincount(cat))),
             "refaults": sum(r.faults for r in warm),
         }
         named = {
