@@ -29,13 +29,8 @@ class AdapterParam(Param):
     def _validator(self) -> Any:
         from pydantic import Field, TypeAdapter
 
-        bounds = {"ge": self.min, "gt": self.above, "le": self.max}
-        rules: dict[str, Any] = {k: v for k, v in bounds.items() if v is not None}
-        if self.type is float:
-            rules["allow_inf_nan"] = False
-        if self.type is str:
-            rules["min_length"] = 1
-        return TypeAdapter(Annotated[self.type, Field(strict=True, **rules)])
+        # the same constraints; what differs is the route from them to a validator
+        return TypeAdapter(Annotated[self.type, Field(strict=True, **self.rules())])
 
 
 def declared() -> list[tuple[str, Param]]:
