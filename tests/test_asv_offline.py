@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -45,11 +46,14 @@ def node_modules() -> Path:
 
 
 def _asv(tmp_path: Path, *args: str) -> None:
+    """asv with ``tmp_path`` as HOME: its machine file (``~/.asv-machine.json``) is made
+    there, so a fresh machine needs none and the user's is left alone."""
     proc = subprocess.run(
         [sys.executable, "-m", "asv", *args, "--config", str(tmp_path / "asv.conf.json")],
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "HOME": str(tmp_path)},
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
@@ -99,6 +103,7 @@ def test_published_asv_html_renders_graphs_offline(tmp_path, node_modules):
         "html_dir": str(tmp_path / "html"),
     }
     (tmp_path / "asv.conf.json").write_text(json.dumps(conf))
+    _asv(tmp_path, "machine", "--yes")
     _asv(tmp_path, "run", "--python=same", "--quick", f"--set-commit-hash={head}",
          "--bench", "ReclaimModelled.track_faults")  # fmt: skip
     _asv(tmp_path, "publish")
