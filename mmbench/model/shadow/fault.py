@@ -196,8 +196,33 @@ class ShadowFault(ShadowReclaim):
         sp = int(self.gpt_sp[gpt])
         if self.valid1(sp):
             return sp, False
-        sps, k = self.kvm_mmu_get_pages(np.array([gpt]))
-        return int(sps[0]), bool(k)
+        return self._alloc_sp(gpt), True
+
+    def _alloc_sp(self, gpt: int) -> int:
+        """``_alloc_sps`` for one gpt, on scalars (the upper levels of a path are
+        allocated one at a time, where array calls would cost more than the work)."""
+        while self.n + 1 > self.cap:
+            self._grow()
+        a = self.n
+        self.n = a + 1
+        gpt_tables = self.gpt
+        gfn = int(gpt_tables.gfn[gpt])
+        gen = self.mmu_valid_gen
+        self.sp_gfn[a] = gfn
+        self.sp_level[a] = gpt_tables.level[gpt]
+        self.sp_gen[a] = gen
+        self.sp_usable_gen[a] = gen
+        self.sp_alive[a] = True
+        self.n_used_mmu_pages += 1
+        self._record_used()
+        self.sp_map_base[a] = gpt_tables.map_base[gpt]
+        self.sp_accessed[a] = True
+        self.gpt_sp[gpt] = a
+        if not self.direct:
+            self.lpage_disallow[gfn >> LEVEL_SHIFT] += 1  # account_shadowed()
+            self.sp_accounted[a] = True
+        self.kvm.stats.vm["mmu_cache_miss"] += 1
+        return a
 
     def link_shadow_pages(self, sps: np.ndarray, parents: np.ndarray) -> None:
         """Point each parent's spte at its child sp (``link_shadow_page``); ``parents``
@@ -242,10 +267,15 @@ class ShadowFault(ShadowReclaim):
                 path_sps.append(sp)
         return parent, allocated
 
-    def map_leaf_sptes(self, leaves: np.ndarray, fill: np.ndarray) -> int:
+    def map_leaf_sptes(
+        self, leaves: np.ndarray, fill: np.ndarray, fresh: bool | None = None
+    ) -> int:
         """Install the sptes set in ``fill`` (one 512-wide row per leaf sp) and add them
-        to the rmaps (``mmu_set_spte`` -> ``rmap_add``). Returns how many were new."""
-        if not self.sp_nr[leaves].any() and fill.all():  # fresh leaf sps, filled whole
+        to the rmaps (``mmu_set_spte`` -> ``rmap_add``). Returns how many were new.
+        ``fresh``: no leaf has a spte yet, if the caller knows (else it is looked up)."""
+        if fresh is None:
+            fresh = not self.sp_nr[leaves].any()
+        if fresh and fill.all():  # fresh leaf sps, filled whole
             self.sp_sptes[leaves] = True
             self.add_leaf_rmaps(leaves, np.True_, 1)
             self.sp_nr[leaves] += PTES_PER_TABLE
@@ -501,15 +531,21 @@ class ShadowFault(ShadowReclaim):
         leaves, allocated = self.kvm_mmu_get_pages(l1)
         new_sps += allocated
         self.link_shadow_pages(leaves, parents)
-        fill, faults = self.pte_prefetch(leaves, want, absent)
-        installed = self.map_leaf_sptes(leaves, fill)
+        # (linking changes only the parents' counts: the leaves' stay as they are)
+        fresh = allocated == len(leaves) or not self.sp_nr[leaves].any()
+        fill, faults = self.pte_prefetch(leaves, want, absent, fresh)
+        installed = self.map_leaf_sptes(leaves, fill, fresh)
         self.sp_accessed[leaves] = True
         # the walk to each leaf: mark_accessed, whose ancestors are the paths just linked
         self.sp_accessed[uppers] = True
         return faults, installed, new_sps
 
     def pte_prefetch(
-        self, leaves: np.ndarray, want: np.ndarray, absent: np.ndarray | None = None
+        self,
+        leaves: np.ndarray,
+        want: np.ndarray,
+        absent: np.ndarray | None = None,
+        fresh: bool | None = None,
     ) -> tuple[np.ndarray, int]:
         """``FNAME(pte_prefetch)``: a fault on any missing spte also fetches the rest of
         its aligned group of ``pte_prefetch_num``, but only gptes with the Accessed bit
@@ -517,10 +553,13 @@ class ShadowFault(ShadowReclaim):
         atomic, ``gfn_to_pfn_memslot_atomic``). A page prefetch cannot map (``absent``)
         is a fault of its own, which prefetches the mappable pages of its group (a
         mixed group may take one fault fewer than in the kernel, where a mappable page
-        touched first faults too). Returns (sptes to install, faults)."""
+        touched first faults too). ``fresh``: as for ``map_leaf_sptes``.
+        Returns (sptes to install, faults)."""
         n = self.pte_prefetch_num
         k = len(leaves)
-        if not self.sp_nr[leaves].any():  # fresh leaf sps: every wanted spte is missing
+        if fresh is None:
+            fresh = not self.sp_nr[leaves].any()
+        if fresh:  # fresh leaf sps: every wanted spte is missing
             missing = want
             if want.all():  # and every group of every row faults: fill it all
                 groups_per_row = PTES_PER_TABLE // n
