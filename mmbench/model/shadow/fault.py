@@ -268,10 +268,11 @@ class ShadowFault(ShadowReclaim):
         return parent, allocated
 
     def map_leaf_sptes(
-        self, leaves: np.ndarray, fill: np.ndarray, fresh: bool | None = None
+        self, leaves: np.ndarray | slice, fill: np.ndarray, fresh: bool | None = None
     ) -> int:
-        """Install the sptes set in ``fill`` (one 512-wide row per leaf sp) and add them
-        to the rmaps (``mmu_set_spte`` -> ``rmap_add``). Returns how many were new.
+        """Install the sptes set in ``fill`` (one 512-wide row per leaf sp; ``leaves``
+        may be a slice of sp rows) and add them to the rmaps (``mmu_set_spte`` ->
+        ``rmap_add``). Returns how many were new.
         ``fresh``: no leaf has a spte yet, if the caller knows (else it is looked up)."""
         if fresh is None:
             fresh = not self.sp_nr[leaves].any()
@@ -279,7 +280,7 @@ class ShadowFault(ShadowReclaim):
             self.sp_sptes[leaves] = True
             self.add_leaf_rmaps(leaves, np.True_, 1)
             self.sp_nr[leaves] += PTES_PER_TABLE
-            return len(leaves) * PTES_PER_TABLE
+            return len(fill) * PTES_PER_TABLE
         rows = self.sp_sptes[leaves]
         new = fill & ~rows
         per_sp = np.add.reduce(new, axis=1, dtype=np.int32)
@@ -527,15 +528,32 @@ class ShadowFault(ShadowReclaim):
         for pg in set(pgs):
             path[pg], allocated = self.ensure_path(vcpu, pg, uppers)
             new_sps += allocated
-        parents = np.array([path[pg] for pg in pgs], dtype=np.int32)
         leaves, allocated = self.kvm_mmu_get_pages(l1)
         new_sps += allocated
-        self.link_shadow_pages(leaves, parents)
-        # (linking changes only the parents' counts: the leaves' stay as they are)
-        fresh = allocated == len(leaves) or not self.sp_nr[leaves].any()
+        k = len(leaves)
+        if allocated == k and k:
+            # every leaf new: rows a..a+k (``_alloc_sps``), unlinked and empty, so
+            # ``link_shadow_pages`` and the installs below work on a slice of rows
+            a = int(leaves[0])
+            rows: np.ndarray | slice = slice(a, a + k)
+            if len(path) == 1:  # (one parent table, the common batch)
+                p = path[pgs[0]]
+                self.sp_parent[rows] = p
+                self.sp_nr[p] += k
+            else:
+                parents = np.array([path[pg] for pg in pgs], dtype=np.int32)
+                self.sp_parent[rows] = parents
+                scatter_add(self.sp_nr, parents)
+            fresh = True
+        else:
+            rows = leaves
+            parents = np.array([path[pg] for pg in pgs], dtype=np.int32)
+            self.link_shadow_pages(leaves, parents)
+            # (linking changes only the parents' counts: the leaves' stay as they are)
+            fresh = not self.sp_nr[leaves].any()
         fill, faults = self.pte_prefetch(leaves, want, absent, fresh)
-        installed = self.map_leaf_sptes(leaves, fill, fresh)
-        self.sp_accessed[leaves] = True
+        installed = self.map_leaf_sptes(rows, fill, fresh)
+        self.sp_accessed[rows] = True
         # the walk to each leaf: mark_accessed, whose ancestors are the paths just linked
         self.sp_accessed[uppers] = True
         return faults, installed, new_sps

@@ -197,7 +197,7 @@ class SpTable:
         the list head meets first)."""
         return since + np.flatnonzero(self.sp_alive[since : self.n])[::-1]
 
-    def add_leaf_rmaps(self, leaves: np.ndarray, sptes: np.ndarray, sign: int) -> None:
+    def add_leaf_rmaps(self, leaves: np.ndarray | slice, sptes: np.ndarray, sign: int) -> None:
         """``rmap_add`` (``sign`` 1) or ``rmap_remove`` (-1) of the sptes set in ``sptes``
         (one 512-wide row per leaf sp of ``leaves``, which map distinct 2 MiB runs; or
         ``np.True_``: every spte of each)."""
