@@ -158,6 +158,9 @@ class ShadowFault(ShadowReclaim):
         if not k:
             return sps, 0
         if k == len(gpts):
+            if k == 1:  # (a batch of one region: scalars cost less than arrays)
+                a = self._alloc_sp(int(gpts[0]))
+                return np.arange(a, a + 1, dtype=np.int32), 1
             return self._alloc_sps(gpts), k
         sps = sps.copy()
         sps[need] = self._alloc_sps(gpts[need])
@@ -395,7 +398,7 @@ class ShadowFault(ShadowReclaim):
         c = kvm.costs
         b = self._fault_batch(g, end)
         want = b.want
-        l1 = area.first_l1 + b.regions - area.region0
+        l1 = b.regions + (area.first_l1 - area.region0)
         faults = installed = new_sps = 0
         self._walk_guest_tables(vcpu, l1)
         mn = kvm.notifier
