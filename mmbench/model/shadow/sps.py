@@ -90,6 +90,7 @@ class SpTable:
         self.n_used_mmu_pages = 0
         self.n_max_mmu_pages = 0
         self.trace = False  # record the sp count over time (series "mmu_used_pages")
+        self._alive_floor = 0  # no live sp below this row (``ShadowZap._oldest_alive``)
 
     # -- storage -------------------------------------------------------------------------
     def _alloc_arrays(self, cap: int) -> None:

@@ -59,11 +59,15 @@ class ShadowZap(SpTable):
         # unlink children: they stay on the list, unreachable, until zapped or relinked
         # (only a table above level 1 has children)
         if len(uppers):
+            # a linked sp is alive, and so is its parent (a zap unlinks both ways), so
+            # only rows from the oldest live sp on can be children: sps are never
+            # renumbered, and after a few zap-alls most rows are long dead
             n = self.n
-            zapped = np.zeros(n, dtype=bool)
-            zapped[uppers] = True
-            par = self.sp_parent[:n]
-            orphans = np.flatnonzero((par >= 0) & zapped[np.maximum(par, 0)])
+            lo = self._oldest_alive()
+            zapped = np.zeros(n - lo, dtype=bool)
+            zapped[uppers - lo] = True
+            par = self.sp_parent[lo:n]
+            orphans = lo + np.flatnonzero((par >= 0) & zapped[np.maximum(par - lo, 0)])
             self.sp_parent[orphans] = -1
         # unlink from parents
         parents = self.sp_parent[sps]
@@ -91,6 +95,17 @@ class ShadowZap(SpTable):
         st["mmu_shadow_zapped"] += len(sps)
         st["sptes_zapped"] += dropped
         return dropped
+
+    def _oldest_alive(self) -> int:
+        """The lowest row of a live sp (``n`` if none). Rows only become alive when
+        allocated past ``n``, so the answer never decreases and is kept between calls;
+        each call scans only from the last answer."""
+        lo, n = self._alive_floor, self.n
+        if lo < n and not self.sp_alive[lo]:
+            rest = self.sp_alive[lo:n]
+            lo = lo + int(np.argmax(rest)) if rest.any() else n
+        self._alive_floor = lo
+        return lo
 
     def _drop_huge_leaves(self, uppers: np.ndarray) -> int:
         """The 2 MiB / 1 GiB leaf sptes of zapped upper-level sps leave their rmaps
