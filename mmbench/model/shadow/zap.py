@@ -96,17 +96,6 @@ class ShadowZap(SpTable):
         st["sptes_zapped"] += dropped
         return dropped
 
-    def _oldest_alive(self) -> int:
-        """The lowest row of a live sp (``n`` if none). Rows only become alive when
-        allocated past ``n``, so the answer never decreases and is kept between calls;
-        each call scans only from the last answer."""
-        lo, n = self._alive_floor, self.n
-        if lo < n and not self.sp_alive[lo]:
-            rest = self.sp_alive[lo:n]
-            lo = lo + int(np.argmax(rest)) if rest.any() else n
-        self._alive_floor = lo
-        return lo
-
     def _drop_huge_leaves(self, uppers: np.ndarray) -> int:
         """The 2 MiB / 1 GiB leaf sptes of zapped upper-level sps leave their rmaps
         (``mmu_page_zap_pte`` -> ``drop_spte``). Returns how many."""
