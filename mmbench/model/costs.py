@@ -147,10 +147,15 @@ class CostTable:
         self.costs = dict(costs)
 
     def __getattr__(self, key: str) -> float:
+        # Only reached on a miss: the number is then kept as an attribute, so the fault
+        # path's many lookups are plain attribute reads (``costs`` is never changed in
+        # place; ``with_overrides`` builds a new table).
         try:
-            return self.__dict__["costs"][key].ns
+            ns = self.__dict__["costs"][key].ns
         except KeyError:
             raise AttributeError(f"cost table {self.name!r} has no cost {key!r}") from None
+        self.__dict__[key] = ns
+        return ns
 
     def __getitem__(self, key: str) -> Cost:
         return self.costs[key]

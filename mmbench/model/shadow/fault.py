@@ -158,6 +158,9 @@ class ShadowFault(ShadowReclaim):
         if not k:
             return sps, 0
         if k == len(gpts):
+            if k == 1:  # (a batch of one region: scalars cost less than arrays)
+                a = self._alloc_sp(int(gpts[0]))
+                return np.arange(a, a + 1, dtype=np.int32), 1
             return self._alloc_sps(gpts), k
         sps = sps.copy()
         sps[need] = self._alloc_sps(gpts[need])
@@ -196,8 +199,33 @@ class ShadowFault(ShadowReclaim):
         sp = int(self.gpt_sp[gpt])
         if self.valid1(sp):
             return sp, False
-        sps, k = self.kvm_mmu_get_pages(np.array([gpt]))
-        return int(sps[0]), bool(k)
+        return self._alloc_sp(gpt), True
+
+    def _alloc_sp(self, gpt: int) -> int:
+        """``_alloc_sps`` for one gpt, on scalars (the upper levels of a path are
+        allocated one at a time, where array calls would cost more than the work)."""
+        while self.n + 1 > self.cap:
+            self._grow()
+        a = self.n
+        self.n = a + 1
+        gpt_tables = self.gpt
+        gfn = int(gpt_tables.gfn[gpt])
+        gen = self.mmu_valid_gen
+        self.sp_gfn[a] = gfn
+        self.sp_level[a] = gpt_tables.level[gpt]
+        self.sp_gen[a] = gen
+        self.sp_usable_gen[a] = gen
+        self.sp_alive[a] = True
+        self.n_used_mmu_pages += 1
+        self._record_used()
+        self.sp_map_base[a] = gpt_tables.map_base[gpt]
+        self.sp_accessed[a] = True
+        self.gpt_sp[gpt] = a
+        if not self.direct:
+            self.lpage_disallow[gfn >> LEVEL_SHIFT] += 1  # account_shadowed()
+            self.sp_accounted[a] = True
+        self.kvm.stats.vm["mmu_cache_miss"] += 1
+        return a
 
     def link_shadow_pages(self, sps: np.ndarray, parents: np.ndarray) -> None:
         """Point each parent's spte at its child sp (``link_shadow_page``); ``parents``
@@ -242,14 +270,20 @@ class ShadowFault(ShadowReclaim):
                 path_sps.append(sp)
         return parent, allocated
 
-    def map_leaf_sptes(self, leaves: np.ndarray, fill: np.ndarray) -> int:
-        """Install the sptes set in ``fill`` (one 512-wide row per leaf sp) and add them
-        to the rmaps (``mmu_set_spte`` -> ``rmap_add``). Returns how many were new."""
-        if not self.sp_nr[leaves].any() and fill.all():  # fresh leaf sps, filled whole
+    def map_leaf_sptes(
+        self, leaves: np.ndarray | slice, fill: np.ndarray, fresh: bool | None = None
+    ) -> int:
+        """Install the sptes set in ``fill`` (one 512-wide row per leaf sp; ``leaves``
+        may be a slice of sp rows) and add them to the rmaps (``mmu_set_spte`` ->
+        ``rmap_add``). Returns how many were new.
+        ``fresh``: no leaf has a spte yet, if the caller knows (else it is looked up)."""
+        if fresh is None:
+            fresh = not self.sp_nr[leaves].any()
+        if fresh and fill.all():  # fresh leaf sps, filled whole
             self.sp_sptes[leaves] = True
             self.add_leaf_rmaps(leaves, np.True_, 1)
             self.sp_nr[leaves] += PTES_PER_TABLE
-            return len(leaves) * PTES_PER_TABLE
+            return len(fill) * PTES_PER_TABLE
         rows = self.sp_sptes[leaves]
         new = fill & ~rows
         per_sp = np.add.reduce(new, axis=1, dtype=np.int32)
@@ -364,7 +398,7 @@ class ShadowFault(ShadowReclaim):
         c = kvm.costs
         b = self._fault_batch(g, end)
         want = b.want
-        l1 = area.first_l1 + b.regions - area.region0
+        l1 = b.regions + (area.first_l1 - area.region0)
         faults = installed = new_sps = 0
         self._walk_guest_tables(vcpu, l1)
         mn = kvm.notifier
@@ -497,19 +531,42 @@ class ShadowFault(ShadowReclaim):
         for pg in set(pgs):
             path[pg], allocated = self.ensure_path(vcpu, pg, uppers)
             new_sps += allocated
-        parents = np.array([path[pg] for pg in pgs], dtype=np.int32)
         leaves, allocated = self.kvm_mmu_get_pages(l1)
         new_sps += allocated
-        self.link_shadow_pages(leaves, parents)
-        fill, faults = self.pte_prefetch(leaves, want, absent)
-        installed = self.map_leaf_sptes(leaves, fill)
-        self.sp_accessed[leaves] = True
+        k = len(leaves)
+        if allocated == k and k:
+            # every leaf new: rows a..a+k (``_alloc_sps``), unlinked and empty, so
+            # ``link_shadow_pages`` and the installs below work on a slice of rows
+            a = int(leaves[0])
+            rows: np.ndarray | slice = slice(a, a + k)
+            if len(path) == 1:  # (one parent table, the common batch)
+                p = path[pgs[0]]
+                self.sp_parent[rows] = p
+                self.sp_nr[p] += k
+            else:
+                parents = np.array([path[pg] for pg in pgs], dtype=np.int32)
+                self.sp_parent[rows] = parents
+                scatter_add(self.sp_nr, parents)
+            fresh = True
+        else:
+            rows = leaves
+            parents = np.array([path[pg] for pg in pgs], dtype=np.int32)
+            self.link_shadow_pages(leaves, parents)
+            # (linking changes only the parents' counts: the leaves' stay as they are)
+            fresh = not self.sp_nr[leaves].any()
+        fill, faults = self.pte_prefetch(leaves, want, absent, fresh)
+        installed = self.map_leaf_sptes(rows, fill, fresh)
+        self.sp_accessed[rows] = True
         # the walk to each leaf: mark_accessed, whose ancestors are the paths just linked
         self.sp_accessed[uppers] = True
         return faults, installed, new_sps
 
     def pte_prefetch(
-        self, leaves: np.ndarray, want: np.ndarray, absent: np.ndarray | None = None
+        self,
+        leaves: np.ndarray,
+        want: np.ndarray,
+        absent: np.ndarray | None = None,
+        fresh: bool | None = None,
     ) -> tuple[np.ndarray, int]:
         """``FNAME(pte_prefetch)``: a fault on any missing spte also fetches the rest of
         its aligned group of ``pte_prefetch_num``, but only gptes with the Accessed bit
@@ -517,10 +574,13 @@ class ShadowFault(ShadowReclaim):
         atomic, ``gfn_to_pfn_memslot_atomic``). A page prefetch cannot map (``absent``)
         is a fault of its own, which prefetches the mappable pages of its group (a
         mixed group may take one fault fewer than in the kernel, where a mappable page
-        touched first faults too). Returns (sptes to install, faults)."""
+        touched first faults too). ``fresh``: as for ``map_leaf_sptes``.
+        Returns (sptes to install, faults)."""
         n = self.pte_prefetch_num
         k = len(leaves)
-        if not self.sp_nr[leaves].any():  # fresh leaf sps: every wanted spte is missing
+        if fresh is None:
+            fresh = not self.sp_nr[leaves].any()
+        if fresh:  # fresh leaf sps: every wanted spte is missing
             missing = want
             if want.all():  # and every group of every row faults: fill it all
                 groups_per_row = PTES_PER_TABLE // n

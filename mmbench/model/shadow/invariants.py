@@ -8,6 +8,7 @@ After a memslot delete or move completes, the slot's rmaps are gone, so:
 * every vCPU runs on a root of the current generation, or has a reload pending;
 * no zapped spte may still sit in a TLB: the remote flush must have happened;
 * rmaps and per-sp spte counts agree with the sptes themselves;
+* a linked sp and its parent are both live;
 * each 2 MiB region's lpage_info disallow count is the number of sps accounted in it
   (``account_shadowed``; ``kvm_clear_all_lpage_info`` resets both);
 * the live sp count matches ``n_used_mmu_pages`` and stays within ``n_max_mmu_pages``
@@ -45,6 +46,13 @@ def check_shadow_mmu(mmu: ShadowMmu, when: str, memslots: bool = True) -> None:
     bad = np.flatnonzero(usable != mmu.sp_usable_gen[:n])
     if len(bad):
         fail(f"sp {int(bad[0])}: sp_usable_gen disagrees with its alive/invalid/gen state")
+    # a zap unlinks both ways, so a linked sp and its parent are alive (which lets
+    # ``prepare_zap_page`` look for children only from the oldest live sp's row on)
+    par = mmu.sp_parent[:n]
+    linked = np.flatnonzero(par >= 0)
+    bad = linked[~alive[linked] | ~alive[par[linked]]]
+    if len(bad):
+        fail(f"sp {int(bad[0])} is linked to sp {int(par[bad[0]])}, but one of them is freed")
     counted = np.bincount(gfns, minlength=mmu.max_gfn)
     bad = np.flatnonzero(counted != mmu.rmap_count)
     if len(bad):

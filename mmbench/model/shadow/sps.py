@@ -90,6 +90,7 @@ class SpTable:
         self.n_used_mmu_pages = 0
         self.n_max_mmu_pages = 0
         self.trace = False  # record the sp count over time (series "mmu_used_pages")
+        self._alive_floor = 0  # no live sp below this row (``ShadowZap._oldest_alive``)
 
     # -- storage -------------------------------------------------------------------------
     def _alloc_arrays(self, cap: int) -> None:
@@ -115,12 +116,29 @@ class SpTable:
     def _grow(self) -> None:
         """Four times the rows: sps are never renumbered (ids are list order), so a
         ROM-access run that zaps everything again and again grows the table to ~100 k
-        rows; fewer, larger steps copy less (untouched rows cost no memory)."""
+        rows; fewer, larger steps copy less (untouched rows cost no memory). A freed sp
+        holds no sptes (its zap cleared them), so the 512-wide spte rows are copied
+        only from the oldest live sp on: the rows below stay zero, and untouched."""
         old = {k: v for k, v in vars(self).items() if k.startswith("sp_")}
         n = self.cap
+        lo = self._oldest_alive()
         self._alloc_arrays(self.cap * 4)
         for k, v in old.items():
-            getattr(self, k)[:n] = v[:n]
+            if k == "sp_sptes":
+                self.sp_sptes[lo:n] = v[lo:n]
+            else:
+                getattr(self, k)[:n] = v[:n]
+
+    def _oldest_alive(self) -> int:
+        """The lowest row of a live sp (``n`` if none). Rows only become alive when
+        allocated past ``n``, so the answer never decreases and is kept between calls;
+        each call scans only from the last answer."""
+        lo, n = self._alive_floor, self.n
+        if lo < n and not self.sp_alive[lo]:
+            rest = self.sp_alive[lo:n]
+            lo = lo + int(np.argmax(rest)) if rest.any() else n
+        self._alive_floor = lo
+        return lo
 
     def _record_used(self) -> None:
         """Append ``n_used_mmu_pages`` to the "mmu_used_pages" series when tracing."""
@@ -197,7 +215,7 @@ class SpTable:
         the list head meets first)."""
         return since + np.flatnonzero(self.sp_alive[since : self.n])[::-1]
 
-    def add_leaf_rmaps(self, leaves: np.ndarray, sptes: np.ndarray, sign: int) -> None:
+    def add_leaf_rmaps(self, leaves: np.ndarray | slice, sptes: np.ndarray, sign: int) -> None:
         """``rmap_add`` (``sign`` 1) or ``rmap_remove`` (-1) of the sptes set in ``sptes``
         (one 512-wide row per leaf sp of ``leaves``, which map distinct 2 MiB runs; or
         ``np.True_``: every spte of each)."""

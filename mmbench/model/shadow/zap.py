@@ -59,11 +59,15 @@ class ShadowZap(SpTable):
         # unlink children: they stay on the list, unreachable, until zapped or relinked
         # (only a table above level 1 has children)
         if len(uppers):
+            # a linked sp is alive, and so is its parent (a zap unlinks both ways), so
+            # only rows from the oldest live sp on can be children: sps are never
+            # renumbered, and after a few zap-alls most rows are long dead
             n = self.n
-            zapped = np.zeros(n, dtype=bool)
-            zapped[uppers] = True
-            par = self.sp_parent[:n]
-            orphans = np.flatnonzero((par >= 0) & zapped[np.maximum(par, 0)])
+            lo = self._oldest_alive()
+            zapped = np.zeros(n - lo, dtype=bool)
+            zapped[uppers - lo] = True
+            par = self.sp_parent[lo:n]
+            orphans = lo + np.flatnonzero((par >= 0) & zapped[np.maximum(par - lo, 0)])
             self.sp_parent[orphans] = -1
         # unlink from parents
         parents = self.sp_parent[sps]
