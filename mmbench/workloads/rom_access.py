@@ -318,11 +318,11 @@ class RomAccess:
                 state = "idle" if idle else "running"
                 if not idle and self._passes_done(vm, p) < 1:
                     state = "populating"
-                cat = accesses[-1][6] + 1 if accesses else 0
+                cat = len(accesses) // len(chunks)  # every cat makes all its reads
                 for r, (c0, c1) in enumerate(chunks):
                     remap = self._remap(vm, p, rom_vcpu, rom0, c0, c1)
                     accesses.append((*remap, state, cat, r))
-                    add, read, delete, sps, sptes = accesses[-1][:5]
+                    add, read, delete, sps, sptes = remap
                     vm.event(
                         "rom-access",
                         add_ns=add,
@@ -346,8 +346,9 @@ class RomAccess:
         and the BAR disable unmaps it (memslot delete, where the policy runs)."""
         t_add = vm.add_memslot(ROM_SLOT, p.rom_gpa, p.rom_kib * 1024, "pc.rom")
         t_read = vm.guest_access(vcpu, rom0, rom0 + 1)
-        if c1 > rom0 + 1 or c0 > rom0:
-            t_read += vm.guest_access(vcpu, max(c0, rom0 + 1), c1)
+        rest = max(c0, rom0 + 1)  # the chunk, but the header page it has read already
+        if c1 > rest:
+            t_read += vm.guest_access(vcpu, rest, c1)
         before = vm.stats()
         t_del = vm.delete_memslot(ROM_SLOT)
         after = vm.stats()
@@ -374,11 +375,6 @@ class RomAccess:
         acc = every[~idle]  # while the guest threads run (mmtest's run)
         steady = every[running, 2]
         first_steady = every[running & (nth == 0), 2]
-        # one cat's remaps summed: bincount over the cat index, the running cats kept
-        per_cat = np.bincount(cat[~idle], weights=acc.sum(axis=1)) if len(acc) else acc
-        per_cat_sptes = np.bincount(cat[running], weights=zapped[running, 1])
-        # the cats present in each set (np.unique would import numpy.ma: see quantiles)
-        running_cats = np.flatnonzero(np.bincount(cat[running]))
         st = vm.stats()
         for r in vm.passes:
             vm.event("pass", vcpu=r.vcpu, index=r.index, ms=r.ms, t_ns=r.end_ns)
@@ -397,13 +393,9 @@ class RomAccess:
             "memslot_delete_idle_max_ms": float(every[idle, 2].max()) if idle.any() else -1.0,
             "sps_per_delete": float(zapped[running, 0].mean()) if len(steady) else 0.0,
             "sptes_per_delete": float(zapped[running, 1].mean()) if len(steady) else 0.0,
-            "sptes_per_cat": (
-                float(per_cat_sptes[running_cats].mean()) if len(running_cats) else 0.0
-            ),
+            "sptes_per_cat": _mean_per_cat(cat[running], zapped[running, 1]),
             "memslot_add_ms": float(acc[:, 0].mean()) if len(acc) else 0.0,
-            "rom_access_ms": (
-                float(per_cat[np.flatnonzero(np.bincount(cat[~idle]))].mean()) if len(acc) else 0.0
-            ),
+            "rom_access_ms": _mean_per_cat(cat[~idle], acc.sum(axis=1)),
             "rom_reads": len(every),
             "rom_cats": int(np.count_nonzero(np.bincount(cat))),
             "refaults": sum(r.faults for r in warm),
@@ -428,6 +420,15 @@ class RomAccess:
         if p.delete_ram_after_pass:
             out["vcpu_shutdowns"] = st["vcpu_shutdowns"]
         return out
+
+
+def _mean_per_cat(cat: np.ndarray, values: np.ndarray) -> float:
+    """``values`` summed per cat (``cat``: each value's cat index), averaged over the cats
+    present; 0.0 if none. bincount, not np.unique, which would import numpy.ma."""
+    if not len(cat):
+        return 0.0
+    sums = np.bincount(cat, weights=values)
+    return float(sums[np.bincount(cat) > 0].mean())
 
 
 @hookimpl
