@@ -159,38 +159,47 @@ class ShadowFault(ShadowReclaim):
             return sps, 0
         if k == len(gpts):
             if k == 1:  # (a batch of one region: scalars cost less than arrays)
-                a = self._alloc_sp(int(gpts[0]))
+                a = self._alloc_sps(int(gpts[0]))
                 return np.arange(a, a + 1, dtype=np.int32), 1
             return self._alloc_sps(gpts), k
         sps = sps.copy()
         sps[need] = self._alloc_sps(gpts[need])
         return sps, k
 
-    def _alloc_sps(self, gpts: np.ndarray) -> np.ndarray:
+    def _alloc_sps(self, gpts: np.ndarray | int) -> np.ndarray | int:
         """New sps (the next rows, so a contiguous range of ids) shadowing ``gpts``, in
-        the current generation, on the list head. Returns their ids."""
-        k = len(gpts)
+        the current generation, on the list head. Returns their ids. ``gpts`` may be one
+        gpt as an int, which gets its id as an int: the upper levels of a path are
+        allocated one at a time, where array calls would cost more than the work."""
+        one = not isinstance(gpts, np.ndarray)
+        k = 1 if one else len(gpts)
         while self.n + k > self.cap:
             self._grow()
         a = self.n
         b = a + k
         self.n = b
-        self.sp_gfn[a:b] = self.gpt.gfn[gpts]
-        self.sp_level[a:b] = self.gpt.level[gpts]
-        self.sp_gen[a:b] = self.mmu_valid_gen
-        self.sp_usable_gen[a:b] = self.mmu_valid_gen
-        self.sp_alive[a:b] = True
+        rows = a if one else slice(a, b)
+        gpt_tables = self.gpt
+        gen = self.mmu_valid_gen
+        self.sp_gfn[rows] = gpt_tables.gfn[gpts]
+        self.sp_level[rows] = gpt_tables.level[gpts]
+        self.sp_gen[rows] = gen
+        self.sp_usable_gen[rows] = gen
+        self.sp_alive[rows] = True
         self.n_used_mmu_pages += k
         self._record_used()
-        self.sp_map_base[a:b] = self.gpt.map_base[gpts]
-        self.sp_accessed[a:b] = True
-        new = np.arange(a, b, dtype=np.int32)
+        self.sp_map_base[rows] = gpt_tables.map_base[gpts]
+        self.sp_accessed[rows] = True
+        new = a if one else np.arange(a, b, dtype=np.int32)
         self.gpt_sp[gpts] = new
         if not self.direct:
             # account_shadowed(): the guest table is write-protected; no huge page over
             # it. A direct sp (role.direct) shadows no guest table and accounts nothing.
-            scatter_add(self.lpage_disallow, self.sp_gfn[a:b] >> LEVEL_SHIFT)
-            self.sp_accounted[a:b] = True
+            if one:
+                self.lpage_disallow[int(self.sp_gfn[a]) >> LEVEL_SHIFT] += 1
+            else:
+                scatter_add(self.lpage_disallow, self.sp_gfn[a:b] >> LEVEL_SHIFT)
+            self.sp_accounted[rows] = True
         self.kvm.stats.vm["mmu_cache_miss"] += k
         return new
 
@@ -199,33 +208,7 @@ class ShadowFault(ShadowReclaim):
         sp = int(self.gpt_sp[gpt])
         if self.valid1(sp):
             return sp, False
-        return self._alloc_sp(gpt), True
-
-    def _alloc_sp(self, gpt: int) -> int:
-        """``_alloc_sps`` for one gpt, on scalars (the upper levels of a path are
-        allocated one at a time, where array calls would cost more than the work)."""
-        while self.n + 1 > self.cap:
-            self._grow()
-        a = self.n
-        self.n = a + 1
-        gpt_tables = self.gpt
-        gfn = int(gpt_tables.gfn[gpt])
-        gen = self.mmu_valid_gen
-        self.sp_gfn[a] = gfn
-        self.sp_level[a] = gpt_tables.level[gpt]
-        self.sp_gen[a] = gen
-        self.sp_usable_gen[a] = gen
-        self.sp_alive[a] = True
-        self.n_used_mmu_pages += 1
-        self._record_used()
-        self.sp_map_base[a] = gpt_tables.map_base[gpt]
-        self.sp_accessed[a] = True
-        self.gpt_sp[gpt] = a
-        if not self.direct:
-            self.lpage_disallow[gfn >> LEVEL_SHIFT] += 1  # account_shadowed()
-            self.sp_accounted[a] = True
-        self.kvm.stats.vm["mmu_cache_miss"] += 1
-        return a
+        return self._alloc_sps(gpt), True
 
     def link_shadow_pages(self, sps: np.ndarray, parents: np.ndarray) -> None:
         """Point each parent's spte at its child sp (``link_shadow_page``); ``parents``
