@@ -125,11 +125,11 @@ def test_need_resched_at_the_tick_after_the_slice():
     assert log["zap_end"] >= 100_000_000 + lock.lock_breaks_resched * 6_000_000
 
 
-def test_eevdf_wakeups_wait_for_the_tick_on_a_busy_host(runs_dir):
-    """Under EEVDF the VMM woken for rom.sh's next round, while every CPU runs a vCPU,
-    waits for the tick that ends a slice, so rom.sh gets fewer rounds done; the deletes
-    themselves do not wait (their SRCU kworker takes the CPU the VMM leaves). With a
-    CPU free, or under CFS, nobody waits."""
+def test_a_woken_vmm_takes_a_cpu_at_once_under_both_schedulers(runs_dir):
+    """The VMM woken for rom.sh's next round, while every CPU runs a vCPU, preempts one at
+    once under CFS and under EEVDF (traced on this development host's 6.18: 233 of 239
+    such wake-ups ran within 15 us), so rom.sh's rounds are its pause plus its own work;
+    EEVDF changes only the slice after which the tick breaks a zap."""
     two = ["-c", "2", "-m", "128", "--passes", "6", "--rom-interval-ms", "1"]
 
     def run(*args: str) -> tuple[dict, dict]:
@@ -140,11 +140,15 @@ def test_eevdf_wakeups_wait_for_the_tick_on_a_busy_host(runs_dir):
     _, cfs = run(*busy)
     doc, eevdf = run(*busy, "--sched", "eevdf")
     assert doc["kernel"]["sched"] == "eevdf"
-    # a 1 ms round plus a wait of up to a 4 ms tick: about half the rounds
-    assert eevdf["rom_reads"] < 0.75 * cfs["rom_reads"]
-    # the ioctls do not wait for a tick (which would add up to 4 ms to a 0.03 ms add); they
-    # share the 2 CPUs with the vCPUs, by a share that depends on what the vCPUs do then
     assert eevdf["memslot_add_ms"] == pytest.approx(cfs["memslot_add_ms"], rel=0.1)
+    # a round is the 1 ms pause (x U(0.8, 1.2)) plus the cat's own ioctls and read, not
+    # a 4 ms tick on top
+    for one in (doc, run(*busy)[0]):
+        stored = json.loads((runs_dir / one["name"] / "result.json").read_text())
+        (res,) = stored["results"]
+        t = [row[0] for row in res["series"]["rom-access"]]
+        gaps = sorted(np.diff(t))
+        assert gaps[len(gaps) // 2] < (1.2 + res["metrics"]["rom_access_ms"]) * 1e6
     _, calm_cfs = run("--host-cpus", "16")
     _, calm_eevdf = run("--host-cpus", "16", "--sched", "eevdf")
     assert calm_eevdf == calm_cfs

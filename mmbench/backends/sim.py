@@ -178,10 +178,9 @@ class SimVm:
         return self.engine.now
 
     def sleep_ns(self, ns: float) -> None:
-        """The host script sleeps (rom.sh's ``sleep``, the VMM waiting): off the CPU, and
-        it may wait for one when it wakes (``Scheduler.wakeup``)."""
+        """The host script sleeps (rom.sh's ``sleep``, the VMM waiting): off the CPU; it
+        takes one back at once when it wakes (``mmbench.model.sched`` says why)."""
         self.engine.idle(ns)
-        self.kvm.mmu_lock.sched.wakeup()
 
     def _timed(self, fn: Callable[[], Any]) -> int:
         t0 = self.engine.now

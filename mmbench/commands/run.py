@@ -95,8 +95,8 @@ def _common_run_options(p: argparse.ArgumentParser, sub: bool) -> None:
         "--sched",
         choices=SCHEDULERS,
         default=d,
-        help=f"host fair scheduler (default: {DEFAULT_SCHED}; eevdf, 6.6+: a thread woken"
-        " on a busy host waits for the tick that ends a running task's slice)",
+        help=f"host fair scheduler (default: {DEFAULT_SCHED}; eevdf, 6.6+: tick-driven"
+        " lock breaks come after its base slice)",
     )
     p.add_argument(
         "--json",

@@ -291,6 +291,27 @@ def test_stuck_host_side_access_is_kicked(monkeypatch):
         vm.close()
 
 
+def test_guest_accesses_start_no_thread_each(monkeypatch):
+    """One watchdog thread per VM, not a Timer per access: on a host whose CPUs all run
+    vCPUs, starting and joining a thread per access made each rom.sh read wait for the
+    scheduler (4.2 ms at the median here against 0.3 ms of KVM_RUN)."""
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    vm = new_vm()
+    try:
+        vm.create(tiny_spec())
+        vm.run_host(lambda: [vm.guest_access(0, 2048, 2056) for _ in range(20)])
+    finally:
+        vm.close()
+    assert started == ["kvm-watchdog"]
+
+
 @pytest.mark.parametrize("manual", [False, True])
 def test_dirty_log_through_the_vm_api(manual):
     """GET_DIRTY_LOG reports what the guest wrote; with MANUAL_PROTECT2 it keeps reporting

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from .system import KvmSystem
 from .tracing import TraceInstance
 from .vcpu import Vcpu, VcpuThread, install_kick_handler
 from .vm import Vm, bitmap_popcount
+from .watchdog import Watchdog
 
 PAGE_SHIFT = 12
 # generous bound on one guest pass: 20 us per page (populate from fresh host memory with
@@ -168,6 +168,7 @@ class KvmVm:
         self.npages_touched = 0
         self._manual_protect: bool | None = None
         self._trace: TraceInstance | None = None
+        self._watchdog = Watchdog()
         self._accessed = False  # guest_access ran a vCPU since the last native check
         self._loops: dict[int, int] = {}  # run_host's loop guests: vCPU -> stop time (ns)
         self._views: dict[int, tuple[int, int, Any]] = {}  # slot -> (gpa, size, u64 view)
@@ -473,21 +474,14 @@ class KvmVm:
         vcpu = self._vm().vcpus[vcpu_id]
         vcpu.set_touch(gfn0 << PAGE_SHIFT, gfn1 << PAGE_SHIFT, passes=1, write=write)
         budget_s = JOIN_MARGIN_S + (gfn1 - gfn0) * PASS_NS_PER_PAGE / 1e9
-
-        def watchdog() -> None:
-            vcpu.request_stop()
-            vcpu.kick()
-
-        timer = threading.Timer(budget_s, watchdog)
-        timer.start()
+        self._watchdog.arm(vcpu, budget_s)  # no thread per access (watchdog.py says why)
         self._accessed = True
         t0 = time.perf_counter_ns()
         try:
             done = vcpu.run()
         finally:
             ns = time.perf_counter_ns() - t0
-            timer.cancel()
-            timer.join()  # no watchdog thread outlives the access
+            self._watchdog.disarm()
         if done is None:
             raise VcpuTimeout(
                 f"vCPU {vcpu_id} did not finish its access to gfns [{gfn0:#x}, {gfn1:#x})"
@@ -588,6 +582,7 @@ class KvmVm:
                     self._final = self._final or self.stats()
                 self.teardown_ns = self.vm.close()
         finally:
+            self._watchdog.close()
             if self._trace:
                 self._trace.close()
             self.system.close()
