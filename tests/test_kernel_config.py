@@ -154,6 +154,67 @@ def test_a_woken_vmm_takes_a_cpu_at_once_under_both_schedulers(runs_dir):
     assert calm_eevdf == calm_cfs
 
 
+def test_a_deletes_first_grace_period_wake_up_may_wait_for_the_tick_under_eevdf():
+    """Under eevdf with every CPU busy, the VMM woken from a delete's first grace period
+    loses the pick to a vCPU in the measured share of cases and then waits for the first
+    tick at or after the rest of that vCPU's slice; under cfs, or with a CPU to spare,
+    it never waits."""
+    from mmbench.model.sched import EEVDF_GP_WAKE_LOSES_PICK, Scheduler
+
+    class Busy:  # three runnable threads (two vCPUs, the VMM) at some instant
+        nr_running = 3
+
+        def __init__(self) -> None:
+            self.now = 0
+
+    this_host = KernelConfig(preempt="none", hz=250, host_cpus=2, sched="eevdf")
+    eng = Busy()
+    sched = Scheduler(eng, this_host)
+    slice_ns = sched.slice_ns(sched.per_cpu())
+    assert slice_ns == 1_400_000  # 0.70 ms x (1 + ilog2(2))
+    waits = []
+    for i in range(4000):
+        eng.now = 1_000_003 + i * 777_777  # every phase of the 4 ms tick
+        w = sched.grace_period_wake_wait_ns()
+        waits.append(w)
+        if w:
+            assert (eng.now + w) % 4_000_000 == 0  # it ends at a tick
+            assert w <= slice_ns + 4_000_000
+    share = np.mean(np.array(waits) > 0)
+    assert share == pytest.approx(EEVDF_GP_WAKE_LOSES_PICK, abs=0.03)
+    for other in (
+        KernelConfig(preempt="none", hz=250, host_cpus=2, sched="cfs"),
+        KernelConfig(preempt="none", hz=250, host_cpus=4, sched="eevdf"),
+    ):
+        quiet = Scheduler(Busy(), other)
+        assert all(quiet.grace_period_wake_wait_ns() == 0 for _ in range(200))
+
+
+def test_the_wake_up_waits_show_in_the_deletes_trace_series(runs_dir):
+    """The model's trace:memslot-delete series has the keys the kvm backend's --trace
+    records: on this host's kernel configuration about half of the deletes' first
+    wake-ups wait (milliseconds, not microseconds), the second never; under cfs none."""
+    busy = ["-c", "2", "-m", "64", "--passes", "40", "--rom-interval-ms", "1"]
+    busy += ["--rom-read-kib", "128", "--host-cpus", "2", "--preempt", "none"]
+
+    def firsts(*args: str) -> tuple[np.ndarray, np.ndarray]:
+        doc = run_json("rom-access", *busy, "--policy", "fast-invalidate", *args)
+        stored = json.loads((runs_dir / doc["name"] / "result.json").read_text())
+        (res,) = stored["results"]
+        rows = [d for _, d in res["series"]["trace:memslot-delete"]]
+        assert all(d["vmm_wakeups"] == 2 for d in rows)  # one per grace period
+        first = np.array([d["vmm_first_wake_wait_us"] for d in rows])
+        rest = np.array([d["vmm_cpu_wait_us"] for d in rows]) - first
+        return first, rest
+
+    first, rest = firsts("--sched", "eevdf")
+    assert len(first) > 100 and 0.4 < np.mean(first > 0) < 0.7
+    assert first[first > 0].min() > 0 and np.median(first[first > 0]) > 500
+    assert not rest.any()
+    first, rest = firsts("--sched", "cfs")
+    assert not first.any() and not rest.any()
+
+
 def test_bad_scheduler_is_refused(tmp_path):
     proc = mmbench("run", "rom-access", "--sched", "bfs")
     assert proc.returncode == 2 and "--sched" in proc.stderr and "eevdf" in proc.stderr

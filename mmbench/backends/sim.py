@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mmbench.backends.vmapi import PassRecord, SlotSpec, VmSpec
+from mmbench.backends.vmapi import PassRecord, SlotSpec, VmSpec, wake_waits_us
 from mmbench.errors import ConfigError
 from mmbench.host.contracts import Arch
 from mmbench.host.hooks import RunHooks
@@ -197,9 +197,11 @@ class SimVm:
         kernel's tracepoint names, beside which ``--backend kvm --trace`` puts the kernel's."""
         st = self.kvm.stats.vm
         sps, sptes = st["mmu_shadow_zapped"], st["sptes_zapped"]
+        gps = len(self.kvm.gp_wake_waits)
         ns = self._timed(lambda: self.kvm.delete_memslot(slot_id))
         zapped = st["mmu_shadow_zapped"] - sps
         data = {"kvm_mmu_prepare_zap_page": zapped, "mmu_shadow_zapped": zapped}
+        data.update(wake_waits_us([w / 1e3 for w in self.kvm.gp_wake_waits[gps:]]))
         data["sptes_zapped"] = st["sptes_zapped"] - sptes
         self.kvm.stats.series["trace:memslot-delete"].append((self.engine.now, data))
         return ns

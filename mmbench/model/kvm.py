@@ -66,6 +66,8 @@ class Kvm(Generic[MmuT]):
         self.host_memory = HostMemory(max_gfn, 2 << 20)
         # kvm->mmu_notifier and the mmu_invalidate_* state faults check (host unmaps)
         self.notifier = MmuNotifier(self)
+        # per synchronize_srcu_expedited, the caller's wait for a CPU after it (ns)
+        self.gp_wake_waits: list[int] = []
 
     # -- clock -----------------------------------------------------------------------------
     @property
@@ -133,15 +135,19 @@ class Kvm(Generic[MmuT]):
         self.charge(len(self.vcpus) * self.costs.kick_vcpu)
 
     # -- KVM_SET_USER_MEMORY_REGION ----------------------------------------------------------
-    def synchronize_srcu_expedited(self) -> None:
+    def synchronize_srcu_expedited(self, *, first_of_delete: bool = False) -> None:
         """``kvm_swap_active_memslots`` (virt/kvm/kvm_main.c, 5.17+; ``install_new_memslots``
         before): publish the new memslot array, then ``synchronize_srcu_expedited``. The
         grace period is driven by ``process_srcu`` in a kworker queued on the caller's
         CPU while the caller sleeps: the kworker takes the CPU the caller leaves and
-        hands it back, so on a busy host neither waits for the tick (the median delete
-        of this host's kernel with two vCPUs running on its two CPUs: 0.26 ms). The time
-        is ``memslot_update``'s."""
+        hands it back. The time is ``memslot_update``'s; the first grace period of a
+        delete may then wait for a CPU under eevdf (``Scheduler.grace_period_wake_wait_ns``:
+        off the CPUs meanwhile, which the vCPUs have). ``gp_wake_waits`` has each wait."""
         self.charge(self.costs.memslot_update)
+        wait = self.mmu_lock.sched.grace_period_wake_wait_ns() if first_of_delete else 0
+        if wait:
+            self.engine.idle(wait)
+        self.gp_wake_waits.append(wait)
 
     def create_memslot(
         self, slot_id: int, gpa: int, size: int, flags: int = 0, name: str = ""
@@ -159,17 +165,17 @@ class Kvm(Generic[MmuT]):
         self.hook.mmbench_memslot_created(kvm=self, slot=slot)
         return slot
 
-    def _invalidate_slot(self, slot: Memslot) -> None:
+    def _invalidate_slot(self, slot: Memslot, *, delete: bool = False) -> None:
         """Publish the slot as KVM_MEMSLOT_INVALID, then let the policy drop its mappings."""
         self.memslots.invalidate(slot)
-        self.synchronize_srcu_expedited()
+        self.synchronize_srcu_expedited(first_of_delete=delete)
         handled = self.hook.mmbench_flush_shadow_memslot(kvm=self, slot=slot)
         if not handled:
             raise ModelError(f"no policy handled kvm_arch_flush_shadow_memslot for {slot}")
 
     def delete_memslot(self, slot_id: int) -> Memslot:
         slot = self.memslots.get(slot_id)
-        self._invalidate_slot(slot)
+        self._invalidate_slot(slot, delete=True)
         self.memslots.remove(slot)
         self.synchronize_srcu_expedited()
         self.hook.mmbench_memslot_deleted(kvm=self, slot=slot, change="delete")

@@ -9,6 +9,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import mmbench, skip_module_without_dev_kvm
 
@@ -43,11 +44,31 @@ def test_trace_counts_equal_the_kernels_sps_zapped_per_delete(runs_dir):
     kernel = res["series"]["trace:memslot-delete"]
     assert len(kernel) == res["metrics"]["rom_reads"] >= 1
     for _, d in kernel:
-        assert d["kvm_mmu_prepare_zap_page"] == d["mmu_shadow_zapped"]
+        # the stats are read just outside the traced span, so a vCPU's zap in between
+        # counts in the stat only; the delete's own zaps count in both
+        assert d["kvm_mmu_prepare_zap_page"] <= d["mmu_shadow_zapped"]
         assert d["kvm_mmu_zap_all_fast"] == 1  # KVM_X86_QUIRK_SLOT_ZAP_ALL: one per delete
         assert d["lost"] == 0
+    same = [d["kvm_mmu_prepare_zap_page"] == d["mmu_shadow_zapped"] for _, d in kernel]
+    assert sum(same) >= 0.9 * len(same)
     # the run's total also has what guest page-table writes zapped (write flooding)
     assert sum(d["kvm_mmu_prepare_zap_page"] for _, d in kernel) <= res["metrics"]["sps_zapped"]
+
+
+def test_trace_keeps_the_rounds_and_records_the_vmms_wake_ups(runs_dir):
+    """The buffer is read once, after the run, so rom.sh's rounds keep their 1 ms pause
+    (a read per delete took ~50 ms and stretched them); each delete's series row has the
+    VMM thread's wake-ups from its grace periods and how long they waited for a CPU."""
+    mmbench(*RUN, "--rom-interval-ms", "1", "--rom-read-kib", "128", "--trace",
+            "--policy", "fast-invalidate", check=True)  # fmt: skip
+    (res,) = stored(runs_dir)["results"]
+    rows = [d for _, d in res["series"]["trace:memslot-delete"]]
+    assert len(rows) == res["metrics"]["rom_reads"] > 20
+    gaps = sorted(np.diff([t for t, _ in res["series"]["rom-access"]]))
+    assert gaps[len(gaps) // 2] < (1.2 + res["metrics"]["rom_access_ms"]) * 1e6 + 2e6
+    assert all(0 <= d["vmm_first_wake_wait_us"] <= d["vmm_cpu_wait_us"] for d in rows)
+    assert sum(d["vmm_wakeups"] > 0 for d in rows) > len(rows) / 2
+    assert all(d["kvm_mmu_prepare_zap_page"] == d["mmu_shadow_zapped"] for d in rows)
 
 
 def test_the_model_records_the_same_events(runs_dir):

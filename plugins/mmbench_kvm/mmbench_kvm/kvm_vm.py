@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import pluggy
 
-from mmbench.backends.vmapi import PassRecord, VmSpec
+from mmbench.backends.vmapi import PassRecord, VmSpec, wake_waits_us
 from mmbench.errors import BackendError, ConfigError
 
 from . import ioctls as k
@@ -37,6 +38,7 @@ from . import knobs
 from .errors import GuestExitError, KvmError, VcpuTimeout
 from .guest import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestLayout
 from .hostkernel import host_kernel
+from .memslot import Memslot
 from .system import KvmSystem
 from .tracing import TraceInstance
 from .vcpu import Vcpu, VcpuThread, install_kick_handler
@@ -163,11 +165,14 @@ class KvmVm:
         self._t0 = time.perf_counter_ns()
         self._series: defaultdict[str, list] = defaultdict(list)
         self._sptes_zapped = 0
+        self._kept: dict[int, Memslot] = {}  # host memory of slots the script deleted
         self._final: dict[str, float] | None = None
         self.teardown_ns: int | None = None
         self.npages_touched = 0
         self._manual_protect: bool | None = None
         self._trace: TraceInstance | None = None
+        # --trace: (op, trace-clock start and end s, series time ns, sps zapped per stats)
+        self._trace_spans: list[tuple[str, float, float, int, float]] = []
         self._watchdog = Watchdog()
         self._accessed = False  # guest_access ran a vCPU since the last native check
         self._loops: dict[int, int] = {}  # run_host's loop guests: vCPU -> stop time (ns)
@@ -185,6 +190,7 @@ class KvmVm:
             self._pending.clear()
             self._until.clear()
             self._views.clear()
+            self._kept.clear()  # the old VM's close freed that memory
             self.teardown_ns = None
             self._final = None
         check_host_memory(sum(s.size for s in spec.slots), "guest memory")
@@ -425,43 +431,77 @@ class KvmVm:
         time.sleep(ns / 1e9)
 
     def add_memslot(self, slot_id: int, gpa: int, size: int, name: str = "") -> int:
-        return self._vm().add_memslot(slot_id, gpa, size, thp=False).register_ns
+        """A slot the host script deleted before, at the same gpa and size, gets its host
+        memory back (``_kept``): a VMM keeps a ROM BAR's RAMBlock while the guest disables
+        and enables the BAR, so the guest's faults after the re-add find the host pages
+        present (``hva_to_pfn``'s GUP-fast path). Fresh memory each time made every read
+        after an add take the slow path, ``get_user_pages``, whose ``cond_resched()``
+        under kvm->srcu let the woken VMM preempt a vCPU inside its SRCU read section;
+        the next delete's expedited grace period then polled on that CPU for 2 jiffies
+        (``srcu_get_delay``), 8 % of the grace periods of a busy rom.sh run (traced,
+        2026-12-03). The model keeps such memory present (``HostMemory.add_small``)."""
+        vm = self._vm()
+        kept = self._kept.pop(slot_id, None)
+        if kept is not None and not kept.freed and (kept.gpa, kept.size) == (gpa, size):
+            return vm.readd_memslot(kept)
+        if kept is not None:
+            kept.free()  # another layout at that slot id: this memory is no use
+        return vm.add_memslot(slot_id, gpa, size, thp=False).register_ns
 
     def _live_sptes(self) -> int:
         st = self._vm().stats()
         return st.get("pages_4k", 0) + 512 * st.get("pages_2m", 0)
 
     def enable_trace(self, paths: tuple[str, ...]) -> None:
-        """``--trace``: the kvmmmu tracepoints of ``paths`` in a private tracefs instance."""
-        self._trace = TraceInstance(paths)
+        """``--trace``: the kvmmmu tracepoints of ``paths`` in a private tracefs instance,
+        and the wake-ups of this thread, which runs the host script (the VMM's)."""
+        self._trace = TraceInstance(paths, track_thread=threading.get_native_id())
 
     def delete_memslot(self, slot_id: int) -> int:
         """Timed delete; sptes zapped = the drop in pages_4k/2m across it (a lower bound
         when vCPUs fault concurrently). With ``--trace``, what the delete emitted."""
         vm = self._vm()
         before = vm.stats()
-        if self._trace:
-            self._trace.clear()
-        ns = vm.delete_memslot(slot_id)
-        if self._trace:
-            self._traced("memslot-delete", before)
+        t0 = TraceInstance.now()
+        ms = vm.memslots[slot_id]
+        ns = vm.delete_memslot(slot_id, free=False)
+        t1 = TraceInstance.now()  # the span lies between the two stats reads
+        self._kept[slot_id] = ms  # freed by a re-add elsewhere or by the VM's close
         after = vm.stats()
+        self._traced("memslot-delete", (t0, t1), before, after)
         live = [st.get("pages_4k", 0) + 512 * st.get("pages_2m", 0) for st in (before, after)]
         self._sptes_zapped += max(0, live[0] - live[1])
         return ns
 
-    def _traced(self, op: str, before: dict[str, float]) -> None:
-        """Series ``trace:OP``: per tracepoint, the events the operation emitted, beside the
-        kernel's stat for the same count (``mmu_shadow_zapped``) and the events' span."""
-        counts, first, last, lost = self._trace.take()
-        after = self._vm().stats() if self.vm is not None and not self.vm.closed else before
-        data: dict[str, float] = {e: counts.get(e, 0) for e in self._trace.events}
-        data["mmu_shadow_zapped"] = after.get("mmu_shadow_zapped", 0) - before.get(
-            "mmu_shadow_zapped", 0
-        )
-        data["span_us"] = round((last - first) * 1e6, 1)
-        data["lost"] = lost
-        self._series[f"trace:{op}"].append((self.now_ns(), data))
+    def _traced(
+        self,
+        op: str,
+        span: tuple[float, float],
+        before: dict[str, float],
+        after: dict[str, float],
+    ) -> None:
+        """With ``--trace``, note the operation's span; ``_collect_trace`` reads what it
+        emitted once the run is over, into series ``trace:OP``."""
+        if self._trace is None:
+            return
+        zapped = after.get("mmu_shadow_zapped", 0) - before.get("mmu_shadow_zapped", 0)
+        self._trace_spans.append((op, *span, self.now_ns(), zapped))
+
+    def _collect_trace(self) -> None:
+        """Series ``trace:OP``, per traced operation: per tracepoint the events it emitted,
+        beside the kernel's stat for the same count (``mmu_shadow_zapped``), the events'
+        span, the events lost, and the VMM thread's wake-ups in it (``wake_waits_us``)."""
+        if self._trace is None or not self._trace_spans:
+            return
+        spans, self._trace_spans = self._trace_spans, []
+        windows, lost = self._trace.windows([(t0, t1) for _, t0, t1, _, _ in spans])
+        for (op, _, _, at, zapped), w in zip(spans, windows, strict=True):
+            data: dict[str, float] = {e: w.counts.get(e, 0) for e in self._trace.events}
+            data["mmu_shadow_zapped"] = zapped
+            data["span_us"] = round((w.last - w.first) * 1e6, 1)
+            data["lost"] = lost
+            data.update(wake_waits_us([(b - a) * 1e6 for a, b in w.wakeups]))
+            self._series[f"trace:{op}"].append((at, data))
 
     def move_memslot(self, slot_id: int, new_gpa: int) -> int:
         before = self._live_sptes()
@@ -506,8 +546,7 @@ class KvmVm:
         ms = home[0]
         hva = ms.gpa_to_hva(gpa)
         before = vm.stats()
-        if self._trace:
-            self._trace.clear()
+        t_trace = TraceInstance.now()
         t0 = time.perf_counter_ns()
         if how == "munmap":
             k.mmap_anon_fixed(hva, size)
@@ -516,13 +555,13 @@ class KvmVm:
         else:
             k.mprotect(hva, size, k.PROT_READ)
         ns = time.perf_counter_ns() - t0
+        span = (t_trace, TraceInstance.now())
         if how == "munmap":
             k.madvise(hva, size, k.MADV_HUGEPAGE if ms.thp else k.MADV_NOHUGEPAGE)
         elif how == "mprotect":
             k.mprotect(hva, size, k.PROT_READ | k.PROT_WRITE)
-        if self._trace:
-            self._traced("mmu-notifier", before)
         after = vm.stats()
+        self._traced("mmu-notifier", span, before, after)
         live = [st.get("pages_4k", 0) + 512 * st.get("pages_2m", 0) for st in (before, after)]
         self._sptes_zapped += max(0, live[0] - live[1])  # a lower bound: vCPUs refault
         data = {"how": how, "gpa": gpa, "size": size, "ns": ns}
@@ -558,12 +597,13 @@ class KvmVm:
         if self.teardown_ns is None:
             self._stop_threads()
             final = self.stats()
-            if self._trace:
-                self._trace.clear()
+            t0 = TraceInstance.now()
             self.teardown_ns = self._vm().close()
-            if self._trace:  # the stats died with the VM: what it had is what it freed
-                self._traced("teardown", {"mmu_shadow_zapped": -final.get("mmu_cache_miss", 0)
-                             + final.get("mmu_shadow_zapped", 0)})  # fmt: skip
+            span = (t0, TraceInstance.now())
+            # the stats died with the VM: what it had is what it freed
+            held = {"mmu_shadow_zapped": final.get("mmu_cache_miss", 0)}
+            self._traced("teardown", span, {"mmu_shadow_zapped": final.get("mmu_shadow_zapped", 0)},
+                         held)  # fmt: skip
             # The stats die with the VM, but destroy frees every live spte and sp: the
             # kernel's own counts just before the close() say how many.
             live = sum(final.get(k, 0) for k in ("pages_4k", "pages_2m", "pages_1g"))
@@ -584,6 +624,8 @@ class KvmVm:
         finally:
             self._watchdog.close()
             if self._trace:
+                with contextlib.suppress(OSError):
+                    self._collect_trace()
                 self._trace.close()
             self.system.close()
 
@@ -612,4 +654,5 @@ class KvmVm:
         return out
 
     def series(self) -> dict[str, list]:
+        self._collect_trace()
         return dict(self._series)

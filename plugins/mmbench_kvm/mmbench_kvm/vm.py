@@ -126,6 +126,19 @@ class Vm(StatsFdOwner):
         self.memslots[slot] = ms
         return ms
 
+    def readd_memslot(self, ms: Memslot) -> int:
+        """Register a deleted slot's kept host memory again, at its gpa; returns the ioctl
+        time in ns. Its host pages stay present, as QEMU's do for a ROM BAR the guest
+        disables and enables (the RAMBlock is allocated once; the memslot comes and goes)."""
+        if ms.slot in self.memslots:
+            raise KvmError(f"memslot {ms.slot} already registered")
+        if ms.freed or ms not in self._all_memory:
+            raise KvmError(f"memslot {ms.slot}'s memory is not this VM's kept memory")
+        ms.register_ns = self._set_region(ms.slot, ms.flags, ms.gpa, ms.size, ms.hva)
+        ms.registered = True
+        self.memslots[ms.slot] = ms
+        return ms.register_ns
+
     def delete_memslot(self, slot: int, *, free: bool = True) -> int:
         """Delete a memslot (size 0); returns the ioctl time in ns.
 
