@@ -70,7 +70,12 @@ phase. Traced (``mmbench run rom-access --backend kvm -c 2 -m 256 --passes 20
 in 92-95 % when it came 1-4 ms later and at the second in 70 % when it came within 1 ms,
 as a deadline up to 1.4 ms away predicts. Which task the pick chooses depends on both
 tasks' lag and deadlines, which the model does not track, so the share is this measured
-one (``EEVDF_GP_WAKE_LOSES_PICK``). The delete's second grace period (after the zap, the
+one (``EEVDF_GP_WAKE_LOSES_PICK``). It is not a constant of the host: it grows with how
+long the VMM ran since rom.sh's wake-up. In that trace the VMM ran 1.2-3 ms before the
+grace period (the cat's read faults the ROM page by page, see ``KvmVm._keep``); with the
+ROM's memory written first it ran 0.6-0.8 ms and the share was 0.28-0.29 (two runs of
+3069-3174 deletes at 128 MiB), and the add's grace period, after about 0.1 ms, waits in
+6 %. The model's share holds for the measured round only. The delete's second grace period (after the zap, the
 VMM having just got the CPU back) and an add's wait so in 3-6 %: not modelled. Under
 ``cfs`` no wait is modelled (not traced on a CFS host).
 

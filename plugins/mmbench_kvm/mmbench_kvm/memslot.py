@@ -90,7 +90,7 @@ def alloc_guest_memory(size: int, thp: bool, prefault: bool) -> int:
         if prefault:
             # MADV_POPULATE_WRITE (Linux 5.14): host pages exist before the
             # guest runs, so guest faults time only KVM's own work.
-            k.madvise(start, size, 23)
+            k.madvise(start, size, k.MADV_POPULATE_WRITE)
     except BaseException:
         k.munmap(start, size)
         raise
