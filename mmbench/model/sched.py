@@ -75,9 +75,9 @@ long the VMM ran since rom.sh's wake-up. In that trace the VMM ran 1.2-3 ms befo
 grace period (the cat's read faults the ROM page by page, see ``KvmVm._keep``); with the
 ROM's memory written first it ran 0.6-0.8 ms and the share was 0.28-0.29 (two runs of
 3069-3174 deletes at 128 MiB), and the add's grace period, after about 0.1 ms, waits in
-6 %. The model's share holds for the measured round only. The delete's second grace period (after the zap, the
-VMM having just got the CPU back) and an add's wait so in 3-6 %: not modelled. Under
-``cfs`` no wait is modelled (not traced on a CFS host).
+6 %. The model's share holds for the measured round only. The delete's second grace
+period (after the zap, the VMM having just got the CPU back) and an add's wait so in
+3-6 %: not modelled. Under ``cfs`` no wait is modelled (not traced on a CFS host).
 
 Outside mmu_lock the runnable threads share the host CPUs (``Engine.rate``, see
 ``mmbench.model.engine``): with more of them than CPUs each advances at its fair share,
