@@ -72,7 +72,7 @@ as a deadline up to 1.4 ms away predicts. Which task the pick chooses depends on
 tasks' lag and deadlines, which the model does not track, so the share is this measured
 one (``EEVDF_GP_WAKE_LOSES_PICK``). It is not a constant of the host: it grows with how
 long the VMM ran since rom.sh's wake-up. In that trace the VMM ran 1.2-3 ms before the
-grace period (the cat's read faults the ROM page by page, see ``KvmVm._keep``); with the
+grace period (the cat's read faults the ROM page by page, see ``KvmVm.add_memslot``); with the
 ROM's memory written first it ran 0.6-0.8 ms and the share was 0.28-0.29 (two runs of
 3069-3174 deletes at 128 MiB), and the add's grace period, after about 0.1 ms, waits in
 6 %. The model's share holds for the measured round only. The delete's second grace
@@ -203,10 +203,10 @@ class Scheduler:
     """need_resched() from the tick, for the actors of one engine; and the wait of a
     grace period's wake-up that loses the pick (``grace_period_wake_wait_ns``)."""
 
-    def __init__(self, engine: Any, config: KernelConfig, seed: int = 0) -> None:
+    def __init__(self, engine: Any, config: KernelConfig) -> None:
         self.engine = engine
         self.config = config
-        self._draws = np.random.default_rng(seed)  # the picks: the same every run
+        self._draws = np.random.default_rng(0)  # the picks: the same every run
 
     def grace_period_wake_wait_ns(self) -> int:
         """How long the VMM, woken from a ROM delete's first grace period, waits for its

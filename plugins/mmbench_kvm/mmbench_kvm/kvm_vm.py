@@ -432,14 +432,18 @@ class KvmVm:
 
     def add_memslot(self, slot_id: int, gpa: int, size: int, name: str = "") -> int:
         """A slot the host script deleted before, at the same gpa and size, gets its host
-        memory back (``_kept``): a VMM keeps a ROM BAR's RAMBlock while the guest disables
-        and enables the BAR, so the guest's faults after the re-add find the host pages
-        present (``hva_to_pfn``'s GUP-fast path). Fresh memory each time made every read
-        after an add take the slow path, ``get_user_pages``, whose ``cond_resched()``
-        under kvm->srcu let the woken VMM preempt a vCPU inside its SRCU read section;
-        the next delete's expedited grace period then polled on that CPU for 2 jiffies
-        (``srcu_get_delay``), 8 % of the grace periods of a busy rom.sh run (traced,
-        2026-12-03). The model keeps such memory present (``HostMemory.add_small``)."""
+        memory back (``_kept``), as a VMM keeps a ROM BAR's RAMBlock while the guest
+        disables and enables the BAR; a fresh mapping per add made the vCPUs wait for
+        mmap_lock in GUP while the script munmapped and mmapped. The memory is not written
+        here: the ROM's, which nobody writes, stays mapped to the zero page after the
+        guest's first read, so every later read faults page by page through
+        ``get_user_pages`` (GUP-fast with ``FOLL_WRITE`` and the shadow MMU's prefetch both
+        skip a read-only pte), 1.16 ms per 128 KiB read here against 0.17 ms in the model,
+        which has the pages present after the first touch. Written first
+        (``MADV_POPULATE_WRITE``) the read took 0.47 ms, and the share of deletes whose
+        wake-up loses the pick fell from 0.56 to 0.29 (``mmbench.model.sched``):
+        validate's rom-running, and the share the model uses, are measured with the
+        memory as it is here."""
         vm = self._vm()
         kept = self._kept.get(slot_id)
         if kept is not None and not kept.freed and (kept.gpa, kept.size) == (gpa, size):
@@ -448,19 +452,6 @@ class KvmVm:
             del self._kept[slot_id]
             kept.free()  # another layout at that slot id: this memory is no use
         return vm.add_memslot(slot_id, gpa, size, thp=False).register_ns
-
-    def _keep(self, ms: Memslot) -> None:
-        """Keep a deleted slot's host memory for its re-add. It is not written here: the
-        ROM's memory, which nobody writes, stays mapped to the zero page after the guest's
-        first read, so every later read faults page by page through ``get_user_pages``
-        (GUP-fast with ``FOLL_WRITE`` and the shadow MMU's prefetch both skip a read-only
-        pte), 1.16 ms per 128 KiB read here against 0.17 ms in the model, which has the
-        pages present after the first touch. Written first (``MADV_POPULATE_WRITE``) the
-        read took 0.47 ms, and the share of deletes whose wake-up loses the pick fell
-        from 0.56 to 0.29 (``mmbench.model.sched``): validate's rom-running, and the
-        share the model uses, are measured with the memory as it is here."""
-        if not ms.freed:
-            self._kept[ms.slot] = ms
 
     def _live_sptes(self) -> int:
         st = self._vm().stats()
@@ -481,8 +472,7 @@ class KvmVm:
         ns = vm.delete_memslot(slot_id, free=False)
         t1 = TraceInstance.now()  # the span lies between the two stats reads
         after = vm.stats()
-        if slot_id not in self._kept:
-            self._keep(ms)
+        self._kept[slot_id] = ms  # for its re-add (add_memslot); freed with the VM
         self._traced("memslot-delete", (t0, t1), before, after)
         live = [st.get("pages_4k", 0) + 512 * st.get("pages_2m", 0) for st in (before, after)]
         self._sptes_zapped += max(0, live[0] - live[1])

@@ -98,7 +98,7 @@ class Window:
 
 class TraceInstance:
     """One private tracefs instance with the tracepoints of ``paths`` enabled, and with
-    ``track_thread``, that thread's wake-ups (``wakeups`` after each ``take``)."""
+    ``track_thread``, that thread's wake-ups (per span, ``windows``)."""
 
     def __init__(self, paths: tuple[str, ...], track_thread: int | None = None) -> None:
         root = tracefs_root()
@@ -114,7 +114,6 @@ class TraceInstance:
         n = 0
         while (root / "instances" / f"{PREFIX}{os.getpid()}-{n}").exists():
             n += 1
-        self.wakeups: list[tuple[float, float]] = []  # (woken, on a CPU) s, last take()
         self.dir = root / "instances" / f"{PREFIX}{os.getpid()}-{n}"
         self.dir.mkdir()
         try:
@@ -184,7 +183,7 @@ class TraceInstance:
         """The events since ``clear``: counts per tracepoint, first and last timestamp
         (s, monotonic), and events lost to a full buffer; the buffer is emptied. Events of
         other processes (another VM on the host) are not counted."""
-        events, self.wakeups, lost = self._parse(self._read())
+        events, _, lost = self._parse(self._read())
         counts = Counter(e for _, e in events)
         first, last = (events[0][0], events[-1][0]) if events else (0.0, 0.0)
         return counts, first, last, lost
