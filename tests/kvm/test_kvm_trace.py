@@ -67,7 +67,11 @@ def test_trace_keeps_the_rounds_and_records_the_vmms_wake_ups(runs_dir):
     gaps = sorted(np.diff([t for t, _ in res["series"]["rom-access"]]))
     assert gaps[len(gaps) // 2] < (1.2 + res["metrics"]["rom_access_ms"]) * 1e6 + 2e6
     assert all(0 <= d["vmm_first_wake_wait_us"] <= d["vmm_cpu_wait_us"] for d in rows)
-    assert sum(d["vmm_wakeups"] > 0 for d in rows) > len(rows) / 2
+    # a grace period the kworker ends before the VMM sleeps wakes nobody: how many do
+    # depends on the host's load (over half of the deletes on a quiet host, 76 of 193
+    # while the test suite ran), so only that some did, and no wait without a wake-up
+    assert any(d["vmm_wakeups"] for d in rows)
+    assert all(d["vmm_cpu_wait_us"] == 0 for d in rows if not d["vmm_wakeups"])
     assert all(d["kvm_mmu_prepare_zap_page"] == d["mmu_shadow_zapped"] for d in rows)
 
 
